@@ -1,0 +1,32 @@
+# Both targets build .venv from nothing on a fresh machine.
+# torch==2.13.0 goes in first: it resolves to the CPU build on local disk, and once it is
+# there the project's own `torch==2.13.0` requirement installs nothing more.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.dsonode-installed
+
+.PHONY: run test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dsonode needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/dsonode demo
+
+test: $(STAMP)
+	$(BIN)/ruff check dsonode tests
+	$(BIN)/ruff format --check dsonode tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check dsonode tests
+	$(BIN)/ruff format --check dsonode tests
+
+clean-venv:
+	rm -rf $(VENV)

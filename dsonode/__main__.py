@@ -1,0 +1,5 @@
+import sys
+
+from dsonode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""The `dsonode` command line. Each area registers its own subcommands (see COMMAND_MODULES)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dsonode import __version__
+
+#: Modules that contribute subcommands through `register(subparsers)`. Each sets
+#: `func` on its parser(s); `func(args)` returns a process exit code.
+COMMAND_MODULES: list[str] = [
+    "dsonode.bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsonode",
+        description="DSO peer node: shared LLM experiences over GossipSub with median consensus.",
+    )
+    parser.add_argument("--version", action="version", version=f"dsonode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dsonode.core.errors import DsoError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DsoError as exc:
+        print(f"dsonode: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsonode: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
