@@ -16,7 +16,9 @@ from typing import Any
 
 def add_common_args(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repetitions (median reported)"
+    )
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
