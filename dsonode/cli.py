@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from dsonode import __version__
 
-#: Modules that contribute subcommands through `register(subparsers)`. Each sets
-#: `func` on its parser(s); `func(args)` returns a process exit code.
-COMMAND_MODULES: list[str] = [
-    "dsonode.bench",
-]
+
+def command_modules() -> list[str]:
+    """Modules that contribute subcommands through `register(subparsers)`.
+
+    Every area of the package that has a `cli.py` (dsonode/<area>/cli.py) registers its own
+    commands, plus `dsonode.bench`. Each sets `func` on its parser(s); `func(args)` returns a
+    process exit code. Discovery keeps areas independent: adding a command is adding a file.
+    """
+    import dsonode
+
+    root = Path(dsonode.__file__).parent
+    areas = sorted(p.parent.name for p in root.glob("*/cli.py"))
+    return ["dsonode.bench", *(f"dsonode.{area}.cli" for area in areas)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dsonode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in command_modules():
         importlib.import_module(name).register(sub)
     return parser
 

@@ -1,17 +1,23 @@
 """Benchmark commands: `dsonode bench NAME [--json]`.
 
-Each module in BENCHMARKS registers one subcommand through `register(subparsers)`.
+Each module dsonode/bench/<name>.py (other than `common`) registers one subcommand through
+`register(subparsers)`; adding a benchmark is adding a file.
 Benchmarks measure side by side in one run and report medians and ratios, because this
 machine is shared and noisy; targets live here, never in timed tests.
 """
 
-BENCHMARKS: list[str] = []
+import importlib
+import pkgutil
+
+
+def benchmark_modules() -> list[str]:
+    return sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if m.name != "common" and not m.ispkg
+    )
 
 
 def register(subparsers) -> None:
-    import importlib
-
     bench = subparsers.add_parser("bench", help="run a benchmark (machine-readable with --json)")
     bench_sub = bench.add_subparsers(dest="bench_name", metavar="NAME", required=True)
-    for name in BENCHMARKS:
+    for name in benchmark_modules():
         importlib.import_module(f"dsonode.bench.{name}").register(bench_sub)
