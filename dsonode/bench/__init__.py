@@ -1,6 +1,6 @@
 """Benchmark commands: `dsonode bench NAME [--json]`.
 
-Each module dsonode/bench/<name>.py (other than `common`) registers one subcommand through
+Each module dsonode/bench/<name>.py (other than `common` and `_private` helpers) registers one subcommand through
 `register(subparsers)`; adding a benchmark is adding a file.
 Benchmarks measure side by side in one run and report medians and ratios, because this
 machine is shared and noisy; targets live here, never in timed tests.
@@ -12,7 +12,9 @@ import pkgutil
 
 def benchmark_modules() -> list[str]:
     return sorted(
-        m.name for m in pkgutil.iter_modules(__path__) if m.name != "common" and not m.ispkg
+        m.name
+        for m in pkgutil.iter_modules(__path__)
+        if m.name != "common" and not m.name.startswith("_") and not m.ispkg
     )
 
 
