@@ -15,3 +15,47 @@ class AggregateError(DsoError, ValueError):
 
 class WireError(DsoError, ValueError):
     """A wire item or batch is invalid. Subclasses say why (see dsonode.core.wire)."""
+
+
+# --- Wire errors (dsonode.core.wire). Each names one decoding step of protocol/PROTOCOL.md §9;
+# --- a decoder raises the class of the first step that fails, and nothing else.
+
+
+class MalformedError(WireError):
+    """The bytes are not one well-formed msgpack object (truncated, trailing bytes, bad UTF-8)."""
+
+
+class OversizeError(WireError):
+    """A size or count bound is exceeded (item, batch, text, tags, provenance, domain...)."""
+
+
+class SchemaError(WireError):
+    """Wrong type, missing or extra field, forbidden character, bad charset or value range."""
+
+
+class CodeLengthError(SchemaError):
+    """A submission's BitDelta code is not exactly 964 bytes."""
+
+
+class VersionError(WireError):
+    """The item or batch declares a wire version this node does not speak."""
+
+
+class KindError(WireError):
+    """Unknown (or reserved, not yet implemented) kind of item or envelope."""
+
+
+class NonCanonicalError(WireError):
+    """Valid content in a non-canonical form (encoding, unnormalised text, unsorted tags...)."""
+
+
+class IdMismatchError(WireError):
+    """An experience id is not sha256(b"dso/exp/1" + msgpack([domain, text]))."""
+
+
+class SignatureError(WireError):
+    """The Ed25519 signature does not verify against the author key."""
+
+
+class ClockSkewError(WireError):
+    """The item's `created` lies more than the allowed skew ahead of the receiver's clock."""

@@ -1,0 +1,532 @@
+"""Regenerate protocol/vectors/*.json from fixed keys and inputs (deterministic).
+
+    .venv/bin/python protocol/generate_vectors.py           # rewrite the files
+    .venv/bin/python protocol/generate_vectors.py --check   # exit 1 if a file differs
+
+Ed25519 signatures are deterministic (RFC 8032), so every byte here is reproducible.
+Valid vectors are built with dsonode.core.wire; invalid ones are built by hand, byte by byte,
+so that each carries exactly one fault (see PROTOCOL.md section 9 for the order of checks).
+tests/test_protocol_vectors.py checks the files against the implementation and against this
+generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dsonode.core import wire
+
+VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
+
+SEED_A = bytes(range(32))  # 000102...1f
+SEED_B = bytes(range(32, 64))  # 202122...3f
+KEY_A = Ed25519PrivateKey.from_private_bytes(SEED_A)
+KEY_B = Ed25519PrivateKey.from_private_bytes(SEED_B)
+PUB_A = KEY_A.public_key().public_bytes_raw()
+CREATED = 1_700_000_000_000  # 2023-11-14T22:13:20Z
+SPACE_ID = hashlib.sha256(b"dso/test-vector-space").digest()
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def vector_code() -> bytes:
+    """A deterministic 964-byte BitDelta code: scale 0.0078125 (exact in float32), then the
+    960 bit bytes sha256(b"dso/test-code" + i) for i = 0..29, concatenated."""
+    bits = b"".join(hashlib.sha256(b"dso/test-code" + bytes([i])).digest() for i in range(30))
+    return struct.pack("<f", 0.0078125) + bits
+
+
+def key_info(seed: bytes) -> dict[str, str]:
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    return {"seed_hex": seed.hex(), "public_key_hex": key.public_key().public_bytes_raw().hex()}
+
+
+def experience_vector(name: str, description: str, seed: bytes, **inputs: Any) -> dict[str, Any]:
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    exp = wire.make_experience(key, **inputs)
+    data = wire.encode_item(exp)
+    assert wire.decode_item(data) == exp
+    return {
+        "name": name,
+        "description": description,
+        "type": "item",
+        "valid": True,
+        "key": key_info(seed),
+        "input": {
+            "kind": "experience",
+            "domain": inputs["domain"],
+            "text": inputs["text"],
+            "tags": list(inputs.get("tags", ())),
+            "provenance": [list(p) for p in inputs.get("provenance", ())],
+            "created": inputs["created"],
+        },
+        "expected": {
+            "normalized_text": exp.text,
+            "tags": list(exp.tags),
+            "provenance": [list(p) for p in exp.provenance],
+            "id_hex": exp.id.hex(),
+            "body_hex": pack(exp.body()).hex(),
+            "signing_payload_hex": wire.signing_payload(exp).hex(),
+            "signature_hex": exp.signature.hex(),
+            "encoded_hex": data.hex(),
+            "encoded_len": len(data),
+        },
+    }
+
+
+def submission_vector(name: str, description: str, seed: bytes, **inputs: Any) -> dict[str, Any]:
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    sub = wire.make_submission(key, **inputs)
+    data = wire.encode_item(sub)
+    assert wire.decode_item(data) == sub
+    return {
+        "name": name,
+        "description": description,
+        "type": "item",
+        "valid": True,
+        "key": key_info(seed),
+        "input": {
+            "kind": "submission",
+            "experience_id_hex": inputs["experience_id"].hex(),
+            "space_id_hex": inputs["space_id"].hex(),
+            "code_hex": inputs["code"].hex(),
+            "created": inputs["created"],
+        },
+        "expected": {
+            "body_hex": pack(sub.body()).hex(),
+            "signing_payload_hex": wire.signing_payload(sub).hex(),
+            "signature_hex": sub.signature.hex(),
+            "encoded_hex": data.hex(),
+            "encoded_len": len(data),
+        },
+    }
+
+
+def invalid_item(
+    name: str, description: str, data: bytes, error: str, now_ms: int | None = None
+) -> dict[str, Any]:
+    vector: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "type": "item",
+        "valid": False,
+        "encoded_hex": data.hex(),
+        "error": error,
+    }
+    if now_ms is not None:
+        vector["now_ms"] = now_ms
+    return vector
+
+
+def signed(kind: str, body: list[Any], key: Ed25519PrivateKey = KEY_A, **kw: Any) -> bytes:
+    """[version, kind, body, sig] with a correct signature over the body (unless overridden)."""
+    domain = kw.get("sig_domain", wire.EXPERIENCE_SIG_DOMAIN)
+    if kind == "submission" and "sig_domain" not in kw:
+        domain = wire.SUBMISSION_SIG_DOMAIN
+    signature = key.sign(domain + pack(body))
+    return pack([kw.get("version", 1), kind, body, signature])
+
+
+def build_vectors() -> dict[str, dict[str, Any]]:
+    vectors: list[dict[str, Any]] = []
+    add = vectors.append
+
+    # --- Valid items ------------------------------------------------------------------------------
+    minimal = experience_vector(
+        "item_valid_experience_minimal",
+        "Smallest useful experience: no tags, no provenance, already-normalised text.",
+        SEED_A,
+        domain="ops",
+        text="Pin dependency versions.",
+        created=CREATED,
+    )
+    add(minimal)
+    full = experience_vector(
+        "item_valid_experience_normalised",
+        "Raw inputs that need normalising: NFD 'e'+U+0301, tab, newline, U+3000, U+00A0, "
+        "padding; tags unsorted with a duplicate; provenance given out of key order. The "
+        "expected section shows the canonical values that are signed and sent.",
+        SEED_A,
+        domain="coding/python",
+        text="  Cache\tthe  re\u0301sume\u0301 parser\u3000before\n\nthe loop.\u00a0 ",
+        tags=["perf", "python", "perf", " caching "],
+        provenance=[("source", "rollout-0042"), ("model", "qwen3-8b"), ("node", "")],
+        created=CREATED + 1,
+    )
+    add(full)
+    eid_minimal = bytes.fromhex(minimal["expected"]["id_hex"])
+    submission = submission_vector(
+        "item_valid_submission",
+        "A submission of the 964-byte test code (see generate_vectors.vector_code) for the "
+        "minimal experience, signed by key B.",
+        SEED_B,
+        experience_id=eid_minimal,
+        space_id=SPACE_ID,
+        code=vector_code(),
+        created=CREATED + 2,
+    )
+    add(submission)
+    max_exp = experience_vector(
+        "item_valid_experience_maximal",
+        "Every field at its bound: 64-byte domain, 1,024-byte text, 16 tags of 32 bytes, 8 "
+        "provenance pairs (key 32 bytes, value 256 bytes) would exceed 4 KiB, so this one has "
+        "7 pairs: the largest item of this shape that fits.",
+        SEED_A,
+        domain="d" * 64,
+        text="\u00e9" * 512,  # 1,024 bytes UTF-8
+        tags=[f"tag-{i:02d}-" + "x" * 25 for i in range(16)],
+        provenance=[(f"key-{i}-" + "k" * 26, "v" * 256) for i in range(7)],
+        created=2**53 - 1,
+    )
+    add(max_exp)
+
+    # --- Experience ids ---------------------------------------------------------------------------
+    id_cases = []
+    for domain, text in [
+        ("ops", "Pin dependency versions."),
+        ("ops", " Pin\u2003dependency\r\nversions.\t"),
+        ("ops", "Pin dependency versions!"),
+        ("coding/python", "cafe\u0301"),
+        ("coding/python", "caf\u00e9"),
+        ("a", "\u200bzero\u200bwidth\u200b"),
+        ("x.y_z-0/1", "\u1e9b\u0323"),
+    ]:
+        norm = wire.normalize_text(text)
+        id_cases.append(
+            {
+                "domain": domain,
+                "text": text,
+                "normalized_text": norm,
+                "id_preimage_hex": (wire.EXPERIENCE_ID_PREFIX + pack([domain, norm])).hex(),
+                "id_hex": wire.experience_id(domain, text).hex(),
+            }
+        )
+    add(
+        {
+            "name": "experience_ids",
+            "description": "normalize_text and experience_id: equal ids for equivalent texts, "
+            "zero-width space (not White_Space) kept, NFC applied before the hash.",
+            "type": "experience_id",
+            "valid": True,
+            "cases": id_cases,
+        }
+    )
+
+    # --- Batches ----------------------------------------------------------------------------------
+    items = [bytes.fromhex(v["expected"]["encoded_hex"]) for v in (minimal, full, submission)]
+    batch = wire.encode_batch(items)
+    add(
+        {
+            "name": "batch_valid_three_items",
+            "description": "The envelope of one gossip message holding the two experiences and "
+            "the submission above, in that order.",
+            "type": "batch",
+            "valid": True,
+            "entries_hex": [i.hex() for i in items],
+            "encoded_hex": batch.hex(),
+        }
+    )
+    bad_entry = signed("experience", exp_body(), key=KEY_B)
+    mixed = wire.encode_batch([items[0], bad_entry, items[2]])
+    add(
+        {
+            "name": "batch_valid_envelope_with_bad_entry",
+            "description": "A valid envelope whose second entry is an experience with A's "
+            "author key signed by key B: decode_batch returns all three entries, then each is "
+            "decoded on its own and only the bad one is dropped.",
+            "type": "batch",
+            "valid": True,
+            "entries_hex": [i.hex() for i in (items[0], bad_entry, items[2])],
+            "entry_errors": [None, "SignatureError", None],
+            "encoded_hex": mixed.hex(),
+        }
+    )
+
+    # --- Invalid items, one fault each (in the order of the checks, PROTOCOL.md section 9) --------
+    good = items[0]
+    add(
+        invalid_item(
+            "item_invalid_oversize_item",
+            "4,097 bytes: over the 4 KiB item bound (checked before parsing).",
+            good + bytes(4097 - len(good)),
+            "OversizeError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_malformed_truncated",
+            "The minimal experience without its last byte.",
+            good[:-1],
+            "MalformedError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_malformed_trailing",
+            "The minimal experience followed by one extra byte 0x00.",
+            good + b"\x00",
+            "MalformedError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_malformed_utf8",
+            "A str whose bytes are not UTF-8 (0xff).",
+            b"\x94\x01\xa1\xff\x90\xc4\x40" + bytes(64),
+            "MalformedError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_oversize_text",
+            "An experience whose text is 1,025 bytes: over the parser's 1,024-byte str limit.",
+            signed("experience", exp_body(text="t" * 1025)),
+            "OversizeError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_oversize_tags",
+            "17 tags (the limit is 16), checked with the fields (step 7).",
+            signed("experience", exp_body(tags=[f"t{i:02d}" for i in range(17)])),
+            "OversizeError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_schema_map",
+            "A msgpack map in place of the tags array.",
+            signed("experience", exp_body(tags={"a": "b"})),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_schema_float",
+            "created as a float64.",
+            signed("experience", exp_body(created=float(CREATED))),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_version",
+            "Version 2 (the rest is a valid version-1 experience).",
+            signed("experience", exp_body(), version=2),
+            "VersionError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_kind_feedback",
+            "The reserved kind 'feedback' (not implemented in version 1).",
+            signed("feedback", exp_body()),
+            "KindError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_kind_unknown",
+            "An unknown kind 'lesson'.",
+            signed("lesson", exp_body()),
+            "KindError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_noncanonical_int",
+            "The minimal experience with its version "
+            "written as uint8 (0xcc 0x01) instead of positive fixint 0x01.",
+            b"\x94\xcc\x01" + good[2:],
+            "NonCanonicalError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_schema_missing_field",
+            "An experience body of 6 fields (author missing), signed as such.",
+            signed("experience", exp_body()[:6]),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_schema_extra_field",
+            "A submission body of 6 fields (an extra 0 at the end), signed as such.",
+            signed("submission", [*sub_body(), 0]),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_schema_domain",
+            "Domain 'Ops': upper case is outside [a-z0-9._/-].",
+            signed("experience", exp_body(domain="Ops")),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_code_length",
+            "A submission whose code is 963 bytes.",
+            signed("submission", sub_body(code=vector_code()[:-1])),
+            "CodeLengthError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_code_scale_nan",
+            "A submission whose code scale is a NaN.",
+            signed("submission", sub_body(code=b"\x00\x00\xc0\x7f" + vector_code()[4:])),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_noncanonical_text",
+            "Text with a double space (not "
+            "normalised); id computed over the normalised text, correctly signed.",
+            signed("experience", exp_body(text="Pin  dependency versions.")),
+            "NonCanonicalError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_noncanonical_tags",
+            "Tags ['b', 'a']: not sorted.",
+            signed("experience", exp_body(tags=["b", "a"])),
+            "NonCanonicalError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_id_mismatch",
+            "The id of another text, correctly signed.",
+            signed("experience", exp_body(eid=wire.experience_id("ops", "Other."))),
+            "IdMismatchError",
+        )
+    )
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01
+    add(
+        invalid_item(
+            "item_invalid_signature_flipped",
+            "The minimal experience with the last bit of its signature flipped.",
+            bytes(flipped),
+            "SignatureError",
+        )
+    )
+    # S + L: the same signature in a non-canonical (malleated) form; S must be < L.
+    order = 2**252 + 27742317777372353535851937790883648493
+    sig = good[-64:]
+    s_plus_l = (int.from_bytes(sig[32:], "little") + order).to_bytes(32, "little")
+    add(
+        invalid_item(
+            "item_invalid_signature_malleated",
+            "The minimal experience with S replaced by S + L (L the group order): the "
+            "verification equation still holds, but RFC 8032 requires S < L.",
+            good[:-32] + s_plus_l,
+            "SignatureError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_signature_domain",
+            "The minimal experience's body signed "
+            "under the submission domain string (domain separation).",
+            signed("experience", exp_body(), sig_domain=wire.SUBMISSION_SIG_DOMAIN),
+            "SignatureError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_clock_skew",
+            "The submission above (created "
+            f"{CREATED + 2}) received with now_ms = created - 300,001 (5 minutes and "
+            "1 ms behind).",
+            items[2],
+            "ClockSkewError",
+            now_ms=CREATED + 2 - 300_001,
+        )
+    )
+
+    # --- Invalid batches --------------------------------------------------------------------------
+    def invalid_batch(name: str, description: str, data: bytes, error: str) -> None:
+        add({"name": name, "description": description, "type": "batch", "valid": False,
+             "encoded_hex": data.hex(), "error": error})  # fmt: skip
+
+    invalid_batch("batch_invalid_oversize", "17 entries of 4,000 zero bytes: 68,028 bytes, "
+                  "over the 64 KiB batch bound.", pack([1, "batch", [bytes(4000)] * 17]),
+                  "OversizeError")  # fmt: skip
+    invalid_batch("batch_invalid_too_many", "257 one-byte entries (the limit is 256).",
+                  pack([1, "batch", [b"\x00"] * 257]), "OversizeError")  # fmt: skip
+    invalid_batch("batch_invalid_kind", "An item (the minimal experience) given as a batch.",
+                  good, "KindError")  # fmt: skip
+    invalid_batch("batch_invalid_empty", "A batch with no entries.", pack([1, "batch", []]),
+                  "SchemaError")  # fmt: skip
+    invalid_batch("batch_invalid_noncanonical", "One entry written as bin16 (0xc5 0x00 0x01) "
+                  "instead of bin8.", b"\x93\x01\xa5batch\x91\xc5\x00\x01\x00",
+                  "NonCanonicalError")  # fmt: skip
+    return {v["name"]: v for v in vectors}
+
+
+def exp_body(
+    domain: str = "ops",
+    text: str = "Pin dependency versions.",
+    tags: Any = (),
+    created: Any = CREATED,
+    eid: bytes | None = None,
+) -> list[Any]:
+    """A raw experience body by key A; the id is right for (domain, normalize_text(text))."""
+    if eid is None:
+        norm = wire.normalize_text(text) if isinstance(text, str) else text
+        eid = hashlib.sha256(wire.EXPERIENCE_ID_PREFIX + pack([domain, norm])).digest()
+    tags = tags if isinstance(tags, dict) else list(tags)
+    return [eid, domain, text, tags, [], created, PUB_A]
+
+
+def sub_body(code: bytes | None = None) -> list[Any]:
+    eid = wire.experience_id("ops", "Pin dependency versions.")
+    code = vector_code() if code is None else code
+    return [eid, SPACE_ID, code, KEY_A.public_key().public_bytes_raw(), CREATED]
+
+
+def render(vector: dict[str, Any]) -> str:
+    return json.dumps(vector, indent=2, ensure_ascii=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    vectors = build_vectors()
+    if args.check:
+        bad = [n for n, v in vectors.items() if not _same(VECTOR_DIR / f"{n}.json", render(v))]
+        extra = sorted(p.stem for p in VECTOR_DIR.glob("*.json") if p.stem not in vectors)
+        for name in bad + extra:
+            print(f"differs or unexpected: {name}.json", file=sys.stderr)
+        return 1 if bad or extra else 0
+    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
+    for name, vector in vectors.items():
+        (VECTOR_DIR / f"{name}.json").write_text(render(vector), encoding="utf-8")
+    print(f"wrote {len(vectors)} vectors to {VECTOR_DIR}")
+    return 0
+
+
+def _same(path: Path, text: str) -> bool:
+    return path.exists() and path.read_text(encoding="utf-8") == text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
