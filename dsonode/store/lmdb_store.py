@@ -1,0 +1,711 @@
+"""The node's LMDB store: every signed item it holds, consensus codes, peers and reputation.
+
+One LMDB environment in the node's data directory (``<data_dir>/store``), named databases:
+
+==============  ===========================================  ==================================
+database        key                                          value (msgpack)
+==============  ===========================================  ==================================
+meta            b"schema_version", b"space_id", b"spaces"    int / hex str / list of hex str
+experiences     experience id (32)                           {raw, domain, text, tags, created,
+                                                             author} (raw = signed wire bytes)
+exp_by_time     created ms (8, big endian) + id (32)         b"" (time index, for sync)
+submissions     experience id + space id + author (96)       {raw, created, code}
+sub_by_time     created ms (8, BE) + submission key (96)     b""
+consensus       space id (32) + experience id (32)           {code, count, confirmed, domain,
+                                                             stats, updated}
+peers           peer id (bytes)                              any msgpack map (the caller's record)
+reputation      peer id (bytes)                              any msgpack map
+==============  ===========================================  ==================================
+
+Guarantees:
+- Writes are batched: ``put_items`` stores a whole batch in one write transaction.
+- Idempotent: the same signed item twice is stored once; one submission per (experience,
+  space, author) and the first one wins. ``put_items`` reports which items were new.
+- Durable: LMDB's default ``sync`` on commit is kept, so an item is on disk once ``put_items``
+  returns (``unsafe_nosync=True`` exists for benchmarks and bulk loads only).
+- The map grows when full (MapFullError -> double the map -> retry the transaction).
+- A store written by a newer schema is refused with ``StoreSchemaError``.
+- Values are msgpack (never pickle), so a corrupt or hostile file cannot run code.
+
+Spaces: consensus codes are keyed by space id, so one store can hold several spaces' data
+without mixing them. Opening a store with another ``space_id`` than last time is allowed (data
+of each space stays apart; the index is rebuilt from the new space's consensus only);
+``Store.previous_space_id`` tells the caller so it can warn the operator.
+
+Concurrency: one process owns a data directory (an exclusive ``flock`` on ``store.lock``,
+released by the kernel even on SIGKILL). Inside the process every transaction runs under one
+lock, so the map can be resized safely even if several threads use the Store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import msgpack
+
+from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
+from dsonode.core.errors import DsoError
+
+#: Bump when the on-disk layout changes; older stores are migrated, newer ones refused.
+SCHEMA_VERSION = 1
+
+DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; grows by doubling when full
+MAX_MAP_SIZE = 1 << 40  # 1 TiB: beyond this something is wrong, stop growing
+_ID_LEN = 32
+_DB_NAMES = (
+    b"meta",
+    b"experiences",
+    b"exp_by_time",
+    b"submissions",
+    b"sub_by_time",
+    b"consensus",
+    b"peers",
+    b"reputation",
+)
+_TIME = struct.Struct(">Q")
+
+T = TypeVar("T")
+
+
+class StoreError(DsoError):
+    """The store cannot do what was asked (bad argument, locked directory, corrupt value)."""
+
+
+class StoreSchemaError(StoreError):
+    """The store on disk was written by a newer (or unknown) schema version."""
+
+
+@dataclass(frozen=True)
+class ExperienceRecord:
+    """An experience as stored: the signed wire bytes plus the decoded fields for fast reads."""
+
+    id: bytes
+    domain: str
+    text: str
+    tags: tuple[str, ...]
+    created: int
+    author: bytes
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class SubmissionRecord:
+    experience_id: bytes
+    space_id: bytes
+    author: bytes
+    code: bytes
+    created: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class ConsensusRecord:
+    """The consensus code of one experience in one space and how it was reached."""
+
+    space_id: bytes
+    experience_id: bytes
+    code: bytes
+    count: int
+    confirmed: bool
+    domain: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    updated: int = 0
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise StoreError(f"corrupt value in store: {exc}") from exc
+
+
+def _check_id(value: bytes, what: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview) or len(value) != _ID_LEN:
+        raise StoreError(f"{what} must be {_ID_LEN} bytes")
+    return bytes(value)
+
+
+def _space_bytes(space_id: bytes | str) -> bytes:
+    """Space ids are 32-byte sha256 digests; accept the 64-char hex form too."""
+    if isinstance(space_id, str):
+        try:
+            raw = bytes.fromhex(space_id)
+        except ValueError:
+            raise StoreError("space_id must be 64 hex characters") from None
+        return _check_id(raw, "space_id")
+    return _check_id(space_id, "space_id")
+
+
+class Store:
+    """The node's persistent state in one LMDB environment (see the module docstring).
+
+    ``Store(path, space_id=...)`` creates ``path`` if needed. Use as a context manager or call
+    ``close()``. ``space_id`` (bytes or hex) is the embedding space this node runs; it is
+    recorded in the metadata.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        map_size: int = DEFAULT_MAP_SIZE,
+        space_id: bytes | str | None = None,
+        *,
+        readonly: bool = False,
+        unsafe_nosync: bool = False,
+    ) -> None:
+        if not isinstance(map_size, int) or map_size < 64 * 1024 or map_size > MAX_MAP_SIZE:
+            raise StoreError(f"map_size must be an int in [65536, {MAX_MAP_SIZE}]")
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._env: lmdb.Environment | None = None
+        space = _space_bytes(space_id) if space_id is not None else None
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._take_dir_lock()
+        elif not (self.path / "data.mdb").exists():
+            raise StoreError(f"no store at {self.path}")
+        try:
+            self._env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=len(_DB_NAMES) + 2,
+                subdir=True,
+                readonly=readonly,
+                sync=not unsafe_nosync,
+                metasync=not unsafe_nosync,
+                lock=True,
+                mode=0o600,
+            )
+        except lmdb.Error as exc:
+            self._release_dir_lock()
+            raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
+        try:
+            self._dbs = {
+                name.decode(): self._env.open_db(name, create=not readonly) for name in _DB_NAMES
+            }
+            self.previous_space_id = self._init_meta(space)
+        except BaseException:
+            self.close()
+            raise
+        self.space_id = space
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def _take_dir_lock(self) -> None:
+        fd = os.open(self.path / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(f"store at {self.path} is in use by another process") from None
+        self._lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+            self._release_dir_lock()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StoreError("store is closed")
+        return self._env
+
+    def _init_meta(self, space: bytes | None) -> bytes | None:
+        """Check the schema version, record the space; returns the previous space id."""
+
+        def read(txn: lmdb.Transaction) -> tuple[Any, Any, Any]:
+            db = self._dbs["meta"]
+            vals = [txn.get(k, db=db) for k in (b"schema_version", b"space_id", b"spaces")]
+            return tuple(None if v is None else _unpack(v) for v in vals)
+
+        with self._lock, self.env.begin() as txn:
+            version, prev_space_hex, spaces = read(txn)
+        if version is None:
+            if self.readonly:
+                raise StoreError(f"store at {self.path} has no schema version")
+            has_data = any(self._count(name) for name in ("experiences", "submissions"))
+            if has_data:
+                raise StoreSchemaError(f"store at {self.path} has data but no schema version")
+        elif not isinstance(version, int) or isinstance(version, bool):
+            raise StoreSchemaError(f"store at {self.path} has a malformed schema version")
+        elif version > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"store at {self.path} was written by schema version {version}, newer than "
+                f"this dsonode's {SCHEMA_VERSION}: upgrade dsonode (or use another data dir)"
+            )
+        elif version < 1:
+            raise StoreSchemaError(f"store at {self.path} has unknown schema version {version}")
+        prev = bytes.fromhex(prev_space_hex) if isinstance(prev_space_hex, str) else None
+        if self.readonly:
+            return prev
+        spaces = list(spaces) if isinstance(spaces, list) else []
+
+        def write(txn: lmdb.Transaction) -> None:
+            db = self._dbs["meta"]
+            txn.put(b"schema_version", _pack(SCHEMA_VERSION), db=db)
+            if space is not None:
+                txn.put(b"space_id", _pack(space.hex()), db=db)
+                if space.hex() not in spaces:
+                    spaces.append(space.hex())
+                txn.put(b"spaces", _pack(spaces), db=db)
+
+        self._write(write)
+        return prev
+
+    # -------------------------------------------------------------------------- txn helpers
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run fn in one write transaction; on MapFullError double the map and retry."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        with self._lock:
+            while True:
+                try:
+                    with self.env.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError:
+                    # The failed transaction was aborted by the context manager; nothing of it
+                    # is on disk. No other transaction is active (we hold the lock), so the map
+                    # can be resized now.
+                    size = self.env.info()["map_size"]
+                    if size * 2 > MAX_MAP_SIZE:
+                        raise StoreError(f"store map is full at {size} bytes") from None
+                    self.env.set_mapsize(size * 2)
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        with self._lock, self.env.begin(buffers=False) as txn:
+            return fn(txn)
+
+    def _count(self, name: str) -> int:
+        with self._lock, self.env.begin() as txn:
+            return txn.stat(self._dbs[name])["entries"]
+
+    @property
+    def map_size(self) -> int:
+        return self.env.info()["map_size"]
+
+    def counts(self) -> dict[str, int]:
+        """Entries per database (for stats)."""
+        with self._lock, self.env.begin() as txn:
+            return {name: txn.stat(db)["entries"] for name, db in self._dbs.items()}
+
+    def schema_version(self) -> int:
+        return self._read(lambda txn: _unpack(txn.get(b"schema_version", db=self._dbs["meta"])))
+
+    def known_spaces(self) -> list[bytes]:
+        """Every space id this store has been opened with (oldest first)."""
+        raw = self._read(lambda txn: txn.get(b"spaces", db=self._dbs["meta"]))
+        return [bytes.fromhex(s) for s in _unpack(raw)] if raw else []
+
+    # ------------------------------------------------------------------------- signed items
+
+    def put_items(
+        self,
+        raw_items: Sequence[bytes],
+        decoded: Sequence[Any] | None = None,
+        now_ms: int | None = None,
+    ) -> list[bool]:
+        """Store signed wire items (experiences and submissions) in one transaction.
+
+        Returns one flag per item: True if it was new, False if already stored (the same item
+        again, an experience with the same id, or a second submission by the same author for
+        the same experience and space: the first one wins). Duplicates inside the batch count
+        once. Every item is decoded and verified with ``dsonode.core.wire.decode_item`` first
+        (``now_ms`` is passed on for the clock-skew check); pass ``decoded`` (the items already
+        returned by decode_item for these bytes) to skip a second verification. If any item is
+        invalid the WireError is raised and nothing of the batch is written.
+        """
+        from dsonode.core import wire  # the wire module is optional until a put is made
+
+        for r in raw_items:
+            if not isinstance(r, bytes | bytearray | memoryview):
+                raise StoreError(f"items must be bytes, got {type(r).__name__}")
+        raws = [bytes(r) for r in raw_items]
+        if decoded is None:
+            for r in raws:
+                if len(r) > MAX_ITEM_BYTES:
+                    raise StoreError(f"item of {len(r)} bytes exceeds {MAX_ITEM_BYTES}")
+            items = [wire.decode_item(r, now_ms=now_ms) for r in raws]
+        else:
+            items = list(decoded)
+            if len(items) != len(raws):
+                raise StoreError("decoded must have one entry per raw item")
+        rows = [self._item_row(item, raw, wire) for item, raw in zip(items, raws, strict=True)]
+
+        def write(txn: lmdb.Transaction) -> list[bool]:
+            flags = []
+            for db_name, key, value, time_db, time_key in rows:
+                db = self._dbs[db_name]
+                if txn.get(key, db=db) is not None:
+                    flags.append(False)
+                    continue
+                txn.put(key, value, db=db)
+                txn.put(time_key, b"", db=self._dbs[time_db])
+                flags.append(True)
+            return flags
+
+        return self._write(write)
+
+    @staticmethod
+    def _item_row(item: Any, raw: bytes, wire: Any) -> tuple[str, bytes, bytes, str, bytes]:
+        if isinstance(item, wire.Experience):
+            value = _pack(
+                {
+                    "raw": raw,
+                    "domain": item.domain,
+                    "text": item.text,
+                    "tags": list(item.tags),
+                    "created": item.created,
+                    "author": item.author,
+                }
+            )
+            return "experiences", item.id, value, "exp_by_time", _TIME.pack(item.created) + item.id
+        if isinstance(item, wire.Submission):
+            key = item.experience_id + item.space_id + item.author
+            value = _pack({"raw": raw, "created": item.created, "code": item.code})
+            return "submissions", key, value, "sub_by_time", _TIME.pack(item.created) + key
+        raise StoreError(f"cannot store a {type(item).__name__}")
+
+    def has_experience(self, exp_id: bytes) -> bool:
+        key = _check_id(exp_id, "experience id")
+        return self._read(lambda txn: txn.get(key, db=self._dbs["experiences"]) is not None)
+
+    def get_experience(self, exp_id: bytes) -> ExperienceRecord | None:
+        key = _check_id(exp_id, "experience id")
+        raw = self._read(lambda txn: txn.get(key, db=self._dbs["experiences"]))
+        return None if raw is None else _exp_record(key, raw)
+
+    def get_experiences(self, exp_ids: Sequence[bytes]) -> list[ExperienceRecord | None]:
+        """Several experiences in one read transaction (for search results)."""
+        keys = [_check_id(i, "experience id") for i in exp_ids]
+        db = self._dbs["experiences"]
+
+        def read(txn: lmdb.Transaction) -> list[ExperienceRecord | None]:
+            out = []
+            for k in keys:
+                v = txn.get(k, db=db)
+                out.append(None if v is None else _exp_record(k, v))
+            return out
+
+        return self._read(read)
+
+    def get_raw_items(self, keys: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        """Signed bytes by ("experience", id) or ("submission", exp id + space id + author)."""
+        dbs = {"experience": self._dbs["experiences"], "submission": self._dbs["submissions"]}
+
+        def read(txn: lmdb.Transaction) -> list[bytes | None]:
+            out: list[bytes | None] = []
+            for kind, key in keys:
+                if kind not in dbs:
+                    raise StoreError(f"unknown item kind {kind!r}")
+                v = txn.get(bytes(key), db=dbs[kind])
+                out.append(None if v is None else _unpack(v)["raw"])
+            return out
+
+        return self._read(read)
+
+    def iter_experiences_by_time(
+        self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[ExperienceRecord]:
+        """Experiences with since_ms <= created < until_ms, oldest first (for catch-up sync).
+
+        Reads in pages of 256 so no read transaction is held while the caller works.
+        """
+        yield from self._iter_by_time("exp_by_time", since_ms, until_ms, limit, _exp_from_time)
+
+    def iter_submissions_by_time(
+        self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[SubmissionRecord]:
+        yield from self._iter_by_time("sub_by_time", since_ms, until_ms, limit, _sub_from_time)
+
+    def _iter_by_time(self, db_name, since_ms, until_ms, limit, load) -> Iterator[Any]:
+        if since_ms < 0 or (until_ms is not None and until_ms < 0):
+            raise StoreError("times must be >= 0")
+        if limit is not None and limit < 0:
+            raise StoreError("limit must be >= 0")
+        end = None if until_ms is None else _TIME.pack(min(until_ms, 2**64 - 1))
+        start, after = _TIME.pack(min(since_ms, 2**64 - 1)), None
+        remaining = limit
+        page = 256
+        while remaining is None or remaining > 0:
+
+            def read(txn: lmdb.Transaction, start=start, after=after) -> list[tuple[bytes, Any]]:
+                cur = txn.cursor(db=self._dbs[db_name])
+                out: list[tuple[bytes, Any]] = []
+                if not cur.set_range(start):
+                    return out
+                for tkey, _ in cur:
+                    if end is not None and tkey[:8] >= end:
+                        break
+                    if tkey == after:
+                        continue  # the last key of the previous page
+                    out.append((tkey, load(self, txn, tkey)))
+                    if len(out) >= page:
+                        break
+                return out
+
+            batch = self._read(read)
+            for _, rec in batch:
+                if rec is not None:
+                    yield rec
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining == 0:
+                            return
+            if len(batch) < page:
+                return
+            start = after = batch[-1][0]
+
+    def get_submissions(
+        self, exp_id: bytes, space_id: bytes | str | None = None
+    ) -> list[SubmissionRecord]:
+        """All submissions for an experience (in one space, or in every space)."""
+        prefix = _check_id(exp_id, "experience id")
+        if space_id is not None:
+            prefix += _space_bytes(space_id)
+
+        def read(txn: lmdb.Transaction) -> list[SubmissionRecord]:
+            cur = txn.cursor(db=self._dbs["submissions"])
+            out = []
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out.append(_sub_record(key, value))
+            return out
+
+        return self._read(read)
+
+    # ---------------------------------------------------------------------------- consensus
+
+    def put_consensus(self, records: Sequence[ConsensusRecord]) -> None:
+        """Insert or replace consensus records (one transaction). If a record's domain is
+        empty, the experience's domain is looked up so the index can filter by it."""
+        for r in records:
+            _space_bytes(r.space_id)
+            _check_id(r.experience_id, "experience id")
+            if len(r.code) != CODE_BYTES:
+                raise StoreError(f"consensus code must be {CODE_BYTES} bytes")
+            if r.count < 0:
+                raise StoreError("consensus count must be >= 0")
+
+        def write(txn: lmdb.Transaction) -> None:
+            for r in records:
+                domain = r.domain
+                if not domain:
+                    exp = txn.get(r.experience_id, db=self._dbs["experiences"])
+                    domain = _unpack(exp)["domain"] if exp is not None else ""
+                value = {
+                    "code": bytes(r.code),
+                    "count": int(r.count),
+                    "confirmed": bool(r.confirmed),
+                    "domain": domain,
+                    "stats": r.stats,
+                    "updated": int(r.updated),
+                }
+                key = bytes(r.space_id) + bytes(r.experience_id)
+                txn.put(key, _pack(value), db=self._dbs["consensus"])
+
+        self._write(write)
+
+    def get_consensus(self, space_id: bytes | str, exp_id: bytes) -> ConsensusRecord | None:
+        key = _space_bytes(space_id) + _check_id(exp_id, "experience id")
+        raw = self._read(lambda txn: txn.get(key, db=self._dbs["consensus"]))
+        return None if raw is None else _cons_record(key, raw)
+
+    def count_consensus(self, space_id: bytes | str) -> int:
+        """Number of consensus codes of a space (a cursor walk: O(n), cheap next to a rebuild)."""
+        n = 0
+        for chunk in self.iter_consensus_chunks(space_id, chunk=65536, codes=False):
+            n += len(chunk)
+        return n
+
+    def iter_consensus(self, space_id: bytes | str) -> Iterator[ConsensusRecord]:
+        """Every consensus record of a space, in experience-id order."""
+        for chunk in self.iter_consensus_chunks(space_id):
+            yield from chunk
+
+    def iter_consensus_chunks(
+        self, space_id: bytes | str, chunk: int = 4096, codes: bool = True
+    ) -> Iterator[list[ConsensusRecord]]:
+        """Consensus records of a space in lists of up to ``chunk`` (one short read txn per
+        list), for rebuilding the index. With codes=False the code field is b"" and values
+        are not decoded (for counting)."""
+        prefix = _space_bytes(space_id)
+        start = prefix
+        first = True
+        while True:
+
+            def read(txn: lmdb.Transaction, start: bytes = start, first: bool = first):
+                cur = txn.cursor(db=self._dbs["consensus"])
+                out = []
+                if not cur.set_range(start):
+                    return out
+                if not first and cur.key() == start and not cur.next():
+                    return out
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    if codes:
+                        out.append(_cons_record(key, value))
+                    else:
+                        out.append(ConsensusRecord(prefix, key[32:], b"", 0, False, ""))
+                    if len(out) >= chunk:
+                        break
+                return out
+
+            batch = self._read(read)
+            if batch:
+                yield batch
+            if len(batch) < chunk:
+                return
+            start = prefix + batch[-1].experience_id
+            first = False
+
+    # ------------------------------------------------------------------- peers, reputation
+
+    def put_peer(self, peer_id: bytes, record: dict[str, Any]) -> None:
+        self._put_map("peers", peer_id, record)
+
+    def get_peer(self, peer_id: bytes) -> dict[str, Any] | None:
+        return self._get_map("peers", peer_id)
+
+    def iter_peers(self) -> list[tuple[bytes, dict[str, Any]]]:
+        return self._all_map("peers")
+
+    def put_reputation(self, peer_id: bytes, record: dict[str, Any]) -> None:
+        self._put_map("reputation", peer_id, record)
+
+    def get_reputation(self, peer_id: bytes) -> dict[str, Any] | None:
+        return self._get_map("reputation", peer_id)
+
+    def iter_reputation(self) -> list[tuple[bytes, dict[str, Any]]]:
+        return self._all_map("reputation")
+
+    def update_reputation(
+        self, peer_id: bytes, fn: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Read-modify-write one reputation record atomically (fn gets the old record)."""
+        key = self._peer_key(peer_id)
+
+        def write(txn: lmdb.Transaction) -> dict[str, Any]:
+            old = txn.get(key, db=self._dbs["reputation"])
+            new = fn(None if old is None else _unpack(old))
+            if not isinstance(new, dict):
+                raise StoreError("reputation record must be a dict")
+            txn.put(key, _pack(new), db=self._dbs["reputation"])
+            return new
+
+        return self._write(write)
+
+    @staticmethod
+    def _peer_key(peer_id: bytes) -> bytes:
+        if not isinstance(peer_id, bytes | bytearray) or not 1 <= len(peer_id) <= 128:
+            raise StoreError("peer id must be 1..128 bytes")
+        return bytes(peer_id)
+
+    def _put_map(self, db_name: str, peer_id: bytes, record: dict[str, Any]) -> None:
+        if not isinstance(record, dict):
+            raise StoreError(f"{db_name} record must be a dict")
+        key, value = self._peer_key(peer_id), _pack(record)
+        self._write(lambda txn: txn.put(key, value, db=self._dbs[db_name]))
+
+    def _get_map(self, db_name: str, peer_id: bytes) -> dict[str, Any] | None:
+        key = self._peer_key(peer_id)
+        raw = self._read(lambda txn: txn.get(key, db=self._dbs[db_name]))
+        return None if raw is None else _unpack(raw)
+
+    def _all_map(self, db_name: str) -> list[tuple[bytes, dict[str, Any]]]:
+        def read(txn: lmdb.Transaction) -> list[tuple[bytes, dict[str, Any]]]:
+            return [(k, _unpack(v)) for k, v in txn.cursor(db=self._dbs[db_name])]
+
+        return self._read(read)
+
+
+# ------------------------------------------------------------------------ record decoding
+
+
+def _exp_record(key: bytes, value: bytes) -> ExperienceRecord:
+    d = _unpack(value)
+    try:
+        return ExperienceRecord(
+            id=key,
+            domain=d["domain"],
+            text=d["text"],
+            tags=tuple(d["tags"]),
+            created=d["created"],
+            author=d["author"],
+            raw=d["raw"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"corrupt experience record: {exc}") from exc
+
+
+def _sub_record(key: bytes, value: bytes) -> SubmissionRecord:
+    d = _unpack(value)
+    try:
+        return SubmissionRecord(
+            experience_id=key[:32],
+            space_id=key[32:64],
+            author=key[64:],
+            code=d["code"],
+            created=d["created"],
+            raw=d["raw"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"corrupt submission record: {exc}") from exc
+
+
+def _cons_record(key: bytes, value: bytes) -> ConsensusRecord:
+    d = _unpack(value)
+    try:
+        return ConsensusRecord(
+            space_id=key[:32],
+            experience_id=key[32:],
+            code=d["code"],
+            count=d["count"],
+            confirmed=d["confirmed"],
+            domain=d["domain"],
+            stats=d["stats"],
+            updated=d["updated"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"corrupt consensus record: {exc}") from exc
+
+
+def _exp_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> ExperienceRecord | None:
+    v = txn.get(tkey[8:], db=store._dbs["experiences"])
+    return None if v is None else _exp_record(tkey[8:], v)
+
+
+def _sub_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> SubmissionRecord | None:
+    v = txn.get(tkey[8:], db=store._dbs["submissions"])
+    return None if v is None else _sub_record(tkey[8:], v)

@@ -1,0 +1,301 @@
+"""The LMDB store, on real LMDB environments in temporary directories."""
+
+from __future__ import annotations
+
+import lmdb
+import msgpack
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dsonode.core import bitdelta, wire
+from dsonode.core.constants import DIM
+from dsonode.core.errors import WireError
+from dsonode.store import (
+    SCHEMA_VERSION,
+    ConsensusRecord,
+    Store,
+    StoreError,
+    StoreSchemaError,
+)
+
+SPACE_A = bytes(range(32))
+SPACE_B = bytes(range(1, 33))
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def keys() -> list[Ed25519PrivateKey]:
+    return [Ed25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i in range(3)]
+
+
+def _exp(key, i: int, domain: str = "math", created: int | None = None) -> wire.Experience:
+    return wire.make_experience(
+        key, domain, f"lesson number {i}", created=T0 + i if created is None else created
+    )
+
+
+def _code(seed: int) -> bytes:
+    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
+    return bitdelta.encode(v / np.linalg.norm(v))
+
+
+def _sub(key, exp_id: bytes, seed: int, space: bytes = SPACE_A) -> wire.Submission:
+    return wire.make_submission(key, exp_id, space, _code(seed), created=T0 + seed)
+
+
+def test_put_items_is_idempotent_and_reports_new(tmp_path, keys):
+    exps = [_exp(keys[0], i) for i in range(5)]
+    raws = [wire.encode_item(e) for e in exps]
+    with Store(tmp_path / "s", space_id=SPACE_A) as store:
+        # A duplicate inside the batch counts once.
+        assert store.put_items([*raws[:3], raws[0]]) == [True, True, True, False]
+        assert store.put_items(raws) == [False, False, False, True, True]
+        assert store.put_items(raws) == [False] * 5
+        assert store.counts()["experiences"] == 5
+        assert store.counts()["exp_by_time"] == 5
+        rec = store.get_experience(exps[2].id)
+        assert rec is not None
+        assert (rec.text, rec.domain, rec.created) == ("lesson number 2", "math", T0 + 2)
+        assert rec.raw == raws[2]
+        assert wire.decode_item(rec.raw) == exps[2]
+        assert store.get_experience(b"\x00" * 32) is None
+
+
+def test_same_content_by_two_authors_is_one_experience(tmp_path, keys):
+    a = wire.make_experience(keys[0], "math", "the same lesson", created=T0)
+    b = wire.make_experience(keys[1], "math", "the same lesson", created=T0 + 5)
+    assert a.id == b.id
+    with Store(tmp_path / "s") as store:
+        assert store.put_items([wire.encode_item(a), wire.encode_item(b)]) == [True, False]
+        assert store.get_experience(a.id).author == a.author  # first one kept
+
+
+def test_one_submission_per_author_first_wins(tmp_path, keys):
+    exp = _exp(keys[0], 0)
+    first = _sub(keys[1], exp.id, seed=1)
+    second = _sub(keys[1], exp.id, seed=2)  # same author, another code
+    other_author = _sub(keys[2], exp.id, seed=3)
+    other_space = _sub(keys[1], exp.id, seed=4, space=SPACE_B)
+    raws = [wire.encode_item(x) for x in (exp, first, second, other_author, other_space)]
+    with Store(tmp_path / "s") as store:
+        assert store.put_items(raws) == [True, True, False, True, True]
+        subs = store.get_submissions(exp.id, SPACE_A)
+        assert sorted(s.author for s in subs) == sorted([first.author, other_author.author])
+        mine = next(s for s in subs if s.author == first.author)
+        assert mine.code == first.code
+        assert mine.raw == raws[1]
+        assert len(store.get_submissions(exp.id)) == 3  # every space
+        assert len(store.get_submissions(exp.id, SPACE_B.hex())) == 1
+
+
+def test_invalid_item_rejects_whole_batch(tmp_path, keys):
+    good = wire.encode_item(_exp(keys[0], 1))
+    bad = bytearray(wire.encode_item(_exp(keys[0], 2)))
+    bad[-1] ^= 0xFF  # breaks the signature
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(WireError):
+            store.put_items([good, bytes(bad)])
+        assert store.counts()["experiences"] == 0
+        with pytest.raises(StoreError):
+            store.put_items([b"\x00" * 5000])  # over the item size limit
+        with pytest.raises(StoreError):
+            store.put_items([5])  # bytes(5) would be five zero bytes: refused as a type
+
+
+def test_map_grows_when_full(tmp_path, keys):
+    exps = [_exp(keys[0], i) for i in range(40)]
+    subs = [_sub(keys[1], e.id, seed=i) for i, e in enumerate(exps)]
+    raws = [wire.encode_item(x) for x in exps + subs]
+    path = tmp_path / "s"
+    with Store(path, map_size=64 * 1024) as store:
+        start = store.map_size
+        for i in range(0, len(raws), 20):  # several batches, each one transaction
+            assert all(store.put_items(raws[i : i + 20]))
+        assert store.map_size > start
+        assert store.counts()["submissions"] == 40
+    with Store(path, map_size=64 * 1024) as store:  # reopening adopts the grown map
+        assert store.counts()["experiences"] == 40
+        assert all(s is not None for s in store.get_raw_items([("experience", e.id) for e in exps]))
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "s"
+    Store(path).close()
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True) as txn:
+        txn.put(b"schema_version", msgpack.packb(SCHEMA_VERSION + 1), db=meta)
+    env.close()
+    with pytest.raises(StoreSchemaError, match="newer"):
+        Store(path)
+    # A refused open leaves the directory unlocked and the data untouched.
+    env = lmdb.open(str(path), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin() as txn:
+        assert msgpack.unpackb(txn.get(b"schema_version", db=meta)) == SCHEMA_VERSION + 1
+    env.close()
+    with pytest.raises(StoreSchemaError):  # still refused: not "in use by another process"
+        Store(path)
+
+
+def test_reopen_keeps_everything(tmp_path, keys):
+    path = tmp_path / "s"
+    exp = _exp(keys[0], 7, domain="code")
+    sub = _sub(keys[1], exp.id, seed=7)
+    cons = ConsensusRecord(SPACE_A, exp.id, sub.code, 1, False, "", {"mad": 0.1}, T0)
+    with Store(path, space_id=SPACE_A.hex()) as store:
+        store.put_items([wire.encode_item(exp), wire.encode_item(sub)])
+        store.put_consensus([cons])
+        store.put_peer(b"peer-1", {"addr": "/ip4/127.0.0.2/tcp/4001"})
+        store.update_reputation(
+            b"peer-1", lambda old: {"score": (old or {"score": 0})["score"] + 1}
+        )
+        store.update_reputation(b"peer-1", lambda old: {"score": old["score"] + 1})
+    with Store(path, space_id=SPACE_A) as store:
+        assert store.schema_version() == SCHEMA_VERSION
+        assert store.previous_space_id == SPACE_A
+        assert store.get_experience(exp.id).domain == "code"
+        got = store.get_consensus(SPACE_A, exp.id)
+        assert got.code == sub.code
+        assert got.domain == "code"  # looked up from the experience
+        assert got.stats == {"mad": 0.1}
+        assert store.get_peer(b"peer-1") == {"addr": "/ip4/127.0.0.2/tcp/4001"}
+        assert store.get_reputation(b"peer-1") == {"score": 2}
+        assert [p for p, _ in store.iter_reputation()] == [b"peer-1"]
+        assert store.get_submissions(exp.id, SPACE_A)[0].raw == wire.encode_item(sub)
+
+
+def test_another_space_keeps_data_apart(tmp_path, keys):
+    path = tmp_path / "s"
+    exp = _exp(keys[0], 1)
+    with Store(path, space_id=SPACE_A) as store:
+        store.put_items([wire.encode_item(exp)])
+        store.put_consensus([ConsensusRecord(SPACE_A, exp.id, _code(1), 1, True, "math")])
+    with Store(path, space_id=SPACE_B) as store:
+        assert store.previous_space_id == SPACE_A
+        assert store.known_spaces() == [SPACE_A, SPACE_B]
+        assert store.count_consensus(SPACE_B) == 0
+        assert store.count_consensus(SPACE_A) == 1
+        assert store.get_experience(exp.id) is not None  # experiences are space-free
+
+
+def test_directory_is_locked_while_open(tmp_path):
+    path = tmp_path / "s"
+    with Store(path), pytest.raises(StoreError, match="in use"):
+        Store(path)
+    Store(path).close()  # closing released the lock
+    with Store(path, readonly=True) as ro:
+        assert ro.schema_version() == SCHEMA_VERSION
+        with pytest.raises(StoreError, match="read-only"):
+            ro.put_peer(b"p", {})
+
+
+def test_bad_arguments_are_typed_errors(tmp_path):
+    with pytest.raises(StoreError):
+        Store(tmp_path / "a", space_id="not hex")
+    with pytest.raises(StoreError):
+        Store(tmp_path / "b", map_size=10)
+    with Store(tmp_path / "c") as store:
+        with pytest.raises(StoreError):
+            store.get_experience(b"short")
+        with pytest.raises(StoreError):
+            store.put_consensus([ConsensusRecord(SPACE_A, b"\x01" * 32, b"x", 1, False, "")])
+        with pytest.raises(StoreError):
+            store.put_peer(b"", {})
+
+
+def test_iteration_by_time_pages_and_bounds(tmp_path, keys):
+    # Created times out of insertion order, more items than one page (256).
+    exps = [_exp(keys[0], i, created=T0 + (i * 7919) % 600) for i in range(600)]
+    with Store(tmp_path / "s") as store:
+        for i in range(0, 600, 200):
+            store.put_items([wire.encode_item(e) for e in exps[i : i + 200]])
+        got = list(store.iter_experiences_by_time())
+        assert len(got) == 600
+        assert [r.created for r in got] == sorted(e.created for e in exps)
+        window = list(store.iter_experiences_by_time(T0 + 100, T0 + 200))
+        assert {r.id for r in window} == {e.id for e in exps if T0 + 100 <= e.created < T0 + 200}
+        assert len(list(store.iter_experiences_by_time(limit=300))) == 300
+        sub = _sub(keys[1], exps[0].id, seed=9)
+        store.put_items([wire.encode_item(sub)])
+        assert [s.code for s in store.iter_submissions_by_time()] == [sub.code]
+
+
+def test_iter_consensus_chunks_one_space_in_order(tmp_path):
+    ids = [bytes([i]) * 32 for i in range(1, 12)]
+    with Store(tmp_path / "s") as store:
+        store.put_consensus(
+            [ConsensusRecord(SPACE_A, i, _code(n), n, n % 2 == 0, "d") for n, i in enumerate(ids)]
+            + [ConsensusRecord(SPACE_B, ids[0], _code(99), 1, False, "d")]
+        )
+        chunks = list(store.iter_consensus_chunks(SPACE_A, chunk=3))
+        assert [len(c) for c in chunks] == [3, 3, 3, 2]
+        flat = [r for c in chunks for r in c]
+        assert [r.experience_id for r in flat] == ids
+        assert [r.count for r in flat] == list(range(11))
+        assert store.count_consensus(SPACE_A) == 11
+        assert [r.code for r in store.iter_consensus(SPACE_B)] == [_code(99)]
+
+
+def test_corrupt_value_is_a_typed_error(tmp_path):
+    path = tmp_path / "s"
+    Store(path).close()
+    env = lmdb.open(str(path), max_dbs=16)
+    exps = env.open_db(b"experiences")  # (opening a db inside a write txn would deadlock)
+    with env.begin(write=True) as txn:
+        txn.put(b"\x05" * 32, b"\xc1garbage", db=exps)
+    env.close()
+    with Store(path) as store, pytest.raises(StoreError, match="corrupt"):
+        store.get_experience(b"\x05" * 32)
+
+
+_WRITER = """
+import sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dsonode.core import wire
+from dsonode.store import Store
+
+key = Ed25519PrivateKey.from_private_bytes(b"\\x07" * 32)
+with Store(sys.argv[1]) as store:
+    for batch in range(10_000):
+        items = [
+            wire.make_experience(key, "crash", f"lesson {batch} {i}", created=1_700_000_000_000)
+            for i in range(50)
+        ]
+        store.put_items([wire.encode_item(x) for x in items], decoded=items)
+        print(batch, flush=True)  # acknowledged: committed and synced
+"""
+
+
+def test_acknowledged_items_survive_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "s"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acked = -1
+    try:
+        deadline = time.monotonic() + 60
+        while acked < 5 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # mid-ingest: the next batch is being written
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert acked >= 5, "the writer did not acknowledge 6 batches"
+    with Store(path) as store:  # opens clean, and the lock died with the process
+        ids = [
+            wire.experience_id("crash", f"lesson {b} {i}")
+            for b in range(acked + 1)
+            for i in range(50)
+        ]
+        assert all(store.has_experience(i) for i in ids)
+        assert store.counts()["experiences"] >= len(ids)
