@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from dsonode.argtypes import bounded_int
 from dsonode.bench.common import report
 from dsonode.core import bitdelta
 from dsonode.core.aggregate import aggregate, aggregate_codes
@@ -388,19 +389,6 @@ def _fractions(text: str) -> list[float]:
     return [_fraction(p.strip()) for p in parts]
 
 
-def _bounded_int(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {v}")
-        return v
-
-    return parse
-
-
 def register(bench_subparsers) -> None:
     p = bench_subparsers.add_parser(
         "byzantine",
@@ -416,12 +404,12 @@ def register(bench_subparsers) -> None:
         help="several attacker shares, e.g. 0.1,0.3,0.45 (overrides --fraction)",
     )
     p.add_argument(
-        "--experiences", type=_bounded_int(10, MAX_EXPERIENCES), default=100, help="default 100"
+        "--experiences", type=bounded_int(10, MAX_EXPERIENCES), default=100, help="default 100"
     )
     p.add_argument(
-        "--submitters", type=_bounded_int(3, 100), default=20, help="per experience (default 20)"
+        "--submitters", type=bounded_int(3, 100), default=20, help="per experience (default 20)"
     )
-    p.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0, help="default 0")
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="default 0")
     p.set_defaults(func=_main)
 
 

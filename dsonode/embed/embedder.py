@@ -1,0 +1,413 @@
+"""Text -> the native 7680-d space: encoder, mean pooling, projection head, Matryoshka prefixes.
+
+One `Embedder` holds one loaded encoder and head (loading takes seconds: keep one per process,
+see `get_embedder`). Its `space_id` names the space its vectors live in; vectors from two
+embedders are comparable only when their space ids are equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dsonode.core.constants import DIM
+from dsonode.embed import encoder as _enc
+from dsonode.embed.defaults import DEFAULT_HEAD_SEED, VALID_DIMS
+from dsonode.embed.errors import EmbedError, ModelLoadError
+from dsonode.embed.fastpath import FastHead, fast_head
+from dsonode.embed.head import (
+    ProjectionHead,
+    build_seeded_head,
+    head_weights_sha256,
+    load_head,
+)
+
+#: Bounds on a call (memory guards; callers batch larger work themselves).
+MAX_BATCH_SIZE = 4096
+#: Characters kept per text before tokenisation, per token of max length. Tokenising a
+#: megabyte only to truncate it is wasted work; a token spans far fewer characters than this.
+_CHARS_PER_TOKEN_BOUND = 64
+#: Show a progress bar by default for at least this many texts (when stderr is a terminal).
+_PROGRESS_MIN_TEXTS = 512
+#: Version of the space-id construction.
+_SPACE_LABEL = "dso/space/v1"
+
+
+def _resolve_device(device: str) -> torch.device:
+    if not isinstance(device, str):
+        raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise EmbedError(f"device {device!r} requested but CUDA is not available")
+        return torch.device(device)
+    raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def space_id_of(
+    encoder_name: str,
+    encoder_sha256: str,
+    max_length: int,
+    head_sha256: str,
+    dim: int,
+    reference: np.ndarray | None,
+) -> str:
+    """sha256 over everything that decides where a text lands in the space (64 hex chars)."""
+    if reference is None:
+        reference = np.zeros(dim, dtype=np.float32)
+    ref_sha = hashlib.sha256(np.ascontiguousarray(reference, dtype="<f4").tobytes()).hexdigest()
+    doc = {
+        "v": _SPACE_LABEL,
+        "encoder": encoder_name,
+        "encoder_sha256": encoder_sha256,
+        "max_length": max_length,
+        "pooling": "mean+l2",
+        "head_sha256": head_sha256,
+        "dim": dim,
+        "reference_sha256": ref_sha,
+    }
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _validate_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise EmbedError("texts must be a sequence of str, not a single str (wrap it in a list)")
+    if not isinstance(texts, Sequence):
+        raise EmbedError(f"texts must be a sequence of str, got {type(texts).__name__}")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise EmbedError(f"texts[{i}] must be str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EmbedError(f"texts[{i}] is not valid Unicode text: {exc.reason}") from exc
+    return out
+
+
+def _validate_dim(dim: int | None) -> int:
+    if dim is None:
+        return DIM
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or int(dim) not in VALID_DIMS:
+        raise EmbedError(f"dim must be one of {VALID_DIMS} or None, got {dim!r}")
+    return int(dim)
+
+
+def _cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bfloat16 natively (AVX512-BF16/AMX); elsewhere it is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _validate_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise EmbedError(f"batch_size must be an int, got {batch_size!r}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise EmbedError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
+    return batch_size
+
+
+class Embedder:
+    """Encoder + projection head: texts -> unit-norm float32 vectors in one named space."""
+
+    def __init__(
+        self,
+        encoder: str | Path | None = None,
+        head: str | Path | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        reference: np.ndarray | None = None,
+    ) -> None:
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise EmbedError(f"threads must be a positive int or None, got {threads!r}")
+            # Process-wide: torch has one intra-op pool. Set before the first op runs.
+            torch.set_num_threads(threads)
+        self.device = _resolve_device(device)
+        folder, self.encoder_name = _enc.resolve_encoder(encoder)
+        self.encoder_path = folder
+        self.model, self.tokenizer = _enc.load_encoder(folder, str(self.device))
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.max_length = _enc.max_seq_length(folder, self.tokenizer)
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.encoder_sha256 = _enc.encoder_sha256(folder)
+
+        if head is None:
+            self.head: ProjectionHead = build_seeded_head(self.hidden_size, DEFAULT_HEAD_SEED)
+            self.head_metadata: dict[str, str] = {"seed": str(DEFAULT_HEAD_SEED)}
+            self.head_path: Path | None = None
+        else:
+            self.head, self.head_metadata = load_head(head)
+            self.head_path = Path(head)
+        if self.head.in_dim != self.hidden_size:
+            raise ModelLoadError(
+                f"head expects {self.head.in_dim}-d input but encoder {self.encoder_name} "
+                f"gives {self.hidden_size}-d"
+            )
+        self.dim = int(self.head.out_dim)
+        if self.dim != DIM:
+            raise ModelLoadError(f"head output is {self.dim}-d; the protocol's dimension is {DIM}")
+        self.head = self.head.to(self.device).eval()
+        self.head_sha256 = head_weights_sha256(self.head)
+        # The same function, faster: a +-scale fc2 (the seeded head) runs as an exact int8 GEMM.
+        self._run_head = fast_head(self.head)
+
+        if reference is not None:
+            reference = np.asarray(reference, dtype=np.float32)
+            if reference.shape != (DIM,) or not np.isfinite(reference).all():
+                raise EmbedError(f"reference must be a finite ({DIM},) vector")
+        self.reference = reference
+        self.space_id = space_id_of(
+            self.encoder_name,
+            self.encoder_sha256,
+            self.max_length,
+            self.head_sha256,
+            self.dim,
+            reference,
+        )
+        short = "minilm-l6" if self.encoder_name == _enc.DEFAULT_ENCODER_NAME else self.encoder_name
+        self.model_name = f"dso-{short.lower()}-{self.dim}"
+        if head is not None:
+            self.model_name += f"-{self.space_id[:8]}"
+        self._lock = threading.Lock()  # one forward pass at a time (shared buffers, threads)
+        self._tok_lock = threading.Lock()
+        self._search_encoder = None
+
+    # ----------------------------------------------------------------- public API
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the encoder sees it (special tokens included, after truncation)."""
+        return [len(ids) for ids in self._tokenize(_validate_texts(texts))]
+
+    def encode_base(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(n, hidden_size) float32: the encoder's own L2-normalised mean-pooled vectors."""
+        texts = _validate_texts(texts)
+        batch_size = _validate_batch_size(batch_size)
+        out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
+        self._run(texts, batch_size, False, out, lambda p: p.cpu().numpy())
+        return out
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        dim: int | None = None,
+        batch_size: int = 64,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """(n, dim) float32 unit-norm vectors; dim 1024/2048/4096 gives renormalised prefixes.
+
+        Texts are sorted by token length into batches (little padding) and returned in input
+        order. An empty string is valid (it embeds the special tokens alone); texts longer than
+        the encoder's max length are truncated. progress=None shows a bar on a terminal for
+        long inputs.
+        """
+        texts = _validate_texts(texts)
+        dim = _validate_dim(dim)
+        batch_size = _validate_batch_size(batch_size)
+        if progress is None:
+            progress = len(texts) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+        out = np.empty((len(texts), dim), dtype=np.float32)
+        self._run(texts, batch_size, bool(progress), out, lambda p: self._project(p, dim))
+        return out
+
+    def embed_query(
+        self, text: str, dim: int | None = None, for_search: bool = False
+    ) -> np.ndarray:
+        """(dim,) float32 unit vector for one text.
+
+        By default exactly `embed([text])[0]`: use it for anything that becomes a code or a
+        submission. `for_search=True` is the low-latency path for a search query that never
+        leaves this node: a bfloat16 copy of the encoder (where the CPU has native bfloat16)
+        and a 2-limb integer fc2; it lands within cosine ~0.9999 of the exact vector (the
+        benchmark reports its retrieval quality as `native_search_path`).
+        """
+        if not isinstance(text, str):
+            raise EmbedError(f"text must be str, got {type(text).__name__}")
+        if not for_search:
+            return self.embed([text], dim=dim, batch_size=1, progress=False)[0]
+        dim = _validate_dim(dim)
+        ids = self._tokenize(_validate_texts([text]))[0]
+        input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        with self._lock, torch.inference_mode():
+            model = self._search_model()
+            hidden = model(input_ids=input_ids).last_hidden_state.float()
+            pooled = torch.nn.functional.normalize(hidden.mean(dim=1), p=2.0, dim=-1)
+            if isinstance(self._run_head, FastHead):
+                vec = self._run_head(pooled, limbs=2)
+            else:
+                vec = self._run_head(pooled)
+            if dim != vec.shape[1]:
+                vec = torch.nn.functional.normalize(vec[:, :dim], p=2.0, dim=-1)
+            return vec[0].cpu().numpy().astype(np.float32, copy=False)
+
+    def _search_model(self):
+        """The encoder used by `embed_query(for_search=True)` (built on first use)."""
+        if self._search_encoder is None:
+            if self.device.type == "cpu" and _cpu_has_native_bf16():
+                self._search_encoder = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+            else:
+                self._search_encoder = self.model
+        return self._search_encoder
+
+    def project(self, base: np.ndarray, dim: int | None = None) -> np.ndarray:
+        """Apply the head to encoder vectors from `encode_base` (n, hidden) -> (n, dim)."""
+        dim = _validate_dim(dim)
+        base = np.asarray(base, dtype=np.float32)
+        if base.ndim != 2 or base.shape[1] != self.hidden_size or not np.isfinite(base).all():
+            raise EmbedError(f"base must be a finite (n, {self.hidden_size}) array")
+        with self._lock, torch.inference_mode():
+            return self._project(torch.from_numpy(base).to(self.device), dim)
+
+    def info(self) -> dict[str, object]:
+        """What defines this embedder's space (for status output and logs)."""
+        return {
+            "model_name": self.model_name,
+            "space_id": self.space_id,
+            "encoder": self.encoder_name,
+            "encoder_path": str(self.encoder_path),
+            "encoder_sha256": self.encoder_sha256,
+            "hidden_size": self.hidden_size,
+            "max_length": self.max_length,
+            "head": str(self.head_path) if self.head_path else f"seeded:{DEFAULT_HEAD_SEED}",
+            "head_sha256": self.head_sha256,
+            "dim": self.dim,
+            "device": str(self.device),
+            "head_kernel": "int8-limbs" if self._run_head is not self.head else "float32",
+            "threads": torch.get_num_threads(),
+        }
+
+    # ----------------------------------------------------------------- internals
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        cut = self.max_length * _CHARS_PER_TOKEN_BOUND
+        clipped = [t if len(t) <= cut else t[:cut] for t in texts]
+        # A fast (Rust) tokenizer mutates its truncation state per call and raises "Already
+        # borrowed" when two threads call it at once (the socket server embeds from threads).
+        with self._tok_lock:
+            enc = self.tokenizer(
+                clipped,
+                truncation=True,
+                max_length=self.max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        return enc["input_ids"]
+
+    def _run(self, texts: list[str], batch_size: int, progress: bool, out: np.ndarray, fn) -> None:
+        """out[i] = fn(pooled batch)[row] over length-sorted batches, in input order."""
+        ids = self._tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        bar = _Progress(len(ids)) if progress else None
+        try:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                rows = [ids[i] for i in idx]
+                width = max(len(r) for r in rows)
+                input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+                mask = np.zeros((len(rows), width), dtype=np.int64)
+                for j, r in enumerate(rows):
+                    input_ids[j, : len(r)] = r
+                    mask[j, : len(r)] = 1
+                with self._lock, torch.inference_mode():
+                    pooled = self._encode_ids(
+                        torch.from_numpy(input_ids).to(self.device),
+                        torch.from_numpy(mask).to(self.device),
+                    )
+                    out[np.asarray(idx)] = fn(pooled)
+                if bar:
+                    bar.advance(len(idx))
+        finally:
+            if bar:
+                bar.close()
+
+    def _encode_ids(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2.0, dim=-1)
+
+    def _project(self, pooled: torch.Tensor, dim: int) -> np.ndarray:
+        with torch.inference_mode():
+            vec = self._run_head(pooled.float())
+            if dim != vec.shape[1]:
+                vec = torch.nn.functional.normalize(vec[:, :dim], p=2.0, dim=-1)
+            return vec.cpu().numpy().astype(np.float32, copy=False)
+
+
+class _Progress:
+    """A rich progress bar on stderr (falls back to nothing if rich is missing)."""
+
+    def __init__(self, total: int) -> None:
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        except ImportError:  # pragma: no cover - rich is a dependency
+            self._p = None
+            return
+        self._p = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._p.start()
+        self._task = self._p.add_task("embedding", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._p:
+            self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._p:
+            self._p.stop()
+
+
+_CACHE: dict[tuple, Embedder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_embedder(
+    encoder: str | Path | None = None,
+    head: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> Embedder:
+    """One Embedder per (encoder, head, device) per process: loading takes seconds."""
+    key = (
+        str(Path(encoder).resolve()) if encoder is not None else None,
+        str(Path(head).resolve()) if head is not None else None,
+        device,
+        threads,
+    )
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Embedder(encoder, head, device=device, threads=threads)
+        return _CACHE[key]
+
+
+def default_threads() -> int:
+    """Threads for torch's intra-op pool: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
