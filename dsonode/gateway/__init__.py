@@ -1,0 +1,25 @@
+"""HTTP gateway: OpenAI-compatible embeddings and Cohere/Jina-style rerank over the node's model.
+
+`serve_gateway(embedder, config)` runs it in a trio nursery (the daemon does this when the
+gateway is enabled); `dsonode gateway --listen 127.0.0.1:PORT` runs it on its own.
+"""
+
+from dsonode.gateway.config import TOKEN_ENV, GatewayConfig, GatewayError, parse_listen
+
+__all__ = [
+    "TOKEN_ENV",
+    "GatewayConfig",
+    "GatewayError",
+    "create_app",
+    "parse_listen",
+    "serve_gateway",
+]
+
+
+def __getattr__(name: str):
+    # Starlette and hypercorn load only when the server is actually wanted.
+    if name in ("create_app", "serve_gateway"):
+        from dsonode.gateway import app
+
+        return getattr(app, name)
+    raise AttributeError(name)

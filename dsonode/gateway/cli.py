@@ -1,0 +1,121 @@
+"""`dsonode gateway --listen 127.0.0.1:8080 [--token ...]`: serve the HTTP gateway on its own."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+from dsonode.gateway.config import (
+    MAX_TOKEN_CHARS,
+    TOKEN_ENV,
+    GatewayConfig,
+    GatewayError,
+    parse_listen,
+    token_from_env,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gateway",
+        help="serve OpenAI-compatible /v1/embeddings and Cohere/Jina-style /v1/rerank over HTTP",
+        description=(
+            "Serve the node's embedding model over HTTP: POST /v1/embeddings (OpenAI shape), "
+            "POST /v1/rerank (Cohere/Jina shape), GET /v1/models, GET /health. Listening beyond "
+            f"loopback requires a bearer token (--token, --token-file or ${TOKEN_ENV})."
+        ),
+    )
+    p.add_argument(
+        "--listen", default="127.0.0.1:8080", help="HOST:PORT or [IPv6]:PORT (port 0 = any free)"
+    )
+    p.add_argument(
+        "--token", default=None, help=f"bearer token clients must send (or ${TOKEN_ENV})"
+    )
+    p.add_argument("--token-file", default=None, help="read the bearer token from this file")
+    p.add_argument("--encoder", default=None, help="local Hugging Face encoder folder")
+    p.add_argument("--head", default=None, help="trained head (.safetensors); default: seeded")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--max-batch", type=int, default=64, help="max texts per encoder call")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (ms)"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (seconds)")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=2 * 1024 * 1024, help="request body limit (bytes)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=_run_gateway)
+
+
+def _read_token(args) -> str | None:
+    if args.token is not None and args.token_file is not None:
+        raise GatewayError("give either --token or --token-file, not both")
+    if args.token_file is not None:
+        path = Path(args.token_file)
+        try:
+            if path.stat().st_size > MAX_TOKEN_CHARS + 2:
+                raise GatewayError(f"token file {path} is too large for a token")
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GatewayError(f"cannot read token file {path}: {exc}") from None
+        if not token:
+            raise GatewayError(f"token file {path} is empty")
+        return token
+    if args.token is not None:
+        return args.token
+    return token_from_env()
+
+
+def build_config(args) -> GatewayConfig:
+    host, port = parse_listen(args.listen)
+    config = GatewayConfig(
+        host=host,
+        port=port,
+        token=_read_token(args),
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.timeout,
+        max_batch_texts=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+    )
+    config.validate()  # before loading the model: a refused start should be quick
+    return config
+
+
+def _run_gateway(args) -> int:
+    config = build_config(args)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import trio
+
+    from dsonode.embed import get_embedder
+    from dsonode.gateway.app import serve_gateway
+
+    embedder = get_embedder(args.encoder, args.head, device=args.device, threads=args.threads)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def shutdown_trigger() -> None:
+                async for _ in signals:
+                    return
+
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(
+                    partial(serve_gateway, embedder, config, shutdown_trigger=shutdown_trigger)
+                )
+                # One machine-readable line on stdout (tests and benchmarks read the port).
+                print(
+                    f"dsonode gateway: listening on {url} model={embedder.model_name} "
+                    f"space_id={embedder.space_id} auth={'on' if config.token else 'off'}",
+                    flush=True,
+                )
+
+    trio.run(main)
+    return 0
