@@ -478,7 +478,115 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     invalid_batch("batch_invalid_noncanonical", "One entry written as bin16 (0xc5 0x00 0x01) "
                   "instead of bin8.", b"\x93\x01\xa5batch\x91\xc5\x00\x01\x00",
                   "NonCanonicalError")  # fmt: skip
-    return {v["name"]: v for v in vectors}
+    out = {v["name"]: v for v in vectors}
+    items = [bytes.fromhex(out[n]["expected"]["encoded_hex"]) for n in ITEM_VECTORS_FOR_SYNC]
+    out.update(build_sync_vectors(items))
+    return out
+
+
+# --- Sync protocol vectors (PROTOCOL.md section 12), type "sync" ------------------------------------
+
+ITEM_VECTORS_FOR_SYNC = (
+    "item_valid_experience_minimal",
+    "item_valid_experience_normalised",
+    "item_valid_submission",
+)
+
+
+def build_sync_vectors(items: list[bytes]) -> dict[str, dict[str, Any]]:
+    """Sync messages and exchanges over the three valid items above (created = CREATED + 0,
+    +1, +2). Each vector has `input`: "exchange" (request/response pairs), "message" or
+    "frame", and for the invalid ones the `error` class that decoding or checking raises."""
+    from dsonode.core import sync
+
+    def frame_hex(msg: Any) -> str:
+        return sync.encode_frame(sync.encode_message(msg)).hex()
+
+    def step(request: Any, response: Any) -> dict[str, Any]:
+        return {
+            "request_kind": request.kind,
+            "request_hex": sync.encode_message(request).hex(),
+            "request_frame_hex": frame_hex(request),
+            "response_kind": response.kind,
+            "response_hex": sync.encode_message(response).hex(),
+            "response_frame_hex": frame_hex(response),
+        }
+
+    hashes = [wire.item_hash(i) for i in items]
+    created = [CREATED, CREATED + 1, CREATED + 2]
+    entries = list(zip(created, hashes, strict=True))
+    # Window [CREATED - 1000, CREATED + 1000) in 2 ms buckets: items 0 and 1 share the bucket
+    # starting at CREATED, item 2 is alone in the bucket starting at CREATED + 2.
+    inv_req = sync.InventoryRequest(SPACE_ID, CREATED - 1000, CREATED + 1000, 2)
+    inventory = sync.build_inventory(inv_req, entries)
+    first = inventory.buckets[0]
+    hashes_req = sync.HashesRequest(SPACE_ID, first.start_ms, first.start_ms + 2, b"")
+    page = sync.Hashes(tuple(sorted(hashes[:2])), False)
+    items_req = sync.ItemsRequest(tuple(sorted(hashes)))
+    by_hash = dict(zip(hashes, items, strict=True))
+    items_resp = sync.fit_items([by_hash[h] for h in items_req.hashes], len(items_req.hashes))
+    out: list[dict[str, Any]] = [
+        {
+            "name": "sync_valid_exchange",
+            "description": "A full exchange over the minimal, normalised and submission items: "
+            "the inventory of a 2,000 ms window in 2 ms buckets, the hashes of the first "
+            "bucket, then all three items by hash (items in request order).",
+            "type": "sync",
+            "valid": True,
+            "input": "exchange",
+            "entries": [{"created": c, "item_hash_hex": h.hex()} for c, h in entries],
+            "bucket_digests": [
+                {
+                    "start_ms": b.start_ms,
+                    "count": b.count,
+                    "preimage_hex": (
+                        sync.BUCKET_DIGEST_DOMAIN
+                        + b"".join(
+                            sorted(h for c, h in entries if b.start_ms <= c < b.start_ms + 2)
+                        )
+                    ).hex(),
+                    "digest_hex": b.digest.hex(),
+                }
+                for b in inventory.buckets
+            ],
+            "steps": [
+                step(inv_req, inventory),
+                step(hashes_req, page),
+                step(items_req, items_resp),
+            ],
+        }
+    ]
+
+    def invalid(name: str, description: str, input_: str, data: bytes, error: str) -> None:
+        out.append({"name": name, "description": description, "type": "sync", "valid": False,
+                    "input": input_, "encoded_hex": data.hex(), "error": error})  # fmt: skip
+
+    invalid("sync_invalid_frame_nonminimal", "A frame length of 1 written as the 2-byte varint "
+            "0x81 0x00 (not minimal), then a 1-byte payload.", "frame", b"\x81\x00\x00",
+            "FrameError")  # fmt: skip
+    invalid("sync_invalid_frame_oversize", "A frame header announcing 65,537 bytes "
+            "(0x81 0x80 0x04), one more than the limit; rejected before any payload is read.",
+            "frame", b"\x81\x80\x04", "FrameError")  # fmt: skip
+    invalid("sync_invalid_message_unsorted_hashes", "An items request whose two hashes are in "
+            "descending order.", "message",
+            pack([1, "sync/items-request", sorted(hashes[:2], reverse=True)]),
+            "NonCanonicalError")  # fmt: skip
+    invalid("sync_invalid_message_too_many_buckets", "An inventory request for 1,025 buckets "
+            "(a 1,025 ms window in 1 ms buckets; the limit is 1,024).", "message",
+            pack([1, "sync/inventory-request", SPACE_ID, CREATED, CREATED + 1025, 1]),
+            "OversizeError")  # fmt: skip
+    unrequested = {
+        "name": "sync_invalid_exchange_unrequested_item",
+        "description": "An items request for the minimal experience answered with the "
+        "submission: a well-formed response that does not answer its request.",
+        "type": "sync",
+        "valid": False,
+        "input": "exchange",
+        "steps": [step(sync.ItemsRequest((hashes[0],)), sync.Items((items[2],), 1))],
+        "error": "SyncError",
+    }
+    out.append(unrequested)
+    return {v["name"]: v for v in out}
 
 
 def exp_body(

@@ -59,3 +59,23 @@ class SignatureError(WireError):
 
 class ClockSkewError(WireError):
     """The item's `created` lies more than the allowed skew ahead of the receiver's clock."""
+
+
+# --- Sync protocol errors (dsonode.core.sync, PROTOCOL.md §12). A sync message that is not
+# --- well-formed raises the wire classes above (same decoding steps as §9); these are for what
+# --- only the sync protocol can get wrong.
+
+
+class SyncError(WireError):
+    """A sync response does not answer its request (wrong kind, unrequested or out-of-window
+    data, a cursor that does not advance), or the exchange broke a sync limit."""
+
+
+class FrameError(SyncError):
+    """A sync stream frame is bad: non-minimal or over-long varint, zero or oversize length."""
+
+
+class SyncTimeoutError(DsoError, TimeoutError):
+    """The sync peer was too slow: a read, a write or the whole exchange ran past its deadline.
+
+    Not a WireError: no bytes were wrong (and so it has no test vector)."""
