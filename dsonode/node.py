@@ -55,6 +55,10 @@ class NodeConfig:
     idle_timeout: float = 300.0
     quorum: int = 3
     cpu_threads: int = 2  # worker threads for embedding/search/commits
+    # Networking (dsonode.net.daemon): off unless `listen` is set.
+    listen: str | None = None
+    peers: tuple[str, ...] = ()
+    byzantine_attack: str | None = None  # testnet only: poison our own submissions
 
 
 class Node:
@@ -70,6 +74,7 @@ class Node:
         self.key: Any = None
         self.service: Any = None
         self.server: Any = None
+        self.daemon: Any = None
         self._lock_fd: int | None = None
 
     def open(self, say: Callable[[str], None] = lambda s: None) -> None:
@@ -117,6 +122,23 @@ class Node:
                 ),
             )
             self.service.server = self.server
+            if self.config.listen is not None:
+                from dsonode.net.daemon import DaemonConfig, NetDaemon
+
+                self.daemon = NetDaemon(
+                    DaemonConfig(
+                        listen=self.config.listen,
+                        peers=tuple(self.config.peers),
+                        quorum=self.config.quorum,
+                        byzantine_attack=self.config.byzantine_attack,
+                    ),
+                    store=self.store,
+                    index=self.index,
+                    service=self.service,
+                    embedder=self.embedder,
+                    key=self.key,
+                )
+                self.service.network = self.daemon
         except BaseException:
             self.close()
             raise
@@ -145,6 +167,8 @@ class Node:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            if self.daemon is not None:
+                await nursery.start(self.daemon.run)
             await nursery.start(self.server.serve_unix, self.socket_path)
             if ready is not None:
                 ready(self.socket_path)

@@ -60,6 +60,23 @@ def register(subparsers: Any) -> None:
         default=300.0,
         help="seconds before an idle connection is closed",
     )
+    p.add_argument(
+        "--listen",
+        default=None,
+        help="join the network: libp2p listen address, e.g. /ip4/127.0.0.2/tcp/4001",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        help="a peer to dial, /ip4/IP/tcp/PORT/p2p/PEER_ID (repeat; needs --listen)",
+    )
+    p.add_argument(
+        "--byzantine-attack",
+        default=None,
+        choices=["gaussian", "sign_flip"],
+        help="TESTNET ONLY: poison this node's own submissions (to test the median)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_run)
 
@@ -118,7 +135,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
+        listen=args.listen,
+        peers=tuple(args.peer),
+        byzantine_attack=args.byzantine_attack,
     )
+    if config.listen is None and (config.peers or config.byzantine_attack):
+        from dsonode.node import NodeError
+
+        raise NodeError("--peer and --byzantine-attack need --listen")
+    if config.listen is not None:  # bad addresses stop the node before the model loads
+        from dsonode.net.daemon import DaemonConfig
+
+        DaemonConfig(listen=config.listen, peers=config.peers)
     return run_node(config)
 
 

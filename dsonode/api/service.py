@@ -81,6 +81,9 @@ class RetrievalService:
         self._add_lock = threading.Lock()
         #: Filled in by the node once the server exists (connection counters for `stats`).
         self.server: Any = None
+        #: The network daemon when the node runs with peers (`dsonode.net.daemon.NetDaemon`):
+        #: new local items are handed to its `publish_local`, and `stats` shows its state.
+        self.network: Any = None
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -182,10 +185,10 @@ class RetrievalService:
                 new = [False]
             else:
                 submission = wire.make_submission(self.key, experience.id, self.space_id, code)
-                new = self.store.put_items(
-                    [wire.encode_item(experience), wire.encode_item(submission)],
-                    decoded=[experience, submission],
-                )
+                raws = [wire.encode_item(experience), wire.encode_item(submission)]
+                new = self.store.put_items(raws, decoded=[experience, submission])
+                if self.network is not None and any(new):
+                    self.network.publish_local(raws)
             assert code is not None  # submissions are never deleted
             consensus = self.store.get_consensus(self.space_id, experience.id)
             # An existing consensus (from peers) is left to the aggregation of later issues.
@@ -231,6 +234,7 @@ class RetrievalService:
                 "requests": server.requests if server else 0,
                 "errors": server.errors if server else 0,
             },
+            **({"network": self.network.stats()} if self.network is not None else {}),
         }
 
     def health(self, _p: NoParams | None = None) -> dict[str, Any]:

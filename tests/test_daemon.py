@@ -1,0 +1,177 @@
+"""The networked node (dsonode.net.daemon): settings, and a real 4-process testnet.
+
+The testnet test starts four `dsonode run` processes on 127.0.0.2-5 (three honest, one
+Byzantine that submits random directions), each dialling the three others. An experience
+added over the socket at node 1 must be found by a search at node 3 with a confirmed
+consensus of >= 3 submissions, and the Byzantine node's submission must be rejected, its
+reputation falling, at the honest nodes. Every wait is bounded; every process is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from dsonode.api.testing import NodeProcess
+from dsonode.core.constants import DIM
+from dsonode.identity import load_or_create_key, public_key_bytes
+from dsonode.net.daemon import DaemonConfig, DaemonError, poison
+from dsonode.net.peerinfo import peer_id_from_public_key
+
+PEER = "/ip4/127.0.0.3/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
+
+
+def test_config_validation_names_the_setting():
+    DaemonConfig(listen="/ip4/127.0.0.2/tcp/4001", peers=(PEER,))
+    with pytest.raises(DaemonError, match="--listen"):
+        DaemonConfig(listen="/ip4/8.8.8.8/tcp/4001")  # loopback only
+    with pytest.raises(DaemonError, match="--peer"):
+        DaemonConfig(listen="/ip4/127.0.0.2/tcp/4001", peers=("/ip4/127.0.0.3/tcp/4001",))
+    with pytest.raises(DaemonError, match="--byzantine-attack"):
+        DaemonConfig(listen="/ip4/127.0.0.2/tcp/4001", byzantine_attack="nice")
+
+
+def test_poison_attacks():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=DIM).astype(np.float32)
+    v /= np.linalg.norm(v)
+    assert np.allclose(poison(v, "sign_flip", rng), -v)
+    g = poison(v, "gaussian", rng)
+    assert g.shape == (DIM,) and abs(float(g @ v)) < 0.1 and np.isclose(np.linalg.norm(g), 1)
+
+
+def test_run_refuses_a_bad_listen_address_before_loading_the_model(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dsonode",
+            "run",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            "/ip4/10.0.0.1/tcp/4001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--listen" in proc.stderr
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, fn, timeout: float, nodes=()) -> object:
+    """Poll fn() (bounded) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(0.5)
+    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
+
+
+@pytest.mark.slow
+def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
+    n_nodes, byzantine = 4, 3  # node index 3 (the 4th) lies
+    ips = [f"127.0.0.{i + 2}" for i in range(n_nodes)]
+    ports = [_free_port(ip) for ip in ips]
+    dirs = [tmp_path / f"n{i + 1}" for i in range(n_nodes)]
+    authors = []
+    for d in dirs:
+        d.mkdir(mode=0o700)
+        authors.append(public_key_bytes(load_or_create_key(d / "node.key")))
+    addrs = [
+        f"/ip4/{ip}/tcp/{port}/p2p/{peer_id_from_public_key(a)}"
+        for ip, port, a in zip(ips, ports, authors, strict=True)
+    ]
+    nodes = []
+    for i, d in enumerate(dirs):
+        args = ["--listen", f"/ip4/{ips[i]}/tcp/{ports[i]}", "--threads", "1"]
+        for j, addr in enumerate(addrs):
+            if j != i:
+                args += ["--peer", addr]
+        if i == byzantine:
+            args += ["--byzantine-attack", "gaussian"]
+        nodes.append(NodeProcess(d, *args, start_timeout=180))
+    try:
+        with ThreadPoolExecutor(n_nodes) as pool:
+            list(pool.map(lambda n: n.start(), nodes))
+
+        def meshed() -> bool:
+            for n in nodes:
+                with n.client(timeout=30) as c:
+                    net = c.stats()["network"]
+                if len(net["connected"]) < n_nodes - 1 or net["mesh_peers"] < n_nodes - 1:
+                    return False
+            return True
+
+        _wait("a full gossip mesh", meshed, 90, nodes)
+
+        text = "Before you refactor a parser, pin its behaviour with golden-file tests."
+        with nodes[0].client() as c:
+            added = c.add_experience(text, "coding", ["testing"])
+        exp_id = added["id"]
+
+        def found_confirmed_at_node3():
+            with nodes[2].client() as c:
+                hits = c.search(text, k=3)
+            top = hits[0] if hits else None
+            ok = top and top["id"] == exp_id and top["confirmed"] and top["submissions"] >= 3
+            return top if ok else None
+
+        top = _wait("a confirmed consensus at node 3", found_confirmed_at_node3, 90, nodes)
+        assert top["text"] == text and top["domain"] == "coding"
+        assert top["submissions"] == 3  # the three honest nodes; the liar is rejected
+
+        liar = authors[byzantine].hex()
+
+        def liar_rejected(node):
+            with node.client() as c:
+                rep = c.stats()["network"]["reputation"]
+            return rep if rep.get(liar, {}).get("rejected", 0) >= 1 else None
+
+        for i in range(n_nodes):
+            if i == byzantine:
+                continue
+            rep = _wait(
+                f"the liar's rejection at node {i + 1}",
+                lambda i=i: liar_rejected(nodes[i]),
+                60,
+                nodes,
+            )
+            assert rep[liar]["score"] < 0.5 and rep[liar]["accepted"] == 0
+            for j in range(n_nodes):
+                if j != byzantine:
+                    honest = rep[authors[j].hex()]
+                    assert honest["rejected"] == 0 and honest["accepted"] >= 1
+                    assert honest["score"] > 0.5
+        # Honest consensus is unharmed everywhere: every honest node finds it confirmed.
+        for i in (0, 1):
+            with nodes[i].client() as c:
+                hit = c.search(text, k=1)[0]
+            assert hit["id"] == exp_id and hit["confirmed"] and hit["submissions"] == 3
+        # Nothing honest was penalised by the pipeline.
+        with nodes[2].client() as c:
+            net = c.stats()["network"]
+        assert net["pipeline"]["graylisted"] == []
+        assert all(r in ("duplicate", "stored") for r in net["pipeline"]["rejected"])
+    finally:
+        for n in nodes:
+            n.stop(grace=15)
