@@ -1,0 +1,22 @@
+"""Node configuration: a typed, frozen model loaded from TOML with DSONODE_<SECTION>_<KEY>
+environment overrides (see `loader`), and the `dsonode init` / `dsonode config` commands."""
+
+from dsonode.config.loader import (
+    CONFIG_FILE_NAME,
+    SPEC,
+    Config,
+    ConfigError,
+    config_from_mapping,
+    load_config,
+    render_template,
+)
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "SPEC",
+    "Config",
+    "ConfigError",
+    "config_from_mapping",
+    "load_config",
+    "render_template",
+]

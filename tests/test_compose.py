@@ -1,0 +1,180 @@
+"""docker-compose.yml is a valid compose file, and it agrees with configs/ (no engine needed)."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsonode.config import ConfigError, load_config
+from dsonode.config.cli import peer_id_of_key, seeded_testnet_key
+from dsonode.net.peerinfo import parse_multiaddr
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+CONFIGS = ROOT / "configs"
+CONFIG_MOUNT = "/etc/dsonode/dsonode.toml"
+CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
+
+
+def test_compose_file_validates_against_the_vendored_compose_spec():
+    # The builtin schema ships inside check-jsonschema (vendor/compose-spec.json): no network.
+    out = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_validator_rejects_a_broken_compose_file(tmp_path):
+    broken = yaml.safe_load(COMPOSE.read_text())
+    broken["services"]["node1"]["healthcheck"]["tset"] = ["CMD", "true"]  # a typo of `test`
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(broken))
+    out = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1 and "tset" in out.stdout
+
+
+def _seed_of(service: dict) -> str | None:
+    command = " ".join(service.get("command") or [])
+    m = re.search(r"--testnet-key-seed ([A-Za-z0-9_.-]+)", command)
+    return m.group(1) if m else None
+
+
+def topology_problems(compose: dict, configs_dir: Path) -> list[str]:
+    """Everything on which docker-compose.yml and configs/ disagree (empty: they agree)."""
+    problems: list[str] = []
+    services: dict = compose.get("services", {})
+    declared_volumes = set(compose.get("volumes") or {})
+    subnets = {
+        name: [ipaddress.ip_network(c["subnet"]) for c in (net.get("ipam") or {}).get("config", [])]
+        for name, net in (compose.get("networks") or {}).items()
+    }
+    configs, addr_of, peer_id_of = {}, {}, {}
+    used_files: set[Path] = set()
+    for name, svc in services.items():
+        mounts = [v for v in svc.get("volumes", []) if v.split(":")[1:2] == [CONFIG_MOUNT]]
+        if len(mounts) != 1:
+            problems.append(f"{name}: needs exactly one config mounted at {CONFIG_MOUNT}")
+            continue
+        path = (ROOT / mounts[0].split(":")[0]).resolve()
+        if path.parent != configs_dir.resolve() or not path.is_file():
+            problems.append(f"{name}: config {path} is not a file in configs/")
+            continue
+        used_files.add(path)
+        try:
+            cfg = load_config(path, env={})
+        except ConfigError as exc:
+            problems.append(f"{name}: {path.name} does not load: {exc}")
+            continue
+        configs[name] = cfg
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            if not source.startswith(".") and source not in declared_volumes:
+                problems.append(f"{name}: volume {source} is not declared")
+        data_mount = [v for v in svc["volumes"] if v.split(":")[1:2] == [str(cfg.node.data_dir)]]
+        if not data_mount or data_mount[0].startswith("."):
+            problems.append(f"{name}: node.data_dir {cfg.node.data_dir} is not a named volume")
+        sock_dir = str(cfg.api.socket.parent)
+        if not any(v.split(":")[1:2] == [sock_dir] for v in svc["volumes"]):
+            problems.append(f"{name}: the socket directory {sock_dir} is not a volume")
+        health = " ".join(svc.get("healthcheck", {}).get("test", []))
+        env = svc.get("environment", {})
+        health = health.replace("$${DSONODE_SERVICE}", str(env.get("DSONODE_SERVICE", "")))
+        if "dsonode stats" not in health or f"--socket {cfg.api.socket}" not in health:
+            problems.append(f"{name}: the health check does not ask the node's socket")
+        nets = svc.get("networks") or {}
+        for net_name, net in nets.items():
+            ip = ipaddress.ip_address((net or {}).get("ipv4_address", "0.0.0.0"))
+            if not any(ip in sub for sub in subnets.get(net_name, [])):
+                problems.append(f"{name}: {ip} is outside the subnet of network {net_name}")
+            listen = parse_multiaddr(cfg.net.listen, allow_non_loopback=True, allow_port_zero=True)
+            addr_of[(str(ip), listen.port)] = name
+        seed = _seed_of(svc)
+        if seed is not None:
+            peer_id_of[name] = peer_id_of_key(seeded_testnet_key(seed))
+        if (
+            parse_multiaddr(cfg.net.listen, allow_non_loopback=True, allow_port_zero=True).ip
+            in (
+                "0.0.0.0",
+                "::",
+            )
+            and not cfg.net.allow_non_loopback
+        ):
+            problems.append(f"{name}: listens on all interfaces without allow_non_loopback")
+    for name, cfg in configs.items():
+        for addr in cfg.bootstrap_addrs():
+            target = addr_of.get((addr.ip, addr.port))
+            if target is None:
+                problems.append(f"{name}: peer {addr} is no service's address")
+            elif target == name:
+                problems.append(f"{name}: lists itself as a peer")
+            elif peer_id_of.get(target) != addr.peer_id:
+                problems.append(f"{name}: peer {addr} does not carry the peer id of {target}")
+    byzantine = [n for n, c in configs.items() if c.testnet.attack != "none"]
+    if len(byzantine) != 1:
+        problems.append(f"expected exactly one Byzantine node, found {byzantine}")
+    for path in sorted(configs_dir.glob("*.toml")):
+        if path.resolve() not in used_files:
+            problems.append(f"configs/{path.name} is used by no service")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_and_configs_agree(compose):
+    assert set(compose["services"]) == {
+        "bootstrap",
+        "node1",
+        "node2",
+        "node3",
+        "node4",
+        "byzantine",
+    }
+    assert topology_problems(compose, CONFIGS) == []
+
+
+def test_the_agreement_check_catches_disagreements(compose):
+    no_bootstrap = copy.deepcopy(compose)
+    del no_bootstrap["services"]["bootstrap"]
+    problems = topology_problems(no_bootstrap, CONFIGS)
+    assert any("is no service's address" in p for p in problems)
+    assert any("bootstrap.toml is used by no service" in p for p in problems)
+
+    wrong_seed = copy.deepcopy(compose)
+    cmd = wrong_seed["services"]["bootstrap"]["command"]
+    cmd[0] = cmd[0].replace("--testnet-key-seed bootstrap", "--testnet-key-seed other")
+    assert any("does not carry the peer id" in p for p in topology_problems(wrong_seed, CONFIGS))
+
+    two_byzantine = copy.deepcopy(compose)
+    vols = two_byzantine["services"]["node4"]["volumes"]
+    vols[vols.index(f"./configs/node4.toml:{CONFIG_MOUNT}:ro")] = (
+        f"./configs/byzantine.toml:{CONFIG_MOUNT}:ro"
+    )
+    assert any("exactly one Byzantine" in p for p in topology_problems(two_byzantine, CONFIGS))
+
+
+def test_every_service_starts_with_its_config_and_seed(compose):
+    for name, svc in compose["services"].items():
+        assert _seed_of(svc) == name
+        command = shlex.split(" ".join(svc["command"]))
+        assert command[-3:] == ["run", "--config", CONFIG_MOUNT]
+    net = compose["networks"]["dsonet"]
+    assert net.get("internal") is True  # the test network has no way out
