@@ -1,0 +1,122 @@
+"""`dsonode bench extract`: the offline extractor on the sample rollouts (examples/rollouts).
+
+Reports `rollouts`, `groups`, `experiences`, `rollouts_per_s` (extraction including the
+embedding of every step, model already loaded; median of --repeats runs), and `precision`:
+the share of lessons whose source step is annotated as a step that made the difference
+(`meta.good_steps` of its rollout). `recall` is the share of groups with signal that yield at
+least one correct lesson. `baseline_precision` is what picking a random step of a successful
+rollout would score, so the ratio says how much the contrast adds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from dsonode.argtypes import bounded_int
+from dsonode.bench.common import report
+from dsonode.core.errors import DsoError
+
+
+def default_rollouts_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "examples" / "rollouts"
+
+
+def register(bench_sub) -> None:
+    p = bench_sub.add_parser("extract", help="offline extractor on the sample rollouts")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--repeats", type=bounded_int(1, 50), default=3, help="timed runs (median)")
+    p.add_argument(
+        "--path",
+        type=Path,
+        default=None,
+        help="a .jsonl file or a folder of them (default: examples/rollouts)",
+    )
+    p.set_defaults(func=cmd_bench_extract)
+
+
+def _files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise DsoError(f"no rollouts found at {path}")
+    return files
+
+
+def score_lessons(groups, lessons) -> dict[str, Any]:
+    """precision/recall of lessons against meta.good_steps (see the module docstring)."""
+    by_task = {g.task_id: g for g in groups}
+
+    def is_good(src) -> bool:
+        meta = by_task[src.task_id].rollouts[src.rollout].meta
+        good = meta.get("good_steps")
+        return isinstance(good, list) and src.step in good
+
+    annotated = [
+        g for g in groups if any(isinstance(r.meta.get("good_steps"), list) for r in g.rollouts)
+    ]
+    correct = [lesson for lesson in lessons if is_good(lesson.source)]
+    # a merged lesson stands for every group it came from
+    tasks_hit = {s.task_id for lesson in lessons for s in lesson.sources if is_good(s)}
+    # A random step of a rollout rewarded above its group's mean:
+    good_steps = all_steps = 0
+    for g in annotated:
+        mean = statistics.fmean(g.rewards)
+        for r in g.rollouts:
+            if r.reward > mean:
+                all_steps += len(r.steps())
+                good_steps += len(r.meta.get("good_steps") or [])
+    return {
+        "precision": len(correct) / len(lessons) if lessons else None,
+        "recall": len(tasks_hit) / len(annotated) if annotated else None,
+        "baseline_precision": good_steps / all_steps if all_steps else None,
+        "annotated_groups": len(annotated),
+    }
+
+
+def cmd_bench_extract(args) -> int:
+    from dsonode.embed import get_embedder
+    from dsonode.extract.cli import load_rollouts
+    from dsonode.extract.offline import OfflineExtractor
+    from dsonode.extract.rollouts import group_rollouts
+
+    rollouts, bad = [], 0
+    for f in _files(args.path or default_rollouts_dir()):
+        parsed = load_rollouts(f)
+        rollouts.extend(parsed.rollouts)
+        bad += len(parsed.errors)
+    groups, skipped = group_rollouts(rollouts)
+    t0 = time.perf_counter()
+    embedder = get_embedder()
+    load_s = time.perf_counter() - t0
+    extractor = OfflineExtractor(embedder.encode_base)
+    extractor.extract(groups[:2])  # warm-up (first torch calls are slow)
+    times, result = [], None
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        result = extractor.extract(groups)
+        times.append(time.perf_counter() - t0)
+    assert result is not None
+    med = statistics.median(times)
+    in_groups = sum(len(g.rollouts) for g in groups)
+    out: dict[str, Any] = {
+        "rollouts": len(rollouts),
+        "bad_lines": bad,
+        "groups": len(groups),
+        "skipped_groups": len(skipped),
+        "steps": result.steps,
+        "experiences": len(result.lessons),
+        "merged": result.merged,
+        "rollouts_per_s": in_groups / med,
+        "steps_per_s": result.steps / med,
+        "extract_s_median": med,
+        "extract_s_all": times,
+        "model_load_s": load_s,
+        "encoder": "encoder only (encode_base, 384-d), as the extractor uses it",
+    }
+    out.update(score_lessons(groups, result.lessons))
+    if out["precision"] is not None and out["baseline_precision"]:
+        out["precision_vs_baseline"] = out["precision"] / out["baseline_precision"]
+    report(out, args.json)
+    return 0

@@ -1,0 +1,68 @@
+"""The rollouts format: parsing, bad lines with their numbers, grouping, no-signal groups."""
+
+from __future__ import annotations
+
+import json
+
+from dsonode.extract.rollouts import group_rollouts, parse_lines, split_steps
+
+
+def _line(**kw):
+    row = {"task_id": "t1", "prompt": "p", "response": "a\nb", "reward": 1.0, **kw}
+    return json.dumps(row)
+
+
+def test_parse_good_and_bad_lines_reports_line_numbers():
+    lines = [
+        _line(),
+        "not json",
+        "",
+        _line(reward="high"),
+        _line(reward=float("inf")).replace("Infinity", "1e999"),
+        _line(domain="Bad Domain"),
+        _line(response=[{"role": "user", "content": "x"}]),
+        _line(task_id="t1", reward=0.0, domain="math"),
+    ]
+    res = parse_lines(lines)
+    assert [r.line for r in res.rollouts] == [1, 8]
+    assert [e.line for e in res.errors] == [2, 4, 5, 6, 7]
+    assert "reward" in res.errors[1].message
+    assert "domain" in res.errors[3].message
+    assert "assistant" in res.errors[4].message
+
+
+def test_grouping_and_no_signal_groups():
+    lines = [
+        _line(task_id="a", reward=1.0),
+        _line(task_id="b", reward=0.5),
+        _line(task_id="a", reward=0.0),
+        _line(task_id="b", reward=0.5),
+        _line(task_id="c", reward=1.0),
+    ]
+    groups, skipped = group_rollouts(parse_lines(lines).rollouts)
+    assert [g.task_id for g in groups] == ["a"]
+    assert groups[0].rewards == [1.0, 0.0]
+    reasons = {s.task_id: s.reason for s in skipped}
+    assert "equal" in reasons["b"] and "one rollout" in reasons["c"]
+
+
+def test_split_steps_text_and_chat():
+    assert split_steps("1. First do X.\n\n- Then Y.\nStep 3: Z.") == [
+        "First do X.",
+        "Then Y.",
+        "Z.",
+    ]
+    assert split_steps("One sentence. Another one.") == ["One sentence.", "Another one."]
+    chat = (
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "plan"},
+        {"role": "tool", "content": "ok"},
+        {"role": "assistant", "content": ""},
+        {"role": "assistant", "content": "answer"},
+    )
+    assert split_steps(chat) == ["plan", "answer"]
+
+
+def test_oversized_fields_are_rejected():
+    res = parse_lines([_line(prompt="x" * 40_000), _line(meta=[1])])
+    assert [e.line for e in res.errors] == [1, 2]
