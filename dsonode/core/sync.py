@@ -40,7 +40,7 @@ from dsonode.core.errors import (
     VersionError,
     WireError,
 )
-from dsonode.core.wire import WIRE_VERSION, item_hash
+from dsonode.core.wire import WIRE_VERSION, item_hash, parse_msgpack
 
 __all__ = [
     "BUCKET_DIGEST_DOMAIN",
@@ -341,26 +341,7 @@ def encode_message(msg: Message) -> bytes:
 
 
 def _parse(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True, timestamp=0, **_PARSE_LIMITS
-        )
-    except msgpack.StackError as exc:
-        raise SchemaError("arrays nested too deep") from exc
-    except msgpack.ExtraData as exc:
-        raise MalformedError("trailing bytes after the msgpack object") from exc
-    except UnicodeDecodeError as exc:
-        raise MalformedError("a msgpack str is not valid UTF-8") from exc
-    except ValueError as exc:
-        text = str(exc)
-        for family in ("str", "bin", "array"):
-            if f"max_{family}_len" in text:
-                raise OversizeError(f"a msgpack {family} is over the parser limit") from exc
-        if "max_map_len" in text or "max_ext_len" in text:
-            raise SchemaError("msgpack map and ext types are not allowed") from exc
-        raise MalformedError(f"not a well-formed msgpack object ({exc or 'bad format'})") from exc
-    except Exception as exc:  # nothing untyped may escape a decoder
-        raise MalformedError(f"not a well-formed msgpack object ({type(exc).__name__})") from exc
+    return parse_msgpack(data, _PARSE_LIMITS)
 
 
 def _check_types(obj: Any) -> None:

@@ -494,9 +494,18 @@ def _as_bytes(data: object) -> bytes:
 
 def _parse(data: bytes) -> Any:
     """§9.2 step 2: exactly one msgpack object, within the parser limits."""
+    return parse_msgpack(data, _PARSE_LIMITS)
+
+
+def parse_msgpack(data: bytes, limits: dict[str, int]) -> Any:
+    """Exactly one msgpack object within `limits` (unpackb's max_*_len), or a typed WireError.
+
+    Shared by every decoder of untrusted bytes (items, batches, sync messages): the limits
+    apply before anything is allocated from a length the sender chose.
+    """
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True, timestamp=0, **_PARSE_LIMITS
+            data, raw=False, strict_map_key=True, use_list=True, timestamp=0, **limits
         )
     except msgpack.StackError as exc:
         raise SchemaError("arrays nested too deep") from exc
