@@ -40,12 +40,13 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from dsonode.core import wire
 from dsonode.core.constants import MAX_BATCH_BYTES
-from dsonode.core.errors import DsoError
+from dsonode.core.errors import DsoError, WireError
 
 logger = logging.getLogger(__name__)
 
-TOPIC_PREFIX = "/dso/1/space/"
+TOPIC_PREFIX = wire.TOPIC_PREFIX
 #: GossipSub versions offered, newest first. 1.3+ (extensions) and 2.0 are left out: their
 #: extra machinery is experimental in 0.8.1 and nothing here needs it.
 GOSSIP_PROTOCOLS = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
@@ -63,19 +64,17 @@ class GossipError(DsoError, ValueError):
 
 
 def topic_for_space(space_id: bytes | str) -> str:
-    """`/dso/1/space/<64 hex>` for a 32-byte space id (bytes or 64 lowercase hex chars)."""
-    if isinstance(space_id, str):
-        try:
-            raw = bytes.fromhex(space_id)
-        except ValueError:
-            raise GossipError(f"space id {space_id[:80]!r} is not hex") from None
-        if space_id != raw.hex():
-            raise GossipError("space id must be lowercase hex")
-    else:
-        raw = bytes(space_id)
-    if len(raw) != 32:
-        raise GossipError(f"space id must be 32 bytes, got {len(raw)}")
-    return TOPIC_PREFIX + raw.hex()
+    """`/dso/1/space/<64 hex>` for a 32-byte space id (bytes or 64 lowercase hex chars).
+
+    The name is the wire spec's (`dsonode.core.wire.topic_for_space`, PROTOCOL.md §11); the
+    network side is stricter on text (lowercase only) and raises GossipError.
+    """
+    if isinstance(space_id, str) and space_id != space_id.lower():
+        raise GossipError("space id must be lowercase hex")
+    try:
+        return wire.topic_for_space(space_id if isinstance(space_id, str) else bytes(space_id))
+    except WireError as exc:
+        raise GossipError(f"bad space id: {exc}") from None
 
 
 def space_of_topic(topic: str) -> bytes:
