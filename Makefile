@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dsonode demo
+	$(BIN)/dsonode testnet --nodes 3 --duration 0
 
 test: $(STAMP)
 	$(BIN)/ruff check dsonode tests

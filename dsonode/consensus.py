@@ -25,7 +25,7 @@ with every accepted submission and falling towards 0 with every rejected one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,19 +103,36 @@ def compute_consensus(
     ref: np.ndarray | None = None,
     quorum: int = DEFAULT_QUORUM,
     method: str = "median",
+    weights: Mapping[bytes, float] | None = None,
+    eligible: Callable[[bytes], bool] | None = None,
     **aggregate_kwargs: Any,
 ) -> ConsensusOutcome | None:
     """The consensus of an experience's submissions, or None if there is none to compute.
 
+    `method` is any of dsonode.core.aggregate.METHODS; `weights` maps author keys to weights
+    (absent authors weigh 1; only for the weighted methods); `eligible(author)` drops the
+    submissions of authors outside the experience's committee draw (dsonode.core.committee):
+    they are neither accepted nor rejected, so they do not move reputation.
+
     Raises AggregateError only for bad settings; codes that cancel out or are all zero (a
     peer-controlled condition) give None rather than an error.
     """
+    if eligible is not None:
+        submissions = [s for s in submissions if eligible(s.author)]
     subs = _first_per_author(submissions, experience_id, space_id)
     if not subs:
         return None
+    row_weights = None
+    if weights:
+        row_weights = np.array([float(weights.get(s.author, 1.0)) for s in subs])
     try:
         result = aggregate_codes(
-            [s.code for s in subs], ref=ref, method=method, quorum=quorum, **aggregate_kwargs
+            [s.code for s in subs],
+            ref=ref,
+            method=method,
+            quorum=quorum,
+            weights=row_weights,
+            **aggregate_kwargs,
         )
     except AggregateError as exc:
         msg = str(exc)

@@ -10,7 +10,6 @@ at the next start, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -55,10 +54,30 @@ class NodeConfig:
     idle_timeout: float = 300.0
     quorum: int = 3
     cpu_threads: int = 2  # worker threads for embedding/search/commits
+    feedback_weight: float = 0.1  # [api] feedback_weight: feedback's weight in search ranking
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
     peers: tuple[str, ...] = ()
     byzantine_attack: str | None = None  # testnet only: poison our own submissions
+    attack_scale: float = 1.0  # testnet only: strength of the attack
+    # Network details (dsonode.config: [net] and [consensus]); defaults = dsonode.net.daemon's.
+    allow_non_loopback: bool = False
+    p2p_max_connections: int = 64
+    p2p_max_connections_per_peer: int = 2
+    dial_timeout_s: float = 5.0
+    redial_initial_s: float = 0.2
+    redial_max_s: float = 5.0
+    gossip: Any = None  # a dsonode.net.gossip.GossipConfig; None = its defaults
+    consensus_method: str = "median"
+    consensus_weights: Any = None  # {base58 peer id: weight}; None = all weigh 1
+    committee: int | None = 7  # expected submitters per experience; None = everyone
+    sync_interval_s: float = 60.0
+    socket: Path | None = None  # the retrieval socket; None = <data_dir>/dsonode.sock
+    # Operations (dsonode.ops): Prometheus metrics over HTTP when `metrics_listen` is set.
+    metrics_listen: str | None = None  # HOST:PORT, loopback unless explicitly allowed
+    metrics_allow_non_loopback: bool = False
+    log_format: str = "text"  # text | json (dsonode.ops.logs)
+    log_level: str = "INFO"
 
 
 class Node:
@@ -67,7 +86,11 @@ class Node:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.data_dir = Path(config.data_dir).expanduser().resolve()
-        self.socket_path = self.data_dir / SOCKET_NAME
+        self.socket_path = (
+            Path(config.socket).expanduser().resolve()
+            if config.socket is not None
+            else self.data_dir / SOCKET_NAME
+        )
         self.store: Any = None
         self.index: Any = None
         self.embedder: Any = None
@@ -75,6 +98,8 @@ class Node:
         self.service: Any = None
         self.server: Any = None
         self.daemon: Any = None
+        self.metrics: Any = None  # dsonode.ops.metrics.MetricsServer when metrics are on
+        self._metrics_sock: Any = None
         self._lock_fd: int | None = None
 
     def open(self, say: Callable[[str], None] = lambda s: None) -> None:
@@ -86,6 +111,8 @@ class Node:
             # Cheap checks first: a live node on this socket, then the store's directory lock.
             prepare_socket_path(self.socket_path)
             self._take_lock()
+            if self.config.metrics_listen is not None:  # a bad or busy address fails fast
+                self._metrics_sock = _bind_metrics(self.config)
             self.key = load_or_create_key(self.data_dir / KEY_FILE_NAME)
             from dsonode.embed import get_embedder
             from dsonode.store import Store
@@ -122,16 +149,12 @@ class Node:
                 ),
             )
             self.service.server = self.server
+            self.service.feedback_weight = self.config.feedback_weight
             if self.config.listen is not None:
-                from dsonode.net.daemon import DaemonConfig, NetDaemon
+                from dsonode.net.daemon import NetDaemon
 
                 self.daemon = NetDaemon(
-                    DaemonConfig(
-                        listen=self.config.listen,
-                        peers=tuple(self.config.peers),
-                        quorum=self.config.quorum,
-                        byzantine_attack=self.config.byzantine_attack,
-                    ),
+                    daemon_config(self.config),
                     store=self.store,
                     index=self.index,
                     service=self.service,
@@ -139,27 +162,36 @@ class Node:
                     key=self.key,
                 )
                 self.service.network = self.daemon
+            if self._metrics_sock is not None:
+                from dsonode.ops.metrics import MetricsServer, NodeMetrics
+
+                node_metrics = NodeMetrics(self.service, self.daemon)
+                self.server.observe = node_metrics.observe_request
+                self.metrics = MetricsServer(node_metrics, self._metrics_sock)
         except BaseException:
             self.close()
             raise
 
     def _take_lock(self) -> None:
         """One node per data directory, for its whole life (the kernel drops it on SIGKILL)."""
-        fd = os.open(self.data_dir / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise NodeError(f"another node is running on {self.data_dir}") from None
-        self._lock_fd = fd
+        from dsonode.dirlock import take_lock
+
+        self._lock_fd = take_lock(
+            self.data_dir / LOCK_FILE_NAME,
+            lambda: NodeError(f"another node is running on {self.data_dir}"),
+        )
 
     def close(self) -> None:
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
+            self._metrics_sock = None
         if self.store is not None:
             self.store.close()
             self.store = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        from dsonode.dirlock import release_lock
+
+        release_lock(self._lock_fd)
+        self._lock_fd = None
 
     async def serve(self, ready: Callable[[Path], None] | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation); `ready(socket_path)` once listening."""
@@ -169,6 +201,8 @@ class Node:
             nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
             if self.daemon is not None:
                 await nursery.start(self.daemon.run)
+            if self.metrics is not None:
+                await nursery.start(self.metrics.serve)
             await nursery.start(self.server.serve_unix, self.socket_path)
             if ready is not None:
                 ready(self.socket_path)
@@ -184,6 +218,44 @@ async def _cancel_on_signals(scope: Any) -> None:
             return
 
 
+def _bind_metrics(config: NodeConfig) -> Any:
+    from dsonode.ops.metrics import bind_tcp, parse_metrics_listen
+
+    assert config.metrics_listen is not None
+    host, port = parse_metrics_listen(
+        config.metrics_listen, allow_non_loopback=config.metrics_allow_non_loopback
+    )
+    return bind_tcp(host, port)
+
+
+def daemon_config(config: NodeConfig) -> Any:
+    """The `dsonode.net.daemon.DaemonConfig` of a node with `listen` set (validates it)."""
+    from types import MappingProxyType
+
+    from dsonode.net.daemon import DaemonConfig
+    from dsonode.net.gossip import GossipConfig
+
+    assert config.listen is not None
+    return DaemonConfig(
+        listen=config.listen,
+        peers=tuple(config.peers),
+        quorum=config.quorum,
+        byzantine_attack=config.byzantine_attack,
+        attack_scale=config.attack_scale,
+        allow_non_loopback=config.allow_non_loopback,
+        max_connections=config.p2p_max_connections,
+        max_connections_per_peer=config.p2p_max_connections_per_peer,
+        dial_timeout_s=config.dial_timeout_s,
+        redial_initial_s=config.redial_initial_s,
+        redial_max_s=config.redial_max_s,
+        gossip=config.gossip if config.gossip is not None else GossipConfig(),
+        method=config.consensus_method,
+        weights=MappingProxyType(dict(config.consensus_weights or {})),
+        committee=config.committee,
+        sync_interval_s=config.sync_interval_s,
+    )
+
+
 def _build_index(store: Any, embedder: Any) -> Any:
     from dsonode.store import CodeIndex
 
@@ -194,10 +266,16 @@ def run_node(config: NodeConfig, out: Any = None) -> int:
     """Open, serve until a signal, close. Prints the socket path once it accepts requests."""
     import trio
 
+    from dsonode.ops.logs import setup_logging
+
     out = out or sys.stdout
+    setup_logging(config.log_format, config.log_level)
 
     def say(msg: str) -> None:
-        print(f"dsonode: {msg}", file=sys.stderr, flush=True)
+        if config.log_format == "json":  # stderr carries JSON lines only
+            log.info(msg)
+        else:
+            print(f"dsonode: {msg}", file=sys.stderr, flush=True)
 
     def ready(path: Path) -> None:
         print(f"dsonode: serving retrieval on {path}", file=out, flush=True)
@@ -209,6 +287,8 @@ def run_node(config: NodeConfig, out: Any = None) -> int:
             f"space {node.embedder.space_id[:16]}..., {len(node.index)} items indexed, "
             f"author {node.service.author.hex()[:16]}..."
         )
+        if node.metrics is not None:
+            say(f"metrics on http://{node.metrics.address}/metrics")
         trio.run(node.serve, ready)
     finally:
         node.close()

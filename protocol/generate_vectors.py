@@ -113,6 +113,42 @@ def submission_vector(name: str, description: str, seed: bytes, **inputs: Any) -
     }
 
 
+def feedback_vector(
+    name: str, description: str, seed: bytes, experience_id: bytes, value: float, created: int
+) -> dict[str, Any]:
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    fb = wire.make_feedback(key, experience_id, value, created=created)
+    data = wire.encode_item(fb)
+    assert wire.decode_item(data) == fb
+    return {
+        "name": name,
+        "description": description,
+        "type": "item",
+        "valid": True,
+        "key": key_info(seed),
+        "input": {
+            "kind": "feedback",
+            "experience_id_hex": experience_id.hex(),
+            "value": value,
+            "created": created,
+        },
+        "expected": {
+            "score": fb.score,
+            "body_hex": pack(fb.body()).hex(),
+            "signing_payload_hex": wire.signing_payload(fb).hex(),
+            "signature_hex": fb.signature.hex(),
+            "encoded_hex": data.hex(),
+            "encoded_len": len(data),
+        },
+    }
+
+
+def fb_body(score: Any = 2000) -> list[Any]:
+    """A raw feedback body by key A on the minimal experience."""
+    eid = wire.experience_id("ops", "Pin dependency versions.")
+    return [eid, score, PUB_A, CREATED + 3]
+
+
 def invalid_item(
     name: str, description: str, data: bytes, error: str, now_ms: int | None = None
 ) -> dict[str, Any]:
@@ -190,6 +226,26 @@ def build_vectors() -> dict[str, dict[str, Any]]:
         created=2**53 - 1,
     )
     add(max_exp)
+    add(
+        feedback_vector(
+            "item_valid_feedback_helpful",
+            "Key B votes the minimal experience helpful: value +1, score 2000.",
+            SEED_B,
+            eid_minimal,
+            1.0,
+            CREATED + 3,
+        )
+    )
+    add(
+        feedback_vector(
+            "item_valid_feedback_reward_delta",
+            "Key A reports a reward delta of -0.25 for the minimal experience: score 750.",
+            SEED_A,
+            eid_minimal,
+            -0.25,
+            CREATED + 4,
+        )
+    )
 
     # --- Experience ids ---------------------------------------------------------------------------
     id_cases = []
@@ -330,9 +386,10 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     add(
         invalid_item(
             "item_invalid_kind_feedback",
-            "The reserved kind 'feedback' (not implemented in version 1).",
+            "Kind 'feedback' with an experience's 7-field body (kind 'feedback' was reserved "
+            "in the first draft of version 1; its body has 4 fields).",
             signed("feedback", exp_body()),
-            "KindError",
+            "SchemaError",
         )
     )
     add(
@@ -415,6 +472,32 @@ def build_vectors() -> dict[str, dict[str, Any]]:
             "The id of another text, correctly signed.",
             signed("experience", exp_body(eid=wire.experience_id("ops", "Other."))),
             "IdMismatchError",
+        )
+    )
+    fb_domain = wire.FEEDBACK_SIG_DOMAIN
+    add(
+        invalid_item(
+            "item_invalid_feedback_score_range",
+            "A feedback score of 2001 (the range is 0..2000), correctly signed.",
+            signed("feedback", fb_body(2001), sig_domain=fb_domain),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_feedback_score_negative",
+            "A feedback score of -1 (negative fixint 0xff): negative integers are not part of "
+            "the format (step 5).",
+            signed("feedback", fb_body(-1), sig_domain=fb_domain),
+            "SchemaError",
+        )
+    )
+    add(
+        invalid_item(
+            "item_invalid_feedback_signature_domain",
+            "A valid feedback body signed under the experience domain string.",
+            signed("feedback", fb_body(), sig_domain=wire.EXPERIENCE_SIG_DOMAIN),
+            "SignatureError",
         )
     )
     flipped = bytearray(good)

@@ -178,3 +178,76 @@ def test_every_service_starts_with_its_config_and_seed(compose):
         assert command[-3:] == ["run", "--config", CONFIG_MOUNT]
     net = compose["networks"]["dsonet"]
     assert net.get("internal") is True  # the test network has no way out
+
+
+def test_the_compose_topology_plans_onto_loopback(compose):
+    """docker-compose.yml + configs/ -> the same graph, identities and attack on 127.0.0.x."""
+    from dsonode.testnet.compose import services_from_compose
+    from dsonode.testnet.plan import plan_from_services
+
+    services = services_from_compose(compose, ROOT)
+    plan = plan_from_services(services, list(range(41001, 41001 + len(services))))
+    by_name = {n.name: n for n in plan.nodes}
+    assert list(by_name) == list(compose["services"])  # file order
+    assert [n.ip for n in plan.nodes] == [f"127.0.0.{i}" for i in range(2, 8)]
+    assert plan.neighbours(by_name["bootstrap"].index) == {
+        n.index for n in plan.nodes if n.name != "bootstrap"
+    }
+    for name, node in by_name.items():
+        assert node.key_seed == name
+        assert node.attack == ("sign_flip" if name == "byzantine" else None)
+        # the dial graph is the configs' one: compare by peer id, not by address
+        cfg = load_config(CONFIGS / f"{name}.toml", env={})
+        dialled = [peer_id_of_key(seeded_testnet_key(plan.nodes[j].name)) for j in node.dials]
+        assert dialled == [a.peer_id for a in cfg.bootstrap_addrs()]
+
+
+@pytest.mark.slow
+def test_the_compose_topology_runs_as_local_processes(compose, tmp_path):
+    """Every service as a real `dsonode run` on its own 127.0.0.x, dialling as in configs/."""
+    import time
+
+    from dsonode.testnet import Testnet, free_ports
+    from dsonode.testnet.compose import services_from_compose
+    from dsonode.testnet.plan import host_ip, plan_from_services
+
+    services = services_from_compose(compose, ROOT)
+    ports = free_ports([host_ip(i) for i in range(len(services))])
+    plan = plan_from_services(services, ports)
+    idx = {n.name: n.index for n in plan.nodes}
+    # Testnet waits (bounded) until every node answers and is connected to its planned peers.
+    with Testnet(plan, tmp_path / "tn", start_timeout=240, mesh_timeout=90) as net:
+        for node in net.nodes:  # the identities of the compose services, as in configs/
+            assert node.peer_id == peer_id_of_key(seeded_testnet_key(node.name))
+            net_stats = net.stats(node.index)["network"]
+            assert net_stats["peer_id"] == node.peer_id
+            assert net_stats["listen"][0].startswith(f"/ip4/{host_ip(node.index)}/tcp/")
+        for node in net.nodes:  # connected exactly along the planned graph
+            connected = net.stats(node.index)["network"]["connected"]
+            want = {net.nodes[j].peer_id for j in plan.neighbours(node.index)}
+            assert set(connected) == want
+        with net.client(idx["node1"]) as c:
+            exp_id = c.add_experience(
+                "Read the failing test's assertion before reading the code under test.",
+                "coding",
+            )["id"]
+        # node1 -> (mesh) -> node4: confirmed from the five honest services' submissions.
+        deadline, hit = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            with net.client(idx["node4"]) as c:
+                hits = c.search("read the failing assertion first", k=1)
+            hit = hits[0] if hits else None
+            if hit and hit["id"] == exp_id and hit["confirmed"] and hit["submissions"] == 5:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no confirmed consensus at node4: {hit!r}\n{net.nodes[4].log_tail()}")
+        liar = net.nodes[idx["byzantine"]].author
+        deadline, rec = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            rec = net.stats(idx["node4"])["network"]["reputation"].get(liar)
+            if rec and rec["rejected"] >= 1:
+                break
+            time.sleep(0.5)
+        assert rec and rec["rejected"] >= 1 and rec["accepted"] == 0, rec
+    assert all(n.proc.poll() is not None for n in net.nodes)  # every process stopped

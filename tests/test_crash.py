@@ -14,56 +14,12 @@ import time
 
 import pytest
 
-from dsonode.api import ClientError
 from dsonode.api.testing import NodeProcess
 
+# The ingest helpers are shared with the SIGKILL loop (tests/test_kill9.py, bench faults).
+from dsonode.reliability.kill9 import ingest, lesson
+
 pytestmark = pytest.mark.slow
-
-TOPICS = [
-    "induction proofs",
-    "sorting algorithms",
-    "unit tests",
-    "bread baking",
-    "database indexes",
-    "memory leaks",
-    "chess openings",
-    "tax returns",
-    "garden soil",
-    "network timeouts",
-]
-MAX_ITEMS_PER_CLIENT = 1500  # bounds the ingest in count; the kill bounds it in time
-INGEST_TIME_LIMIT_S = 120.0
-
-
-def lesson(client_no: int, i: int) -> tuple[str, str, list[str]]:
-    topic = TOPICS[(i * 7 + client_no) % len(TOPICS)]
-    text = (
-        f"Lesson {client_no}-{i}: when working on {topic}, item {i * 31 + client_no} says to "
-        f"check assumption number {i % 97} before step {i % 13}."
-    )
-    return f"crash{client_no}", text, [f"t{i % 5}"]
-
-
-def ingest(
-    node: NodeProcess, client_no: int, acked: list, stop: threading.Event, errors: list
-) -> None:
-    """Add items until the node dies; record those the node acknowledged."""
-    deadline = time.monotonic() + INGEST_TIME_LIMIT_S
-    client = node.client(timeout=30)
-    try:
-        for i in range(MAX_ITEMS_PER_CLIENT):
-            if stop.is_set() or time.monotonic() > deadline:
-                return
-            domain, text, tags = lesson(client_no, i)
-            try:
-                item = client.add_experience(text, domain, tags)
-            except ClientError:
-                return  # the node is gone: this item was not acknowledged
-            acked.append((item["id"], text, domain))
-    except BaseException as exc:  # anything but the node going away is a failure
-        errors.append(exc)
-    finally:
-        client.close()
 
 
 def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):

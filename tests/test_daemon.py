@@ -9,20 +9,18 @@ reputation falling, at the honest nodes. Every wait is bounded; every process is
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from netutil import free_port, wait_until
 
 from dsonode.api.testing import NodeProcess
 from dsonode.core.constants import DIM
 from dsonode.identity import load_or_create_key, public_key_bytes
-from dsonode.net.daemon import DaemonConfig, DaemonError, poison
+from dsonode.net.daemon import DaemonConfig, DaemonError, attack_direction, poison
 from dsonode.net.peerinfo import peer_id_from_public_key
 
 PEER = "/ip4/127.0.0.3/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
@@ -43,8 +41,18 @@ def test_poison_attacks():
     v = rng.normal(size=DIM).astype(np.float32)
     v /= np.linalg.norm(v)
     assert np.allclose(poison(v, "sign_flip", rng), -v)
-    g = poison(v, "gaussian", rng)
-    assert g.shape == (DIM,) and abs(float(g @ v)) < 0.1 and np.isclose(np.linalg.norm(g), 1)
+    g = poison(v, "gaussian", rng)  # scale 1: noise as strong as the signal
+    assert g.shape == (DIM,) and 0.6 < float(g @ v) < 0.8 and np.isclose(np.linalg.norm(g), 1)
+    far = poison(v, "gaussian", rng, scale=100.0)  # a nearly random direction
+    assert abs(float(far @ v)) < 0.1
+    d = attack_direction(b"k" * 32)
+    a1, a2 = poison(v, "alie", rng, 1.0, d), poison(v, "alie", rng, 1.0, d)
+    assert np.array_equal(a1, a2)  # deterministic: the same bias for every submission
+    assert 0.94 < float(a1 @ v) < 0.97  # small enough to pass the robust cut-off
+    assert float(a1 @ d) > 0.2  # and pulled towards the attacker's direction
+    assert np.allclose(poison(v, "alie", rng, 0.0, d), v)  # scale 0: honest
+    with pytest.raises(DaemonError):
+        poison(v, "nice", rng)
 
 
 def test_run_refuses_a_bad_listen_address_before_loading_the_model(tmp_path):
@@ -67,31 +75,11 @@ def test_run_refuses_a_bad_listen_address_before_loading_the_model(tmp_path):
     assert "--listen" in proc.stderr
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, fn, timeout: float, nodes=()) -> object:
-    """Poll fn() (bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.5)
-    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
-
-
 @pytest.mark.slow
 def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
     n_nodes, byzantine = 4, 3  # node index 3 (the 4th) lies
     ips = [f"127.0.0.{i + 2}" for i in range(n_nodes)]
-    ports = [_free_port(ip) for ip in ips]
+    ports = [free_port(ip) for ip in ips]
     dirs = [tmp_path / f"n{i + 1}" for i in range(n_nodes)]
     authors = []
     for d in dirs:
@@ -122,7 +110,7 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
                     return False
             return True
 
-        _wait("a full gossip mesh", meshed, 90, nodes)
+        wait_until("a full gossip mesh", meshed, 90, nodes)
 
         text = "Before you refactor a parser, pin its behaviour with golden-file tests."
         with nodes[0].client() as c:
@@ -136,7 +124,7 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
             ok = top and top["id"] == exp_id and top["confirmed"] and top["submissions"] >= 3
             return top if ok else None
 
-        top = _wait("a confirmed consensus at node 3", found_confirmed_at_node3, 90, nodes)
+        top = wait_until("a confirmed consensus at node 3", found_confirmed_at_node3, 90, nodes)
         assert top["text"] == text and top["domain"] == "coding"
         assert top["submissions"] == 3  # the three honest nodes; the liar is rejected
 
@@ -150,7 +138,7 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
         for i in range(n_nodes):
             if i == byzantine:
                 continue
-            rep = _wait(
+            rep = wait_until(
                 f"the liar's rejection at node {i + 1}",
                 lambda i=i: liar_rejected(nodes[i]),
                 60,
@@ -175,3 +163,17 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
     finally:
         for n in nodes:
             n.stop(grace=15)
+
+
+def test_pipeline_penalise_uses_gossip_weights_and_graylists():
+    from dsonode.net.pipeline import PENALTY, Pipeline, PipelineConfig
+
+    p = Pipeline(PipelineConfig(graylist_threshold=50.0))
+    peer = b"\x01" * 38
+    out = p.penalise(peer, "signature", now_s=0.0)
+    assert out.penalty == PENALTY["signature"] and not out.graylisted_now
+    assert p.score(peer, 0.0) == PENALTY["signature"]
+    assert p.penalise(peer, "sync_protocol", now_s=0.0).penalty == 10.0  # unknown reason: 10
+    assert p.penalise(peer, "malformed", now_s=0.0, count=2).graylisted_now  # 25+10+20 >= 50
+    assert p.is_graylisted(peer, 1.0)
+    assert p.penalise(b"\x02" * 38, "clock_skew", now_s=0.0, count=0).penalty == 0

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import queue
 import random
 import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from netutil import REPO, JsonProcess, free_port
 
 from dsonode.identity import public_key_bytes
 from dsonode.net.peerinfo import (
@@ -35,8 +32,6 @@ from dsonode.net.peerinfo import (
     public_key_from_peer_id,
     public_key_from_peer_id_bytes,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------
 # Pure helpers
@@ -299,59 +294,12 @@ def test_inbox_overflow_and_handler_outcomes_are_counted():
 # Real hosts in separate processes
 
 
-class Probe:
+class Probe(JsonProcess):
     """One `python -m dsonode.net.probe` process; its JSON events are read by a thread."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
-        self.args = args
-        name = args[args.index("--listen") + 1].replace("/", "_")
-        self.err_path = tmp / f"probe{name}.{time.monotonic_ns()}.err"
-        self._err = open(self.err_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsonode.net.probe", *args],
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.events: list[dict] = []
-        self._q: queue.Queue[dict | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self._q.put(json.loads(line))
-            except ValueError:
-                self._q.put({"event": "unparsable", "line": line[:200]})
-        self._q.put(None)
-
-    def wait_for(self, pred: Callable[[dict], bool], timeout: float) -> dict:
-        """Return the first new event matching `pred`; fail after `timeout` seconds."""
-        for ev in self.events:
-            if pred(ev) and not ev.get("_taken"):
-                ev["_taken"] = True
-                return ev
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ev = self._q.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if ev is None:
-                self._q.put(None)
-                break
-            self.events.append(ev)
-            if pred(ev):
-                ev["_taken"] = True
-                return ev
-        raise AssertionError(
-            f"probe {self.args} gave no matching event in {timeout} s; exit={self.proc.poll()}; "
-            f"stderr tail: {self.err_path.read_text()[-1500:]}"
-        )
+        name = "probe" + args[args.index("--listen") + 1].replace("/", "_")
+        super().__init__(tmp, name, "dsonode.net.probe", *args)
 
     def received_seqs(self, origin: str) -> set[int]:
         return {
@@ -371,36 +319,6 @@ class Probe:
                 if self.proc.poll() is not None:
                     break
         return self.received_seqs(origin)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._thread.join(timeout=5)
-        while True:  # keep what was printed before exit (the final stats line)
-            try:
-                ev = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if ev is not None:
-                self.events.append(ev)
-        self._err.close()
-
-    def last(self, kind: str) -> dict | None:
-        found = [e for e in self.events if e.get("event") == kind]
-        return found[-1] if found else None
-
-
-def free_port(ip: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 def seed_and_peer_id(seed: int) -> tuple[str, str]:

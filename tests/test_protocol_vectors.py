@@ -128,6 +128,14 @@ def test_valid_item_vector(name):
         domain = b"dso/experience/1\x00"
         id_preimage = b"dso/exp/1" + ref_pack([inp["domain"], exp["normalized_text"]])
         assert hashlib.sha256(id_preimage).hexdigest() == exp["id_hex"]
+    elif inp["kind"] == "feedback":
+        item = wire.make_feedback(
+            key, bytes.fromhex(inp["experience_id_hex"]), inp["value"], created=inp["created"]
+        )
+        # Spec 7.5: score = 1000 + 1000 * value, a uint 0..2000.
+        assert exp["score"] == round(1000 * inp["value"]) + 1000 == item.score
+        ref_body = [bytes.fromhex(inp["experience_id_hex"]), exp["score"], author, inp["created"]]
+        domain = b"dso/feedback/1\x00"
     else:
         item = wire.make_submission(
             key,
@@ -228,6 +236,7 @@ def test_spec_constants_match_the_implementation():
     spec = (ROOT / "protocol" / "PROTOCOL.md").read_text(encoding="utf-8")
     assert wire.EXPERIENCE_SIG_DOMAIN.hex() in spec
     assert wire.SUBMISSION_SIG_DOMAIN.hex() in spec
+    assert wire.FEEDBACK_SIG_DOMAIN.hex() in spec
     assert wire.EXPERIENCE_ID_PREFIX.hex() in spec
     for name, vector in VECTORS.items():  # every vector is listed with its outcome
         outcome = "valid" if vector["valid"] else f"`{vector['error']}`"
@@ -403,7 +412,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("OversizeError", 1)
     obj = ref_parse(data)
     kind = ref_envelope(obj)
-    if kind not in ("experience", "submission"):
+    if kind not in ("experience", "submission", "feedback"):
         raise RefReject("KindError", 4)
     if len(obj) != 4:
         raise RefReject("SchemaError", 4)
@@ -413,7 +422,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("SchemaError", 5)
     if ref_pack(obj) != data:
         raise RefReject("NonCanonicalError", 6)
-    if len(body) != (7 if kind == "experience" else 5):
+    if len(body) != {"experience": 7, "submission": 5, "feedback": 4}[kind]:
         raise RefReject("SchemaError", 7)
     if kind == "experience":
         eid, domain, text, tags, prov, created, author = body
@@ -446,6 +455,14 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         if hashlib.sha256(b"dso/exp/1" + ref_pack([domain, text])).digest() != eid:
             raise RefReject("IdMismatchError", 9)
         domain_string = b"dso/experience/1\x00"
+    elif kind == "feedback":
+        eid, score, author, created = body
+        ref_bin(eid, 32)
+        if type(score) is not int or not 0 <= score <= 2000:
+            raise RefReject("SchemaError", 7)
+        ref_bin(author, 32)
+        ref_created(created)
+        domain_string = b"dso/feedback/1\x00"
     else:
         eid, space, code, author, created = body
         ref_bin(eid, 32)
@@ -641,6 +658,24 @@ def test_spec_only_decoder_agrees_on_signed_random_experiences(
     data = ref_pack([1, "experience", body, signature])
     now_ms = None if now_offset is None else created + now_offset
     compare(data, now_ms)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    eid=st.sampled_from([bytes(32), bytes(31), b"", "x"]),
+    score=st.one_of(st.integers(0, 2000), st.integers(2001, 2**64 - 1), st.sampled_from([0, 2000])),
+    author=st.sampled_from([SIGNER_PUB, bytes(32), SIGNER_PUB[:31]]),
+    created=st.integers(0, 2**64 - 1),
+    extra=st.sampled_from([[], [0]]),
+    good_signature=st.booleans(),
+)
+def test_spec_only_decoder_agrees_on_signed_random_feedback(
+    eid, score, author, created, extra, good_signature
+):
+    body = [eid, score, author, created, *extra]
+    payload = b"dso/feedback/1\x00" + ref_pack(body)
+    signature = SIGNER.sign(payload if good_signature else payload + b"!")
+    compare(ref_pack([1, "feedback", body, signature]))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

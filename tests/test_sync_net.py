@@ -8,75 +8,21 @@ honest responder with a misbehaving requester (garbage, oversize, slow) over rea
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+from netutil import JsonProcess
 
 from dsonode.core.wire import item_hash
 
-REPO = Path(__file__).resolve().parents[1]
 SPACE = hashlib.sha256(b"dsonode sync probe space").digest()
 
 
-class SyncProbe:
+class SyncProbe(JsonProcess):
     """One sync_probe process; its JSON lines are read by a thread."""
 
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        self.err_path = tmp / f"{name}.{time.monotonic_ns()}.err"
-        self._err = open(self.err_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsonode.net.sync_probe", *args],
-            stdout=subprocess.PIPE,
-            stderr=self._err,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._q: queue.Queue[dict | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self._q.put(json.loads(line))
-            except ValueError:
-                self._q.put({"event": "unparsable", "line": line[:200]})
-        self._q.put(None)
-
-    def wait_for(self, event: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ev = self._q.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if ev is None:
-                break
-            if ev.get("event") == event:
-                return ev
-        raise AssertionError(
-            f"no {event!r} event in {timeout} s; exit={self.proc.poll()}; "
-            f"stderr tail: {self.err_path.read_text()[-1500:]}"
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._err.close()
+        super().__init__(tmp, name, "dsonode.net.sync_probe", *args)
 
 
 def store_hashes(path: Path) -> set[bytes]:

@@ -283,7 +283,6 @@ CASES = {
     "version as str": (lambda: raw_item("experience", exp_body(), version="1"), VersionError),
     # KindError
     "unknown kind": (lambda: raw_item("lesson", exp_body()), KindError),
-    "reserved feedback": (lambda: raw_item("feedback", exp_body()), KindError),
     "batch as item": (lambda: pack([1, "batch", [b"x"], b"y" * 64]), KindError),
     # SchemaError
     "not an array": (pack("experience"), SchemaError),
@@ -293,6 +292,7 @@ CASES = {
     "body not array": (pack([1, "experience", b"body", bytes(64)]), SchemaError),
     "signature short": (lambda: pack([1, "experience", exp_body(), bytes(63)]), SchemaError),
     "missing field": (lambda: raw_item("experience", exp_body()[:-1]), SchemaError),
+    "feedback with an experience body": (lambda: raw_item("feedback", exp_body()), SchemaError),
     "extra field": (lambda: raw_item("experience", [*exp_body(), 0]), SchemaError),
     "domain wrong type": (lambda: raw_item("experience", exp_body(domain=b"ops")), SchemaError),
     "domain charset": (lambda: raw_item("experience", exp_body(domain="Ops")), SchemaError),

@@ -224,6 +224,39 @@ class Client:
     def add_experience(self, text: str, domain: str, tags: Sequence[str] = ()) -> dict[str, Any]:
         return self.call("add_experience", {"text": text, "domain": domain, "tags": list(tags)})
 
+    def submit_rollouts(
+        self,
+        rollouts: Sequence[dict[str, Any]],
+        dry_run: bool = False,
+        *,
+        llm_base_url: str | None = None,
+        llm_model: str | None = None,
+    ) -> dict[str, Any]:
+        """Have the node extract lessons from rollouts (JSONL objects) and add them.
+
+        The LLM extractor runs when `llm_base_url` and `llm_model` are given or the node's
+        environment configures one; the API key is always the node's ($DSONODE_LLM_API_KEY).
+        """
+        params: dict[str, Any] = {"rollouts": list(rollouts), "dry_run": dry_run}
+        if llm_base_url is not None or llm_model is not None:
+            params["llm"] = {"base_url": llm_base_url, "model": llm_model}
+        return self.call("submit_rollouts", params)
+
+    def give_feedback(
+        self, id: str | bytes, helpful: bool | None = None, reward_delta: float | None = None
+    ) -> dict[str, Any]:
+        """Vote on an experience: `helpful` (True/False) or a `reward_delta` in [-1, 1].
+
+        Returns {"id", "value", "feedback": {"votes", "median"}}: the experience's aggregate
+        after this node's vote (which replaces its earlier one).
+        """
+        params: dict[str, Any] = {"id": id.hex() if isinstance(id, bytes) else id}
+        if helpful is not None:
+            params["helpful"] = helpful
+        if reward_delta is not None:
+            params["reward_delta"] = reward_delta
+        return self.call("give_feedback", params)
+
     def stats(self) -> dict[str, Any]:
         return self.call("stats")
 

@@ -310,6 +310,31 @@ class NoParams:
     pass
 
 
+@dataclass(frozen=True)
+class GiveFeedbackParams:
+    """A vote on an experience: `value` in [-1, 1] (helpful = +1, not helpful = -1)."""
+
+    id: bytes
+    value: float
+
+
+#: Most rollouts in one `submit_rollouts` call (the 1 MiB line bounds the bytes).
+MAX_SUBMIT_ROLLOUTS = 1000
+MAX_LLM_URL_CHARS = 2048
+MAX_LLM_MODEL_CHARS = 256
+
+
+@dataclass(frozen=True)
+class SubmitRolloutsParams:
+    #: decoded JSON objects, each checked by dsonode.extract.rollouts.parse_object later (a bad
+    #: one is reported by its index, not fatal)
+    rollouts: tuple[Any, ...] = field(compare=False)
+    dry_run: bool = False
+    #: optional: extract with this OpenAI-compatible server instead of the node's default
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+
+
 def _check_names(params: dict[str, Any], allowed: set[str]) -> None:
     for name in params:
         if name not in allowed:
@@ -417,6 +442,49 @@ def _add_experience(params: dict[str, Any]) -> AddExperienceParams:
     return AddExperienceParams(text=text, domain=domain, tags=tags)
 
 
+def _submit_rollouts(params: dict[str, Any]) -> SubmitRolloutsParams:
+    _check_names(params, {"rollouts", "dry_run", "llm"})
+    rollouts = params.get("rollouts")
+    if not isinstance(rollouts, list) or not rollouts:
+        raise InvalidParams("rollouts", "must be a non-empty array of rollout objects")
+    if len(rollouts) > MAX_SUBMIT_ROLLOUTS:
+        raise InvalidParams("rollouts", f"must have at most {MAX_SUBMIT_ROLLOUTS} entries")
+    dry_run = params.get("dry_run", False)
+    if dry_run is None:
+        dry_run = False
+    if not isinstance(dry_run, bool):
+        raise InvalidParams("dry_run", "must be true or false")
+    llm = params.get("llm")
+    base_url = model = None
+    if llm is not None:
+        if not isinstance(llm, dict) or set(llm) - {"base_url", "model"}:
+            raise InvalidParams("llm", "must be an object with 'base_url' and 'model'")
+        base_url = _string(llm, "base_url", max_bytes=MAX_LLM_URL_CHARS, required=True)
+        model = _string(llm, "model", max_bytes=MAX_LLM_MODEL_CHARS, required=True)
+    return SubmitRolloutsParams(tuple(rollouts), dry_run, base_url, model)
+
+
+def _give_feedback(params: dict[str, Any]) -> GiveFeedbackParams:
+    """{"id": hex64, "helpful": bool} or {"id": hex64, "reward_delta": number in [-1, 1]}."""
+    _check_names(params, {"id", "helpful", "reward_delta"})
+    if "id" not in params:
+        raise InvalidParams("id", "is required")
+    exp_id = parse_hex_id(params["id"])
+    helpful = params.get("helpful")
+    delta = params.get("reward_delta")
+    if (helpful is None) == (delta is None):
+        raise InvalidParams("helpful", "or 'reward_delta' is required (exactly one of them)")
+    if helpful is not None:
+        if not isinstance(helpful, bool):
+            raise InvalidParams("helpful", "must be true or false")
+        return GiveFeedbackParams(exp_id, 1.0 if helpful else -1.0)
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not math.isfinite(delta):
+        raise InvalidParams("reward_delta", "must be a finite number")
+    if not -1.0 <= delta <= 1.0:
+        raise InvalidParams("reward_delta", "must be in [-1, 1]")
+    return GiveFeedbackParams(exp_id, float(delta))
+
+
 def _none(params: dict[str, Any]) -> NoParams:
     _check_names(params, set())
     return NoParams()
@@ -427,6 +495,8 @@ METHODS = {
     "search": _search,
     "get": _get,
     "add_experience": _add_experience,
+    "give_feedback": _give_feedback,
+    "submit_rollouts": _submit_rollouts,
     "stats": _none,
     "health": _none,
 }

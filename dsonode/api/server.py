@@ -18,6 +18,7 @@ import logging
 import os
 import socket as _socket
 import stat
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,13 +72,36 @@ def probe_socket(path: str | os.PathLike[str], timeout: float = 1.0) -> bool:
         s.close()
 
 
+def check_socket_dir(directory: Path) -> None:
+    """Refuse a socket directory that another user owns or that group/others can write.
+
+    Whoever can write the directory can replace the socket with their own (and read every
+    query and answer of the agents that connect), whatever the socket file's own mode.
+    """
+    try:
+        st = directory.stat()
+    except FileNotFoundError:
+        return  # binding fails with a clear error of its own
+    if st.st_uid != os.getuid():
+        raise SocketPathError(
+            f"socket directory {directory} belongs to another user (uid {st.st_uid})"
+        )
+    if st.st_mode & 0o022:
+        raise SocketPathError(
+            f"socket directory {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod go-w {directory}`"
+        )
+
+
 def prepare_socket_path(path: Path) -> None:
-    """Remove a stale socket file at `path`; refuse when a live process answers on it."""
+    """Remove a stale socket file at `path`; refuse when a live process answers on it, or when
+    the directory is not private enough (`check_socket_dir`)."""
     if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
         raise SocketPathError(
             f"socket path too long for a Unix socket ({len(os.fsencode(path))} bytes > "
             f"{MAX_SOCKET_PATH_BYTES}): {path}; use a shorter --data-dir"
         )
+    check_socket_dir(path.parent)
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -122,6 +146,9 @@ class RpcServer:
         self.served_connections = 0
         self.requests = 0
         self.errors = 0
+        #: Called as observe(method, seconds, ok) after each request to a known method (the
+        #: node's metrics set it: dsonode.ops.metrics.NodeMetrics.observe_request).
+        self.observe: Callable[[str, float, bool], None] | None = None
 
     # ---- one message -----------------------------------------------------------------------
 
@@ -153,9 +180,12 @@ class RpcServer:
 
     async def _run(self, request: jsonrpc.Request) -> dict[str, Any]:
         self.requests += 1
+        started = time.perf_counter()
+        ok = False
         try:
             params = jsonrpc.validate_params(request.method, request.params)
             result = await self.handlers[request.method](params)
+            ok = True
             return jsonrpc.result_response(request.id, result)
         except jsonrpc.RpcError as exc:
             self.errors += 1
@@ -167,6 +197,17 @@ class RpcServer:
             return jsonrpc.error_response(
                 request.id, jsonrpc.INTERNAL_ERROR, "internal error (see the node's log)"
             )
+        finally:
+            self._observe(request.method, time.perf_counter() - started, ok)
+
+    def _observe(self, method: str, seconds: float, ok: bool) -> None:
+        # Known methods only: a label per unknown name would let clients grow the metrics.
+        if self.observe is None or method not in self.handlers:
+            return
+        try:
+            self.observe(method, seconds, ok)
+        except Exception:
+            log.exception("request observer failed")
 
     # ---- one connection --------------------------------------------------------------------
 
@@ -186,6 +227,10 @@ class RpcServer:
                 assert busy is not None
                 with trio.move_on_after(1.0), contextlib.suppress(trio.BrokenResourceError):
                     await stream.send_all(busy)
+                # Read what the client already sent: closing a socket with unread input
+                # resets it, and the client would lose the busy line to ECONNRESET.
+                with trio.move_on_after(0.05), contextlib.suppress(trio.BrokenResourceError):
+                    await stream.receive_some(RECEIVE_CHUNK)
                 return
             self.open_connections += 1
             self.served_connections += 1

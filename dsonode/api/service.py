@@ -26,13 +26,17 @@ from dsonode.api import jsonrpc
 from dsonode.api.jsonrpc import (
     AddExperienceParams,
     GetParams,
+    GiveFeedbackParams,
     InvalidParams,
     NoParams,
     NotFound,
     SearchParams,
+    SubmitRolloutsParams,
 )
 from dsonode.core.constants import DIM
 from dsonode.core.errors import WireError
+from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_DEFAULT_WEIGHT
+from dsonode.core.feedback import rerank
 
 #: Accepted submissions that confirm a consensus (DESIGN.md: default quorum 3).
 DEFAULT_QUORUM = 3
@@ -81,6 +85,10 @@ class RetrievalService:
         self._add_lock = threading.Lock()
         #: Filled in by the node once the server exists (connection counters for `stats`).
         self.server: Any = None
+        #: Weight of the feedback median in the search ranking (config `[api] feedback_weight`,
+        #: set by the node; see dsonode.core.feedback). 0 ranks by similarity alone.
+        self.feedback_weight = FEEDBACK_DEFAULT_WEIGHT
+        self._feedback_lock = threading.Lock()
         #: The network daemon when the node runs with peers (`dsonode.net.daemon.NetDaemon`):
         #: new local items are handed to its `publish_local`, and `stats` shows its state.
         self.network: Any = None
@@ -123,23 +131,35 @@ class RetrievalService:
             else _full_query(p.vector)
         )
         t1 = time.perf_counter()
+        weight = self.feedback_weight
+        # With feedback in the ranking, look a little deeper than k: a result just below the
+        # top k by similarity may rise into it (min_score applies to the similarity).
+        fetch = p.k if weight == 0 else min(jsonrpc.MAX_K, max(2 * p.k, p.k + 10))
         with self._index_lock:
             hits = self.index.search(
                 vector,
-                p.k,
+                fetch,
                 domain=p.domain,
                 confirmed_only=p.confirmed_only,
                 min_score=p.min_score,
             )
         t2 = time.perf_counter()
         ids = [bytes(i) for i, _ in hits]
-        experiences = self.store.get_experiences(ids) if ids else []
+        experiences = dict(zip(ids, self.store.get_experiences(ids), strict=True)) if ids else {}
+        # A consensus without its experience (not synced yet) is skipped.
+        present = [
+            (i, float(s)) for i, (_, s) in zip(ids, hits, strict=True) if experiences[i] is not None
+        ]
+        votes = self.store.get_feedback_aggregates([i for i, _ in present]) if present else []
+        aggregates = dict(zip([i for i, _ in present], votes, strict=True))
         results = []
-        for (exp_id, score), exp in zip(hits, experiences, strict=True):
-            if exp is None:  # a consensus without its experience (not synced yet): skip it
-                continue
-            consensus = self.store.get_consensus(self.space_id, bytes(exp_id))
-            results.append(self._item(exp, float(score), consensus))
+        for exp_id, similarity, score in rerank(present, aggregates, weight, p.k):
+            consensus = self.store.get_consensus(self.space_id, exp_id)
+            item = self._item(experiences[exp_id], score, consensus)
+            item["similarity"] = round(similarity, 6)
+            agg = aggregates.get(exp_id)
+            item["feedback"] = agg.as_dict() if agg is not None else None
+            results.append(item)
         return {
             "results": results,
             "took_ms": {
@@ -157,7 +177,36 @@ class RetrievalService:
         item = self._item(exp, None, consensus)
         if consensus is None:  # known experience, no consensus code in this space yet
             item["submissions"] = len(self.store.get_submissions(p.id, self.space_id))
+        agg = self.store.get_feedback_aggregate(p.id)
+        item["feedback"] = agg.as_dict() if agg is not None else None
         return item
+
+    def give_feedback(self, p: GiveFeedbackParams) -> dict[str, Any]:
+        """Sign this node's vote on an experience, store it, publish it; return the aggregate.
+
+        A second vote replaces the node's first (one vote per author, PROTOCOL.md 7.5): its
+        `created` is made later than the stored one's even within the same millisecond.
+        """
+        from dsonode.core import wire
+
+        if not self.store.has_experience(p.id):
+            raise NotFound(f"no experience with id {p.id.hex()}")
+        with self._feedback_lock:
+            created = wire.now_ms()
+            for vote in self.store.get_feedback(p.id):
+                if vote.author == self.author:
+                    created = max(created, vote.created + 1)
+            item = wire.make_feedback(self.key, p.id, p.value, created=created)
+            raw = wire.encode_item(item)
+            new = self.store.put_items([raw], decoded=[item])
+        if self.network is not None and new[0]:
+            self.network.publish_local([raw])
+        agg = self.store.get_feedback_aggregate(p.id)
+        return {
+            "id": p.id.hex(),
+            "value": item.value,
+            "feedback": agg.as_dict() if agg is not None else None,
+        }
 
     def add_experience(self, p: AddExperienceParams) -> dict[str, Any]:
         """Sign the experience and the node's own submission of its code, store both, index.
@@ -167,16 +216,27 @@ class RetrievalService:
         The result is returned only once everything is committed (LMDB syncs on commit), so a
         reply means the item survives a crash.
         """
-        from dsonode.core import bitdelta, wire
-        from dsonode.store import ConsensusRecord
+        from dsonode.core import wire
 
         try:
             experience = wire.make_experience(self.key, p.domain, p.text, tags=p.tags)
         except WireError as exc:
             raise InvalidParams(_param_of_wire_error(exc), f"is rejected: {exc}") from None
+        return self._store_experience(experience)
+
+    def _store_experience(self, experience: Any) -> dict[str, Any]:
+        """add_experience after signing: embed, sign the submission, store, index, publish.
+
+        Shared by `add_experience` and `submit_rollouts` (whose experiences carry provenance).
+        """
+        from dsonode.core import bitdelta, wire
+        from dsonode.store import ConsensusRecord
+
         code = None
         if self._own_code(experience.id) is None:  # else known already: skip the embedding
             vector = self._embed_one(experience.text)
+            if self.network is not None:  # a Byzantine testnet node poisons this one too
+                vector = self.network.own_vector(vector)
             code = bitdelta.encode(vector, ref=self.embedder.reference)
         with self._add_lock:
             mine = self._own_code(experience.id)
@@ -216,6 +276,13 @@ class RetrievalService:
         result["new"] = bool(new[0])
         return result
 
+    def submit_rollouts(self, p: SubmitRolloutsParams) -> dict[str, Any]:
+        """Extract lessons from rollouts and add each like `add_experience` (see
+        dsonode.extract.ingest; the lessons carry their provenance)."""
+        from dsonode.extract.ingest import submit_rollouts
+
+        return submit_rollouts(self, p)
+
     def stats(self, _p: NoParams | None = None) -> dict[str, Any]:
         counts = self.store.counts()
         server = self.server
@@ -227,6 +294,7 @@ class RetrievalService:
             "dim": self.embedder.dim,
             "author": self.author.hex(),
             "indexed": len(self.index),
+            "consensus": {"confirmed": self.index.confirmed_count(), "total": len(self.index)},
             "store": counts,
             "connections": {
                 "open": server.open_connections if server else 0,
@@ -263,10 +331,21 @@ class RetrievalService:
         async def health(params: Any) -> Any:
             return self.health(params)
 
+        # One extraction at a time, outside the CPU limiter: a long extraction (an LLM server
+        # can take minutes) never holds the slots that searches need.
+        extract_limiter = trio.CapacityLimiter(1)
+
+        async def submit_rollouts(params: Any) -> Any:
+            return await trio.to_thread.run_sync(
+                self.submit_rollouts, params, limiter=extract_limiter
+            )
+
         return {
             "search": in_thread(self.search),
             "get": in_thread(self.get),
             "add_experience": in_thread(self.add_experience),
+            "give_feedback": in_thread(self.give_feedback),
+            "submit_rollouts": submit_rollouts,
             "stats": in_thread(self.stats),
             "health": health,
         }

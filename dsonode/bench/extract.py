@@ -34,7 +34,42 @@ def register(bench_sub) -> None:
         default=None,
         help="a .jsonl file or a folder of them (default: examples/rollouts)",
     )
+    p.add_argument(
+        "--llm-recorded",
+        action="store_true",
+        help="also time the LLM path against a local server of canned completions: our "
+        "overhead (HTTP, prompts, parsing), not a model's speed",
+    )
     p.set_defaults(func=cmd_bench_extract)
+
+
+def _llm_overhead(groups, embed, repeats: int) -> dict[str, Any]:
+    """The LLM extractor against RecordedLLMServer with no fixtures: every summary is canned and
+    every operations answer is "[]", so this times our side alone (prompt building, one HTTP
+    round trip per call on loopback, JSON repair and validation), never a model."""
+    from dsonode.extract.llm import ChatClient, LLMConfig, LLMExtractor
+    from dsonode.extract.testing import RecordedLLMServer
+
+    times = []
+    requests = 0
+    with RecordedLLMServer() as server:
+        config = LLMConfig(base_url=server.base_url, model="recorded", timeout_s=30)
+        for _ in range(repeats):
+            with ChatClient(config) as chat:
+                t0 = time.perf_counter()
+                result = LLMExtractor(chat, embed).extract(groups)
+                times.append(time.perf_counter() - t0)
+                requests = chat.requests
+            if result.failed:
+                raise DsoError(f"recorded LLM run failed: {result.failed[0].error}")
+    med = statistics.median(times)
+    n = sum(len(g.rollouts) for g in groups)
+    return {
+        "llm_overhead_rollouts_per_s": n / med,
+        "llm_overhead_requests_per_s": requests / med,
+        "llm_overhead_requests": requests,
+        "llm_overhead_note": "local canned-completion server: our overhead only, not a model",
+    }
 
 
 def _files(path: Path) -> list[Path]:
@@ -118,5 +153,7 @@ def cmd_bench_extract(args) -> int:
     out.update(score_lessons(groups, result.lessons))
     if out["precision"] is not None and out["baseline_precision"]:
         out["precision_vs_baseline"] = out["precision"] / out["baseline_precision"]
+    if args.llm_recorded:
+        out.update(_llm_overhead(groups, embedder.encode_base, args.repeats))
     report(out, args.json)
     return 0

@@ -137,6 +137,15 @@ SPEC: tuple[Setting, ...] = (
     _s("net", "max_publish_per_s", "float", 10.0, "gossip messages published/s", lo=0.1, hi=1000),
     _s("net", "publish_burst", "int", 5, "burst of the publish pacer", lo=1, hi=1000),
     _s("net", "outbox_max_items", "int", 20_000, "items waiting to publish", lo=1, hi=1_000_000),
+    _s(
+        "net",
+        "sync_interval_s",
+        "float",
+        60.0,
+        "catch-up: pull from each connected peer this often (and on connecting)",
+        lo=1,
+        hi=86_400,
+    ),
     # [consensus]
     _s("consensus", "method", "choice", "median", "robust estimator", choices=CONSENSUS_METHODS),
     _s("consensus", "quorum", "int", 3, "accepted submissions to confirm", lo=1, hi=1000),
@@ -163,6 +172,7 @@ SPEC: tuple[Setting, ...] = (
     _s("api", "socket", "path", "", 'socket path; "" = <data_dir>/dsonode.sock'),
     _s("api", "max_connections", "int", 64, "open socket connections", lo=1, hi=4096),
     _s("api", "idle_timeout_s", "float", 300.0, "close idle connections", lo=0.1, hi=86_400),
+    _s("api", "feedback_weight", "float", 0.1, "feedback weight in ranking; 0 = off", lo=0, hi=1),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
     _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),
     _s("gateway", "listen", "str", "127.0.0.1:8080", "HOST:PORT ([IPv6]:PORT)"),
@@ -174,7 +184,8 @@ SPEC: tuple[Setting, ...] = (
     _s("gateway", "max_pending_texts", "int", 8192, "queued texts", lo=1, hi=1_000_000),
     # [metrics]
     _s("metrics", "enabled", "bool", False, "serve Prometheus metrics"),
-    _s("metrics", "listen", "str", "127.0.0.1:9464", "HOST:PORT, loopback only"),
+    _s("metrics", "listen", "str", "127.0.0.1:9464", "HOST:PORT; loopback unless allowed below"),
+    _s("metrics", "allow_non_loopback", "bool", False, "let metrics.listen be a non-loopback IP"),
     # [testnet]
     _s("testnet", "enabled", "bool", False, "this node is part of a test network"),
     _s("testnet", "attack", "choice", "none", "poison own submissions", choices=ATTACKS),
@@ -229,6 +240,7 @@ class NetSection:
     max_publish_per_s: float = 10.0
     publish_burst: int = 5
     outbox_max_items: int = 20_000
+    sync_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,7 @@ class ApiSection:
     socket: Path
     max_connections: int = 64
     idle_timeout_s: float = 300.0
+    feedback_weight: float = 0.1  # dsonode.core.feedback: similarity + w * damped median
 
 
 @dataclass(frozen=True)
@@ -263,6 +276,7 @@ class MetricsSection:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = 9464
+    allow_non_loopback: bool = False
 
 
 @dataclass(frozen=True)
@@ -345,6 +359,19 @@ class Config:
             "listen": self.net.listen if self.net.enabled else None,
             "peers": self.net.bootstrap if self.net.enabled else (),
             "byzantine_attack": self.byzantine_attack,
+            "attack_scale": self.testnet.attack_scale,
+            "allow_non_loopback": self.net.allow_non_loopback,
+            "p2p_max_connections": self.net.max_connections,
+            "p2p_max_connections_per_peer": self.net.max_connections_per_peer,
+            "dial_timeout_s": self.net.dial_timeout_s,
+            "redial_initial_s": self.net.redial_initial_s,
+            "redial_max_s": self.net.redial_max_s,
+            "gossip": self.gossip_config(),
+            "consensus_method": self.consensus.method,
+            "consensus_weights": self.consensus.weights,
+            "committee": self.consensus.committee,
+            "sync_interval_s": self.net.sync_interval_s,
+            "socket": self.api.socket,
         }
         names = {f.name for f in dataclasses.fields(NodeConfig)}
         return NodeConfig(
@@ -356,8 +383,17 @@ class Config:
             threads=self.node.threads,
             max_connections=self.api.max_connections,
             idle_timeout=self.api.idle_timeout_s,
+            feedback_weight=self.api.feedback_weight,
             quorum=self.consensus.quorum,
             cpu_threads=self.node.cpu_threads,
+            metrics_listen=(
+                _join_hostport(self.metrics.host, self.metrics.port)
+                if self.metrics.enabled
+                else None
+            ),
+            metrics_allow_non_loopback=self.metrics.allow_non_loopback,
+            log_format=self.node.log_format,
+            log_level=self.node.log_level,
         )
 
     def to_toml_dict(self) -> dict[str, dict[str, Any]]:
@@ -678,7 +714,10 @@ def _finish(
             f"{sock} is longer than {MAX_SOCKET_PATH_BYTES} bytes (a Unix socket limit)",
         )
     api = ApiSection(
-        socket=sock, max_connections=a["max_connections"], idle_timeout_s=a["idle_timeout_s"]
+        socket=sock,
+        max_connections=a["max_connections"],
+        idle_timeout_s=a["idle_timeout_s"],
+        feedback_weight=a["feedback_weight"],
     )
 
     g = dict(v["gateway"])
@@ -688,7 +727,9 @@ def _finish(
 
     m = v["metrics"]
     metrics = MetricsSection(
-        m["enabled"], *_parse_loopback_hostport("metrics.listen", m["listen"], fail)
+        m["enabled"],
+        *_parse_metrics_listen(m["listen"], m["allow_non_loopback"], fail),
+        m["allow_non_loopback"],
     )
 
     tn = v["testnet"]
@@ -700,18 +741,15 @@ def _finish(
     return Config(node, net, consensus, api, gateway, metrics, testnet, source, overridden)
 
 
-def _parse_loopback_hostport(
-    key: str, text: str, fail: Callable[[str, str], ConfigError]
+def _parse_metrics_listen(
+    text: str, allow_non_loopback: bool, fail: Callable[[str, str], ConfigError]
 ) -> tuple[str, int]:
-    from dsonode.gateway.config import GatewayError, is_loopback, parse_listen
+    from dsonode.ops.metrics import MetricsError, parse_metrics_listen
 
     try:
-        host, port = parse_listen(text)
-    except GatewayError as exc:
-        raise fail(key, str(exc).replace("--listen", "listen")) from None
-    if not is_loopback(host):
-        raise fail(key, f"{host} is not a loopback address (metrics stay on this machine)")
-    return host, port
+        return parse_metrics_listen(text, allow_non_loopback=allow_non_loopback)
+    except MetricsError as exc:
+        raise fail("metrics.listen", str(exc)) from None
 
 
 def _check_gateway(g: GatewaySection, fail: Callable[[str, str], ConfigError]) -> None:

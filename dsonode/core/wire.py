@@ -1,4 +1,4 @@
-"""The signed wire format: experiences, submissions and the batch envelope.
+"""The signed wire format: experiences, submissions, feedback and the batch envelope.
 
 Normative spec: protocol/PROTOCOL.md (section numbers below refer to it); test vectors in
 protocol/vectors/. Pure: bytes in, frozen dataclasses out, and the reverse.
@@ -51,6 +51,9 @@ from dsonode.core.errors import (
 __all__ = [
     "EXPERIENCE_ID_PREFIX",
     "EXPERIENCE_SIG_DOMAIN",
+    "FEEDBACK_SCORE_MAX",
+    "FEEDBACK_SCORE_SCALE",
+    "FEEDBACK_SIG_DOMAIN",
     "KIND_BATCH",
     "KIND_EXPERIENCE",
     "KIND_FEEDBACK",
@@ -68,6 +71,7 @@ __all__ = [
     "WIRE_VERSION",
     "Batch",
     "Experience",
+    "Feedback",
     "Item",
     "Submission",
     "decode_batch",
@@ -75,8 +79,10 @@ __all__ = [
     "encode_batch",
     "encode_item",
     "experience_id",
+    "feedback_score",
     "item_hash",
     "make_experience",
+    "make_feedback",
     "make_submission",
     "normalize_text",
     "now_ms",
@@ -91,12 +97,13 @@ __all__ = [
 WIRE_VERSION = 1
 KIND_EXPERIENCE = "experience"
 KIND_SUBMISSION = "submission"
-#: Reserved for the agents' feedback on experiences; decoders reject it until it is specified.
+#: An agent's signed vote on whether an experience helped (PROTOCOL.md §7.5).
 KIND_FEEDBACK = "feedback"
 KIND_BATCH = "batch"
 
 EXPERIENCE_SIG_DOMAIN = b"dso/experience/1\x00"
 SUBMISSION_SIG_DOMAIN = b"dso/submission/1\x00"
+FEEDBACK_SIG_DOMAIN = b"dso/feedback/1\x00"
 EXPERIENCE_ID_PREFIX = b"dso/exp/1"
 
 ID_BYTES = 32
@@ -112,6 +119,10 @@ MAX_BATCH_ITEMS = 256
 #: `created` stays within the integers every language holds exactly (JavaScript's safe range).
 MAX_CREATED = 2**53 - 1
 MAX_CLOCK_SKEW_MS = MAX_CLOCK_SKEW_S * 1000
+#: A feedback value v in [-1, 1] travels as the uint score = 1000 + 1000 * v, 0..2000 (the
+#: format has no floats and no negative integers, §3): -1 = unhelpful, +1 = helpful.
+FEEDBACK_SCORE_SCALE = 1000
+FEEDBACK_SCORE_MAX = 2 * FEEDBACK_SCORE_SCALE
 
 TOPIC_PREFIX = "/dso/1/space/"
 
@@ -365,10 +376,51 @@ class Submission:
         return [self.experience_id, self.space_id, self.code, self.author, self.created]
 
 
-Item = Experience | Submission
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One author's vote on whether an experience helped, signed (PROTOCOL.md §7.5).
 
-_SIG_DOMAIN = {KIND_EXPERIENCE: EXPERIENCE_SIG_DOMAIN, KIND_SUBMISSION: SUBMISSION_SIG_DOMAIN}
-_BODY_LEN = {KIND_EXPERIENCE: 7, KIND_SUBMISSION: 5}
+    `score` is the wire integer 0..2000; `value` the vote in [-1, 1] it stands for. An author
+    may vote again: receivers keep the vote with the greatest (created, item hash).
+    """
+
+    experience_id: bytes
+    score: int
+    author: bytes
+    created: int
+    signature: bytes
+
+    kind = KIND_FEEDBACK
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.experience_id, "experience_id", ID_BYTES)
+        if type(self.score) is not int:
+            raise SchemaError(f"feedback score must be a uint, got {type(self.score).__name__}")
+        if not 0 <= self.score <= FEEDBACK_SCORE_MAX:
+            raise SchemaError(f"feedback score {self.score} is outside 0..{FEEDBACK_SCORE_MAX}")
+        _check_bytes(self.author, "author", KEY_BYTES)
+        _check_created(self.created)
+        _check_bytes(self.signature, "signature", SIG_BYTES)
+
+    @property
+    def value(self) -> float:
+        """The vote in [-1, 1]: (score - 1000) / 1000."""
+        return (self.score - FEEDBACK_SCORE_SCALE) / FEEDBACK_SCORE_SCALE
+
+    def body(self) -> list[Any]:
+        """The signed fields in wire order (§7.5)."""
+        return [self.experience_id, self.score, self.author, self.created]
+
+
+Item = Experience | Submission | Feedback
+_ITEM_TYPES = (Experience, Submission, Feedback)
+
+_SIG_DOMAIN = {
+    KIND_EXPERIENCE: EXPERIENCE_SIG_DOMAIN,
+    KIND_SUBMISSION: SUBMISSION_SIG_DOMAIN,
+    KIND_FEEDBACK: FEEDBACK_SIG_DOMAIN,
+}
+_BODY_LEN = {KIND_EXPERIENCE: 7, KIND_SUBMISSION: 5, KIND_FEEDBACK: 4}
 
 
 # --- Canonical msgpack (§4) -----------------------------------------------------------------------
@@ -473,12 +525,36 @@ def make_submission(
     )
 
 
+def feedback_score(value: float) -> int:
+    """The wire score of a vote in [-1, 1]: round(1000 * value) + 1000 (ties to even)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"feedback value must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise SchemaError(f"feedback value {value!r} is outside [-1, 1]")
+    return round(value * FEEDBACK_SCORE_SCALE) + FEEDBACK_SCORE_SCALE
+
+
+def make_feedback(
+    private_key: Ed25519PrivateKey,
+    experience_id: bytes,
+    value: float,
+    created: int | None = None,
+) -> Feedback:
+    """Sign a vote on an experience: value in [-1, 1] (+1 helpful, -1 unhelpful)."""
+    author = _public_key_bytes(private_key)
+    score = feedback_score(value)
+    created = now_ms() if created is None else created
+    Feedback(experience_id, score, author, created, bytes(SIG_BYTES))  # validate first
+    body = [experience_id, score, author, created]
+    return Feedback(experience_id, score, author, created, _sign(private_key, KIND_FEEDBACK, body))
+
+
 # --- Items ----------------------------------------------------------------------------------------
 
 
 def encode_item(item: Item) -> bytes:
     """The signed item as it travels and is stored: [1, kind, body, signature] (§7)."""
-    if not isinstance(item, Experience | Submission):
+    if not isinstance(item, _ITEM_TYPES):
         raise SchemaError(f"cannot encode {type(item).__name__} as a wire item")
     data = _pack([WIRE_VERSION, item.kind, item.body(), item.signature])
     if len(data) > MAX_ITEM_BYTES:
@@ -572,8 +648,6 @@ def decode_item(data: bytes, now_ms: int | None = None, *, check_signature: bool
         obj = _parse(data)
         kind = _check_envelope(obj)
         if kind not in _SIG_DOMAIN:
-            if kind == KIND_FEEDBACK:
-                raise KindError("kind 'feedback' is reserved and not implemented yet")
             raise KindError(f"unknown item kind {kind[:32]!r}")
         if len(obj) != 4:
             raise SchemaError(f"item envelope has {len(obj)} elements, expected 4")
@@ -592,8 +666,10 @@ def decode_item(data: bytes, now_ms: int | None = None, *, check_signature: bool
         item: Item
         if kind == KIND_EXPERIENCE:
             item = Experience(*body, signature)
-        else:
+        elif kind == KIND_SUBMISSION:
             item = Submission(*body, signature)
+        else:
+            item = Feedback(*body, signature)
         if check_signature:
             verify_signature(item)
         if now_ms is not None and item.created > now_ms + MAX_CLOCK_SKEW_MS:
@@ -624,7 +700,7 @@ def encode_batch(items: Iterable[Item | bytes]) -> bytes:
     """[1, "batch", [item bytes...]]: 1..256 encoded items, at most 64 KiB in all."""
     entries: list[bytes] = []
     for item in items:
-        if isinstance(item, Experience | Submission):
+        if isinstance(item, _ITEM_TYPES):
             entries.append(encode_item(item))
         elif isinstance(item, bytes | bytearray | memoryview):
             entry = bytes(item)

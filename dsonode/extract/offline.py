@@ -40,10 +40,12 @@ __all__ = [
     "MAX_LESSON_WORDS",
     "Extraction",
     "Extractor",
+    "GroupFailure",
     "Lesson",
     "OfflineExtractor",
     "Source",
     "lesson_text",
+    "provenance_of",
 ]
 
 MAX_LESSON_WORDS = 32
@@ -71,10 +73,22 @@ class Lesson:
     sources: list[Source]  # the first one is the step whose text became the lesson
     tags: tuple[str, ...] = (EXTRACTOR_TAG, OFFLINE_TAG)
     merged: int = 0  # how many other candidate lessons were merged into this one
+    #: LLM path: "add", or "modify"/"merge" of existing experiences (hex ids in `supersedes`).
+    #: Experiences are immutable: a modify or merge is a new experience naming what it revises.
+    op: str = "add"
+    supersedes: tuple[str, ...] = ()
 
     @property
     def source(self) -> Source:
         return self.sources[0]
+
+
+@dataclass(frozen=True)
+class GroupFailure:
+    """A group the extractor could not process (e.g. the LLM server failed); others go on."""
+
+    task_id: str
+    error: str
 
 
 @dataclass
@@ -82,8 +96,48 @@ class Extraction:
     lessons: list[Lesson]
     groups: int  # groups that carried signal and were examined
     skipped: list[SkippedGroup] = field(default_factory=list)
-    merged: int = 0  # candidates folded into another lesson
+    merged: int = 0  # candidates folded into another lesson (or into an existing experience)
     steps: int = 0  # steps embedded
+    failed: list[GroupFailure] = field(default_factory=list)
+    #: LLM path: hex ids of existing experiences that a lesson duplicated (cosine > 0.9)
+    merged_into_existing: list[str] = field(default_factory=list)
+    #: LLM path: operations dropped by validation, as (task_id, reason)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+#: Provenance values are bounded by the wire format (8 pairs, 256 bytes a value).
+_PROV_TASK_BYTES = 200
+MAX_SUPERSEDES = 4
+
+
+def _prov_text(value: str, max_bytes: int) -> str:
+    """Printable characters only (the wire refuses control characters), cut to `max_bytes`."""
+    clean = "".join(ch if ch.isprintable() else " " for ch in value)
+    raw = clean.encode("utf-8", "replace")[:max_bytes]
+    return raw.decode("utf-8", "ignore").strip() or "?"
+
+
+def provenance_of(lesson: Lesson) -> list[tuple[str, str]]:
+    """The signed provenance pairs of a lesson's experience (fits the wire's bounds).
+
+    extractor = offline | llm; source = "<task_id> rollout <i> step <k>" of its first source
+    (step -1: the whole rollout); sources = how many rollouts support it; supersedes.N = the
+    hex ids of the experiences a modify/merge revises (they stay in the store: immutable).
+    """
+    src = lesson.source
+    pairs = [
+        ("extractor", OFFLINE_TAG if OFFLINE_TAG in lesson.tags else "llm"),
+        (
+            "source",
+            f"{_prov_text(src.task_id, _PROV_TASK_BYTES)} rollout {src.rollout} step {src.step}",
+        ),
+        ("sources", str(len(lesson.sources))),
+    ]
+    if lesson.op != "add":
+        pairs.append(("op", lesson.op))
+    for i, exp_id in enumerate(lesson.supersedes[:MAX_SUPERSEDES]):
+        pairs.append((f"supersedes.{i}", exp_id))
+    return pairs
 
 
 class Extractor(Protocol):

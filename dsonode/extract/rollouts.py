@@ -34,6 +34,7 @@ __all__ = [
     "group_rollouts",
     "parse_line",
     "parse_lines",
+    "parse_object",
     "split_steps",
 ]
 
@@ -214,7 +215,11 @@ def _meta(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise RolloutError(f"meta must be an object, got {type(value).__name__}")
-    n = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    try:
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # e.g. nested too deep (socket input)
+        raise RolloutError("meta is nested too deeply or holds values that are not JSON") from None
+    n = len(encoded.encode("utf-8", "surrogatepass"))
     if n > MAX_META_BYTES:
         raise RolloutError(f"meta is {n} bytes as JSON, the limit is {MAX_META_BYTES}")
     return value
@@ -228,6 +233,11 @@ def parse_line(line: str | bytes, line_no: int = 0) -> Rollout:
         obj = json.loads(line)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise RolloutError(f"not valid JSON: {exc}") from None
+    return parse_object(obj, line_no)
+
+
+def parse_object(obj: Any, line_no: int = 0) -> Rollout:
+    """One decoded rollout (e.g. from the socket's `submit_rollouts`) -> a Rollout."""
     if not isinstance(obj, dict):
         raise RolloutError(f"a rollout must be a JSON object, got {type(obj).__name__}")
     task_id = _text(obj, "task_id", MAX_TASK_ID_BYTES, required=True)

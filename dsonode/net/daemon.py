@@ -1,31 +1,44 @@
-"""The networked node service: gossip in, stored items and median consensus out.
+"""The networked node service: gossip and sync in, stored items and consensus out.
 
-`NetDaemon` runs inside the node's trio nursery (`dsonode run --listen ... --peer ...`):
+`NetDaemon` runs inside the node's trio nursery (`dsonode run --config F` or `--listen ...`):
 
-- one libp2p host (Noise, yamux), the `Gossip` layer on the node's space topic, and a
-  `Dialer` for the configured peers (see dsonode/net/README.md for the traps handled there);
+- one libp2p host (Noise, yamux), the `Gossip` layer on the node's space topic, a `Dialer`
+  for the configured peers (see dsonode/net/README.md for the traps handled there), and the
+  `/dso/sync/1.0.0` server (registered before the host runs);
 - every received batch goes through `Pipeline` (size, envelope, duplicates, per-peer rate,
   schema, signature, clock skew; penalties and graylist) on the event loop, then the
   accepted items are stored in one worker thread (`_ingest`):
-  * a new `experience` is stored; if this node has no submission for it yet, it embeds the
-    text itself on the exact path (`embed_query(text)`, never the search path), signs its
-    own `submission`, stores it and publishes it (that is where the median gets its votes);
+  * a submission outside its author's committee draw (dsonode.core.committee) is ignored;
+  * a new `experience` is stored; if this node is in the experience's committee and has no
+    submission for it yet, it embeds the text itself on the exact path (`embed_query(text)`,
+    never the search path), signs its own `submission`, stores it and publishes it;
   * every new `submission` of our space triggers a recomputation of that experience's
-    consensus (`dsonode.consensus.compute_consensus`): the record is stored, the index is
-    updated, and the authors' reputation moves by the verdicts that changed;
+    consensus (`dsonode.consensus.compute_consensus`, with the configured method, weights
+    and committee filter): the record is stored, the index is updated, and the authors'
+    reputation moves by the verdicts that changed;
+- catch-up: `_sync_loop` pulls from every connected peer (dialled or inbound) as soon as the
+  connection appears and then every `sync_interval_s` (jittered), one exchange per peer at a
+  time and at most `sync_concurrency` at once; what arrives goes through `_ingest` exactly
+  like gossip. A peer whose exchange fails with a WireError (bad frame, wrong answer,
+  invalid items) is penalised in the pipeline like invalid gossip; timeouts and broken
+  streams are not;
 - `publish_local(raws)` is the hook the socket's `add_experience` calls (from its worker
-  thread) to publish the experience and our submission.
+  thread) to publish the experience and our submission; `own_vector` is applied to the
+  vector of that submission (so a Byzantine node poisons it too).
 
-Testnet only: `byzantine_attack` poisons this node's own submissions ("gaussian": a random
-direction; "sign_flip": the negated embedding), so tests can show the median outvotes it.
+Testnet only: `byzantine_attack` poisons this node's own submissions (see `poison`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import multiaddr
@@ -39,20 +52,26 @@ from dsonode.consensus import (
     previous_verdicts,
     reputation_deltas,
 )
-from dsonode.core import bitdelta, wire
+from dsonode.core import bitdelta, committee, wire
+from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
 from dsonode.core.constants import DIM
-from dsonode.core.errors import DsoError
+from dsonode.core.errors import DsoError, SyncTimeoutError, WireError
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
-from dsonode.net.peerinfo import parse_multiaddr, peer_id_from_public_key
-from dsonode.net.pipeline import Pipeline, PipelineConfig
+from dsonode.net.peerinfo import parse_multiaddr, peer_id_from_public_key, public_key_from_peer_id
+from dsonode.net.pipeline import Pipeline, PipelineConfig, reason_of
+from dsonode.net.sync import SyncConfig, SyncServer, SyncTransportError, sync_with
 
 log = logging.getLogger("dsonode.net.daemon")
 
-ATTACKS = ("gaussian", "sign_flip")
+ATTACKS = ("gaussian", "sign_flip", "alie")
 #: Peers a node may be configured to dial.
 MAX_PEERS = 256
+#: ALIE's shift, as a fraction of the unit embedding per unit of attack_scale (see `poison`).
+ALIE_STEP = 0.3
+#: How often the estimate of the network size (committee threshold) is refreshed.
+NETWORK_SIZE_REFRESH_S = 30.0
 
 
 class DaemonError(DsoError):
@@ -65,34 +84,129 @@ class DaemonConfig:
     peers: tuple[str, ...] = ()
     quorum: int = 3
     byzantine_attack: str | None = None
+    attack_scale: float = 1.0
+    allow_non_loopback: bool = False
+    max_connections: int = 64
+    max_connections_per_peer: int = 2
+    dial_timeout_s: float = 5.0
+    redial_initial_s: float = 0.2
+    redial_max_s: float = 5.0
+    #: Consensus estimator (dsonode.core.aggregate.METHODS minus "mean") and per-peer weights
+    #: (base58 peer id -> weight; absent peers weigh 1).
+    method: str = "median"
+    weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    #: Expected submitters per experience (dsonode.core.committee); None = everyone.
+    committee: int | None = 7
+    #: Catch-up: pull from each connected peer this often (and at once on connection).
+    sync_interval_s: float = 60.0
+    sync_concurrency: int = 2
+    #: A new connection's first pull waits this long at most for the peer to join our mesh.
+    sync_mesh_wait_s: float = 10.0
+    sync: SyncConfig = field(default_factory=SyncConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         try:
-            HostConfig(listen=self.listen)
+            self.host_config()
         except DsoError as exc:
             raise DaemonError(f"--listen: {exc}") from None
         if len(self.peers) > MAX_PEERS:
             raise DaemonError(f"--peer: at most {MAX_PEERS} peers")
         for peer in self.peers:
             try:
-                parse_multiaddr(peer, require_peer_id=True)
+                parse_multiaddr(
+                    peer, allow_non_loopback=self.allow_non_loopback, require_peer_id=True
+                )
             except DsoError as exc:
                 raise DaemonError(f"--peer {peer[:80]!r}: {exc}") from None
         if self.byzantine_attack is not None and self.byzantine_attack not in ATTACKS:
             raise DaemonError(f"--byzantine-attack must be one of {', '.join(ATTACKS)}")
+        if not 0 <= self.attack_scale <= 100:
+            raise DaemonError("attack_scale must be 0..100")
         if not 1 <= self.quorum <= 1000:
             raise DaemonError("quorum must be 1..1000")
+        if self.method not in METHODS or self.method == "mean":
+            raise DaemonError("consensus method must be median, trimmed_mean or geometric_median")
+        if self.weights and self.method not in WEIGHTED_METHODS:
+            raise DaemonError("consensus weights need method median or geometric_median")
+        for peer, weight in self.weights.items():
+            try:
+                public_key_from_peer_id(peer)
+            except DsoError as exc:
+                raise DaemonError(f"consensus.weights.{peer[:60]}: {exc}") from None
+            if not 0 < float(weight) <= 1e6:
+                raise DaemonError(f"consensus.weights.{peer}: weight must be in (0, 1e6]")
+        if self.committee is not None and not 1 <= self.committee <= 1000:
+            raise DaemonError('consensus committee must be 1..1000 or None ("all")')
+        if not 0.01 <= self.redial_initial_s <= self.redial_max_s <= 3600:
+            raise DaemonError("need 0.01 <= redial_initial_s <= redial_max_s <= 3600")
+        if not 0.1 <= self.dial_timeout_s <= 120:
+            raise DaemonError("dial_timeout_s must be 0.1..120")
+        if not 1 <= self.sync_interval_s <= 86_400:
+            raise DaemonError("sync_interval_s must be 1..86400")
+        if not 1 <= self.sync_concurrency <= 64:
+            raise DaemonError("sync_concurrency must be 1..64")
+        if not 0 <= self.sync_mesh_wait_s <= 600:
+            raise DaemonError("sync_mesh_wait_s must be 0..600")
+
+    def host_config(self) -> HostConfig:
+        return HostConfig(
+            listen=self.listen,
+            max_connections=self.max_connections,
+            max_connections_per_peer=self.max_connections_per_peer,
+            dial_timeout_s=self.dial_timeout_s,
+            allow_non_loopback=self.allow_non_loopback,
+        )
+
+    def author_weights(self) -> dict[bytes, float]:
+        """The weights keyed by author public key (the form submissions carry)."""
+        return {public_key_from_peer_id(p): float(w) for p, w in self.weights.items()}
 
 
-def poison(vector: np.ndarray, attack: str, rng: np.random.Generator) -> np.ndarray:
-    """What a Byzantine node submits instead of `vector` (testnet only)."""
+def attack_direction(seed: bytes) -> np.ndarray:
+    """A fixed unit direction derived from the attacker's key (the same for every experience)."""
+    rng = np.random.default_rng(int.from_bytes(seed[:8].ljust(8, b"\0"), "little"))
+    d = rng.normal(size=DIM)
+    return d / np.linalg.norm(d)
+
+
+def poison(
+    vector: np.ndarray,
+    attack: str,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+    direction: np.ndarray | None = None,
+) -> np.ndarray:
+    """What a Byzantine node submits instead of the unit vector `vector` (testnet only).
+
+    - "sign_flip": the negated embedding (scale does not matter: the code keeps only signs
+      and one magnitude);
+    - "gaussian": `normalize(vector + scale * u)`, u a fresh uniformly random unit direction
+      (scale 1: cosine about 0.71 to the honest vector; large scales: a random direction);
+    - "alie" ("A Little Is Enough", Baruch et al. 2019) for one node: the honest embedding
+      pushed by `ALIE_STEP * scale` along a fixed direction `direction` (derived from the
+      attacker's key, the same for every experience, like ALIE's coordinated shift of the
+      mean by z standard deviations). At scale 1 its cosine to the honest vector is about
+      0.96, inside the default robust cut-off (about 0.91 when honest codes agree), so it is
+      *accepted* and tests that the median bounds its pull rather than that it is rejected.
+    """
+    v = np.asarray(vector, dtype=np.float64)
     if attack == "sign_flip":
-        return (-vector).astype(np.float32)
-    noise = rng.normal(size=DIM)
-    return (noise / np.linalg.norm(noise)).astype(np.float32)
+        out = -v
+    elif attack == "gaussian":
+        u = rng.normal(size=DIM)
+        out = v + scale * u / np.linalg.norm(u)
+    elif attack == "alie":
+        d = direction if direction is not None else attack_direction(b"alie")
+        out = v + ALIE_STEP * scale * np.asarray(d, dtype=np.float64)
+    else:
+        raise DaemonError(f"unknown attack {attack!r}")
+    norm = float(np.linalg.norm(out))
+    if not np.isfinite(norm) or norm == 0:  # scale 0 of a cancelling attack: keep honest
+        return np.asarray(vector, dtype=np.float32)
+    return (out / norm).astype(np.float32)
 
 
 class NetDaemon:
@@ -118,38 +232,67 @@ class NetDaemon:
         self.host: Any = None
         self.gossip: Gossip | None = None
         self.dialer: Dialer | None = None
+        self.sync_server: SyncServer | None = None
         self.topic: str | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ingest_limiter = trio.CapacityLimiter(1)
         self._rng = np.random.default_rng()
+        self._attack_direction = attack_direction(self.author)
+        self._weights = config.author_weights()
+        self._network_size = 1
+        self._network_size_at = -float("inf")
         self._lock = threading.Lock()  # counters below, written from worker threads
         self.counters = {
             "experiences_stored": 0,
             "submissions_stored": 0,
             "own_submissions": 0,
+            "not_in_committee": 0,
+            "committee_ignored": 0,
             "consensus_updates": 0,
             "published_local": 0,
         }
+        #: Catch-up counters (event loop only).
+        self.sync_stats: dict[str, Any] = {
+            "runs": 0,
+            "ok": 0,
+            "failures": 0,
+            "timeouts": 0,
+            "penalised": 0,
+            "items_received": 0,
+            "items_stored": 0,
+            "items_rejected": 0,
+            "errors": Counter(),
+        }
+        self._syncing: set[ID] = set()
 
     # -- lifecycle
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Start host, gossip and dialer; `task_status.started()` once joined to the topic."""
-        host_config = HostConfig(listen=self.config.listen)
+        """Start host, sync server, gossip, dialer and the sync loop; `task_status.started()`
+        once joined to the topic."""
+        host_config = self.config.host_config()
         self.host = build_host(self.key, host_config)
+        self.sync_server = SyncServer(self.host, self.store, self.config.sync)
+        self.sync_server.register()  # before host.run: inbound streams need the handler
         self.gossip = Gossip(self.host, self.config.gossip, wire.encode_batch, self._handle)
         self.dialer = Dialer(
             self.host,
-            [parse_multiaddr(p, require_peer_id=True) for p in self.config.peers],
-            BackoffPolicy(initial_s=0.2, max_s=5.0),
+            [
+                parse_multiaddr(
+                    p, allow_non_loopback=self.config.allow_non_loopback, require_peer_id=True
+                )
+                for p in self.config.peers
+            ],
+            BackoffPolicy(initial_s=self.config.redial_initial_s, max_s=self.config.redial_max_s),
             check_interval_s=0.2,
-            dial_timeout_s=5.0,
+            dial_timeout_s=self.config.dial_timeout_s,
         )
         listen = [multiaddr.Multiaddr(host_config.listen_addr.tcp_multiaddr)]
         async with self.host.run(listen), self.gossip.running(), trio.open_nursery() as nursery:
             self.topic = await self.gossip.join(self.space_id)
             self._token = trio.lowlevel.current_trio_token()
             nursery.start_soon(self.dialer.run)
+            nursery.start_soon(self._sync_loop)
             log.info("p2p listening on %s", ", ".join(listen_multiaddrs(self.host)))
             task_status.started()
             try:
@@ -184,15 +327,53 @@ class NetDaemon:
         with self._lock:
             self.counters["published_local"] += len(raws)
 
+    def own_vector(self, vector: np.ndarray) -> np.ndarray:
+        """The vector this node submits for its own embedding `vector`: poisoned on a
+        Byzantine testnet node (for gossiped and locally added experiences alike)."""
+        attack = self.config.byzantine_attack
+        if attack is None:
+            return vector
+        return poison(vector, attack, self._rng, self.config.attack_scale, self._attack_direction)
+
+    # -- committee sampling (dsonode.core.committee)
+
+    def network_size(self) -> int:
+        """Estimated nodes in the space: distinct submission authors known, plus us (worker
+        thread; refreshed at most every NETWORK_SIZE_REFRESH_S)."""
+        now = time.monotonic()
+        if now - self._network_size_at >= NETWORK_SIZE_REFRESH_S:
+            authors = {a for a, _ in self.store.iter_reputation()}
+            authors.add(self.author)
+            self._network_size = len(authors)
+            self._network_size_at = now
+        return self._network_size
+
+    def _in_own_committee(self, experience: wire.Experience) -> bool:
+        limit = committee.threshold(self.config.committee, self.network_size())
+        return committee.in_committee(experience.id, self.author, experience.author, limit)
+
+    def _eligible(self, experience_id: bytes, experience_author: bytes | None):
+        """author -> whether its submission for this experience counts (verifier's slack)."""
+        limit = committee.verify_threshold(self.config.committee, self.network_size())
+        return lambda author: committee.in_committee(
+            experience_id, author, experience_author, limit
+        )
+
     # -- receiving
 
     def _is_stored(self, item: wire.Item) -> bool:
         if isinstance(item, wire.Experience):
             return self.store.has_experience(item.id)
-        return any(
-            s.author == item.author
-            for s in self.store.get_submissions(item.experience_id, item.space_id)
-        )
+        if isinstance(item, wire.Submission):
+            return any(
+                s.author == item.author
+                for s in self.store.get_submissions(item.experience_id, item.space_id)
+            )
+        if isinstance(item, wire.Feedback):  # this vote or a newer one of its author
+            return self.store.holds_feedback(
+                item.experience_id, item.author, item.created, wire.item_hash(item)
+            )
+        return False
 
     async def _handle(self, topic: str, origin: ID, data: bytes) -> bool:
         out = self.pipeline.process(
@@ -208,12 +389,35 @@ class NetDaemon:
             self._submit(outbound)
         return not out.dropped_graylisted and out.penalty == 0
 
-    def _ingest(self, accepted: list[tuple[bytes, wire.Item]]) -> list[bytes]:
+    def _outside_committee(self, item: wire.Submission, batch: dict[bytes, bytes]) -> bool:
+        """A submission of our space whose author is outside its committee draw."""
+        if item.space_id != self.space_id or item.author == self.author:
+            return False
+        exp_author = batch.get(item.experience_id)
+        if exp_author is None:
+            exp = self.store.get_experience(item.experience_id)
+            exp_author = exp.author if exp is not None else None
+        return not self._eligible(item.experience_id, exp_author)(item.author)
+
+    def _ingest(
+        self, accepted: list[tuple[bytes, wire.Item]], report: dict[str, int] | None = None
+    ) -> list[bytes]:
         """Worker thread: store, submit our own codes, recompute consensus. Returns what to
-        publish."""
-        raws = [r for r, _ in accepted]
-        items = [i for _, i in accepted]
-        new = self.store.put_items(raws, decoded=items)
+        publish. Gossip and sync both come here (serialised by `_ingest_limiter`); `report`
+        (if given) receives the number of items newly stored."""
+        batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
+        kept: list[tuple[bytes, wire.Item]] = []
+        for raw, item in accepted:
+            if isinstance(item, wire.Submission) and self._outside_committee(item, batch_authors):
+                with self._lock:
+                    self.counters["committee_ignored"] += 1
+                continue
+            kept.append((raw, item))
+        raws = [r for r, _ in kept]
+        items = [i for _, i in kept]
+        new = self.store.put_items(raws, decoded=items) if kept else []
+        if report is not None:
+            report["stored"] = report.get("stored", 0) + sum(bool(n) for n in new)
         outbound: list[bytes] = []
         touched: dict[bytes, None] = {}
         for item, is_new in zip(items, new, strict=True):
@@ -226,22 +430,28 @@ class NetDaemon:
                 if own is not None:
                     outbound.append(own)
                 touched[item.id] = None
-            else:
+            elif isinstance(item, wire.Submission):
                 with self._lock:
                     self.counters["submissions_stored"] += 1
                 if item.space_id == self.space_id:
                     touched[item.experience_id] = None
+            elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
+                with self._lock:
+                    self.counters["feedback_stored"] = self.counters.get("feedback_stored", 0) + 1
         for exp_id in touched:
             self.recompute(exp_id)
         return outbound
 
     def _own_submission(self, experience: wire.Experience) -> bytes | None:
-        """Embed (exact path), sign and store our submission unless we have one."""
+        """Embed (exact path), sign and store our submission unless we have one or are
+        outside the experience's committee."""
         if self.service._own_code(experience.id) is not None:
             return None
-        vector = self.service._embed_one(experience.text)  # exact path, never for_search
-        if self.config.byzantine_attack is not None:
-            vector = poison(vector, self.config.byzantine_attack, self._rng)
+        if not self._in_own_committee(experience):
+            with self._lock:
+                self.counters["not_in_committee"] += 1
+            return None
+        vector = self.own_vector(self.service._embed_one(experience.text))  # exact path
         code = bitdelta.encode(vector, ref=self.embedder.reference)
         submission = wire.make_submission(self.key, experience.id, self.space_id, code)
         raw = wire.encode_item(submission)
@@ -269,6 +479,9 @@ class NetDaemon:
                 now_ms=now,
                 ref=self.embedder.reference,
                 quorum=self.config.quorum,
+                method=self.config.method,
+                weights=self._weights or None,
+                eligible=self._eligible(exp_id, exp.author),
             )
             if outcome is None:
                 return
@@ -285,6 +498,127 @@ class NetDaemon:
         with self._lock:
             self.counters["consensus_updates"] += 1
 
+    # -- catch-up (/dso/sync/1.0.0)
+
+    async def _sync_loop(self, poll_s: float = 0.5) -> None:
+        """Pull from each peer when its connection appears, then every sync_interval_s
+        (jittered by +-20%), one exchange per peer, at most sync_concurrency at once.
+
+        The first pull waits (at most sync_mesh_wait_s) until the peer is in our topic's
+        mesh: the submissions we make for what the pull brings are published by gossip, and
+        GossipSub sends only to mesh peers, so publishing earlier would skip that very peer.
+        """
+        cfg = self.config
+        due: dict[ID, float] = {}
+        connected_at: dict[ID, float] = {}
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = time.monotonic()
+                peers = set(connected_peers(self.host))
+                for gone in set(connected_at) - peers:  # a reconnection syncs again at once
+                    connected_at.pop(gone, None)
+                    due.pop(gone, None)
+                mesh = self._mesh()
+                for peer in peers:
+                    first = connected_at.setdefault(peer, now)
+                    if peer not in due and (peer in mesh or now - first >= cfg.sync_mesh_wait_s):
+                        # jittered, so both ends of a new connection do not start together
+                        due[peer] = now + random.uniform(0.0, 0.5)
+                for peer, when in sorted(due.items(), key=lambda kv: kv[1]):
+                    if len(self._syncing) >= cfg.sync_concurrency:
+                        break
+                    if when > now or peer in self._syncing:
+                        continue
+                    if self.pipeline.is_graylisted(peer.to_bytes(), now):
+                        due[peer] = now + cfg.sync_interval_s
+                        continue
+                    due[peer] = now + cfg.sync_interval_s * random.uniform(0.8, 1.2)
+                    self._syncing.add(peer)
+                    nursery.start_soon(self._sync_one, peer)
+                await trio.sleep(poll_s)
+
+    def _mesh(self) -> set[ID]:
+        if self.gossip is None or self.topic is None:
+            return set()
+        try:
+            return set(self.gossip.mesh_peers(self.topic))
+        except Exception:  # the router's tables are libp2p internals: never fatal here
+            return set()
+
+    def _sync_accept(self, raws: list[bytes]) -> tuple[int, int, Counter]:
+        """Worker thread (under the ingest limiter): verify like gossip, then `_ingest`."""
+        accepted: list[tuple[bytes, wire.Item]] = []
+        rejected: Counter = Counter()
+        now = wire.now_ms()
+        for raw in raws:
+            try:
+                accepted.append((raw, wire.decode_item(raw, now)))
+            except WireError as exc:
+                rejected[reason_of(exc)] += 1
+        report: dict[str, int] = {}
+        outbound = self._ingest(accepted, report) if accepted else []
+        if outbound:
+            trio.from_thread.run_sync(self._submit, outbound)
+        stored = report.get("stored", 0)
+        return stored, len(accepted) - stored, rejected
+
+    async def sync_peer(self, peer: ID) -> Any:
+        """One catch-up exchange with `peer` (raises like `sync_with`)."""
+        return await sync_with(
+            self.host,
+            peer,
+            self.store,
+            self.space_id,
+            config=self.config.sync,
+            accept=self._sync_accept,
+            limiter=self._ingest_limiter,
+        )
+
+    async def _sync_one(self, peer: ID) -> None:
+        st = self.sync_stats
+        st["runs"] += 1
+        try:
+            report = await self.sync_peer(peer)
+        except SyncTimeoutError as exc:
+            st["timeouts"] += 1
+            st["errors"][type(exc).__name__] += 1
+            log.info("sync with %s timed out: %s", peer, exc)
+        except SyncTransportError as exc:  # a broken stream is not proof of misbehaviour
+            st["failures"] += 1
+            st["errors"][type(exc).__name__] += 1
+            log.info("sync with %s failed: %s", peer, exc)
+        except WireError as exc:
+            st["failures"] += 1
+            st["errors"][type(exc).__name__] += 1
+            reason = "sync_protocol" if type(exc).__name__ == "SyncError" else reason_of(exc)
+            log.warning("sync with %s: peer misbehaved (%s: %s)", peer, reason, exc)
+            self._penalise(peer, reason, 1)
+        except DsoError as exc:
+            st["failures"] += 1
+            st["errors"][type(exc).__name__] += 1
+            log.warning("sync with %s failed: %r", peer, exc)
+        else:
+            st["ok"] += 1
+            st["items_received"] += report.received
+            st["items_stored"] += report.stored
+            bad = sum(report.rejected.values())
+            st["items_rejected"] += bad
+            for reason, count in report.rejected.items():
+                self._penalise(peer, reason, count)
+            if report.stored:
+                log.info("sync with %s: %d new items", peer, report.stored)
+        finally:
+            self._syncing.discard(peer)
+
+    def _penalise(self, peer: ID, reason: str, count: int) -> None:
+        if count <= 0:
+            return
+        self.sync_stats["penalised"] += count
+        out = self.pipeline.penalise(peer.to_bytes(), reason, time.monotonic(), count)
+        if out.graylisted_now and self.gossip is not None:
+            log.warning("graylisting %s after sync (%s)", peer, dict(out.rejected))
+            self.gossip.graylist(peer)
+
     # -- introspection (for the socket's `stats`)
 
     def _snapshot(self) -> dict[str, Any]:
@@ -298,12 +632,30 @@ class NetDaemon:
                 name = origin.hex()
             peers[name] = stats
         gossip = self.gossip
+        sync = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.sync_stats.items()}
+        sync["active"] = len(self._syncing)
+        if self.sync_server is not None:
+            srv = self.sync_server.stats
+            sync["served"] = {
+                "streams": srv.streams,
+                "refused": srv.refused,
+                "requests": srv.requests,
+                "items_sent": srv.items_sent,
+                "errors": dict(srv.errors),
+            }
         return {
             "peer_id": self.host.get_id().to_base58() if self.host else None,
             "listen": listen_multiaddrs(self.host) if self.host else [],
             "connected": [p.to_base58() for p in connected_peers(self.host)] if self.host else [],
             "mesh_peers": len(gossip.mesh_peers(self.topic)) if gossip and self.topic else 0,
             "byzantine_attack": self.config.byzantine_attack,
+            "consensus": {
+                "method": self.config.method,
+                "quorum": self.config.quorum,
+                "committee": self.config.committee,
+                "network_size": self._network_size,
+                "weighted_peers": len(self._weights),
+            },
             "pipeline": {
                 "accepted": self.pipeline.accepted_items,
                 "rejected": dict(self.pipeline.rejected),
@@ -312,6 +664,7 @@ class NetDaemon:
             },
             "peers": peers,
             "gossip": gossip.stats.as_dict() if gossip else {},
+            "sync": sync,
         }
 
     def stats(self) -> dict[str, Any]:

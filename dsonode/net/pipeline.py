@@ -297,6 +297,16 @@ class Pipeline:
         self.accepted_items += len(out.accepted)
         return self._finish(out, origin, state, now_s)
 
+    def penalise(self, origin: bytes, reason: str, now_s: float, count: int = 1) -> BatchOutcome:
+        """Count `count` rejections of `reason` against `origin` for data that came by another
+        path than gossip (a sync exchange), with the same weights and graylist threshold."""
+        out = BatchOutcome()
+        state = self._peer(origin, now_s)
+        self._decay(state, now_s)
+        for _ in range(max(0, min(int(count), 10_000))):
+            self._reject(out, state, reason)
+        return self._finish(out, origin, state, now_s)
+
     def _finish(
         self, out: BatchOutcome, origin: bytes, state: _PeerState, now_s: float
     ) -> BatchOutcome:

@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 PROTOCOL = TProtocol(core.SYNC_PROTOCOL_ID)
 
 
+class SyncTransportError(SyncError):
+    """The stream broke (reset, connection lost, refused): not proof the peer misbehaved,
+    so the daemon does not penalise it (unlike the other SyncError/WireError cases)."""
+
+
 @dataclass(frozen=True)
 class SyncConfig:
     """Bounds of both sides (PROTOCOL.md §12.6)."""
@@ -89,7 +94,7 @@ async def read_message(stream: INetStream, timeout_s: float) -> core.Message | N
                 chunk = b""
             if not chunk:
                 if reader.buffered:
-                    raise SyncError("the stream ended inside a frame")
+                    raise SyncTransportError("the stream ended inside a frame")
                 return None
             reader.feed(chunk)
             frame = reader.next_frame()
@@ -129,6 +134,9 @@ class StoreView:
             if sub.space_id == space_id:
                 key = sub.experience_id + sub.space_id + sub.author
                 yield sub.created, item_hash(sub.raw), ("submission", key)
+        # Feedback votes carry no space: every peer's current vote travels (PROTOCOL.md §12.3).
+        for vote in self.store.iter_feedback_by_time(since_ms, until_ms):
+            yield vote.created, vote.item_hash, ("feedback", vote.experience_id + vote.author)
 
     def inventory(self, req: core.InventoryRequest) -> core.Inventory:
         return core.build_inventory(
@@ -291,11 +299,13 @@ async def sync_with(
     config: SyncConfig | None = None,
     accept: Accept | None = None,
     window: tuple[int, int] | None = None,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> SyncReport:
     """Pull from `peer_id` (already connected, or dialable from the peerstore) what `store`
     lacks. Raises a WireError subclass (bad data or an answer that does not match: the peer
-    misbehaved), SyncTimeoutError (too slow), or SyncError wrapping a stream failure; the
-    stream is reset in every such case."""
+    misbehaved), SyncTimeoutError (too slow), or SyncTransportError (a SyncError) wrapping a
+    stream failure; the stream is reset in every such case. `accept` runs in a worker thread
+    under `limiter` (default: trio's), so a daemon can serialise it with its gossip ingest."""
     cfg = config or SyncConfig()
     accept = accept or verify_and_store(store)
     view = StoreView(store)
@@ -313,11 +323,13 @@ async def sync_with(
                 await write_message(stream, req, cfg.frame_timeout_s)
                 resp = await read_message(stream, cfg.frame_timeout_s)
                 if resp is None:
-                    raise SyncError("the peer closed the stream before answering")
+                    raise SyncTransportError("the peer closed the stream before answering")
                 raws = await trio.to_thread.run_sync(session.on_response, resp)
                 if raws:
                     report.received += len(raws)
-                    stored, dups, rejected = await trio.to_thread.run_sync(accept, raws)
+                    stored, dups, rejected = await trio.to_thread.run_sync(
+                        accept, raws, limiter=limiter
+                    )
                     report.stored += stored
                     report.duplicates += dups
                     report.rejected.update(rejected)
@@ -331,7 +343,7 @@ async def sync_with(
                 raise
             if isinstance(exc, trio.TooSlowError):
                 raise SyncTimeoutError("opening the sync stream timed out") from exc
-            raise SyncError(f"sync stream failed: {type(exc).__name__}: {exc}") from exc
+            raise SyncTransportError(f"sync stream failed: {type(exc).__name__}: {exc}") from exc
     assert scope.cancelled_caught
     if stream is not None:
         await _reset(stream)

@@ -15,7 +15,17 @@ consensus       space id (32) + experience id (32)           {code, count, confi
                                                              stats, updated}
 peers           peer id (bytes)                              any msgpack map (the caller's record)
 reputation      peer id (bytes)                              any msgpack map
+feedback        experience id + author (64)                  {raw, created, score, hash}: the
+                                                             author's current vote only
+fb_by_time      created ms (8, BE) + feedback key (64)       b"" (current votes only, for sync)
+feedback_agg    experience id (32)                           {votes, median}
 ==============  ===========================================  ==================================
+
+Feedback (schema version 2): one vote per (experience, author); a vote replaces the stored
+one when it is newer by ``dsonode.core.feedback.supersedes`` (created, then item hash), and
+the old vote's bytes and time entry are deleted in the same transaction. ``feedback_agg`` is
+recomputed in that transaction too, so the aggregate is always that of the stored votes.
+A schema-1 store is migrated on open by creating the (empty) feedback databases.
 
 Guarantees:
 - Writes are batched: ``put_items`` stores a whole batch in one write transaction.
@@ -39,7 +49,6 @@ lock, so the map can be resized safely even if several threads use the Store.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 import threading
@@ -53,9 +62,12 @@ import msgpack
 
 from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
+from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
+from dsonode.dirlock import release_lock, take_lock
 
 #: Bump when the on-disk layout changes; older stores are migrated, newer ones refused.
-SCHEMA_VERSION = 1
+#: 2: the feedback databases (a schema-1 store simply lacks them; they are created on open).
+SCHEMA_VERSION = 2
 
 DEFAULT_MAP_SIZE = 1 << 30  # 1 GiB to start; grows by doubling when full
 MAX_MAP_SIZE = 1 << 40  # 1 TiB: beyond this something is wrong, stop growing
@@ -69,7 +81,12 @@ _DB_NAMES = (
     b"consensus",
     b"peers",
     b"reputation",
+    b"feedback",
+    b"fb_by_time",
+    b"feedback_agg",
 )
+#: Databases added after schema 1: a read-only open of a schema-1 store goes on without them.
+_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg")
 _TIME = struct.Struct(">Q")
 
 T = TypeVar("T")
@@ -104,6 +121,22 @@ class SubmissionRecord:
     code: bytes
     created: int
     raw: bytes
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """An author's current vote on an experience (score: wire integer 0..2000)."""
+
+    experience_id: bytes
+    author: bytes
+    score: int
+    created: int
+    item_hash: bytes
+    raw: bytes
+
+    @property
+    def value(self) -> float:
+        return (self.score - 1000) / 1000
 
 
 @dataclass(frozen=True)
@@ -194,9 +227,14 @@ class Store:
             self._release_dir_lock()
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
         try:
-            self._dbs = {
-                name.decode(): self._env.open_db(name, create=not readonly) for name in _DB_NAMES
-            }
+            self._dbs = {}
+            for name in _DB_NAMES:
+                try:
+                    self._dbs[name.decode()] = self._env.open_db(name, create=not readonly)
+                except lmdb.NotFoundError:
+                    if not (readonly and name in _LATER_DBS):
+                        raise
+                    # A read-only schema-1 store: no feedback yet (reads return nothing).
             self.previous_space_id = self._init_meta(space)
         except BaseException:
             self.close()
@@ -206,18 +244,14 @@ class Store:
     # ----------------------------------------------------------------------------- lifecycle
 
     def _take_dir_lock(self) -> None:
-        fd = os.open(self.path / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(f"store at {self.path} is in use by another process") from None
-        self._lock_fd = fd
+        self._lock_fd = take_lock(
+            self.path / "store.lock",
+            lambda: StoreError(f"store at {self.path} is in use by another process"),
+        )
 
     def _release_dir_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+        release_lock(self._lock_fd)  # closing drops the flock
+        self._lock_fd = None
 
     def close(self) -> None:
         with self._lock:
@@ -333,12 +367,14 @@ class Store:
         decoded: Sequence[Any] | None = None,
         now_ms: int | None = None,
     ) -> list[bool]:
-        """Store signed wire items (experiences and submissions) in one transaction.
+        """Store signed wire items (experiences, submissions, feedback) in one transaction.
 
         Returns one flag per item: True if it was new, False if already stored (the same item
         again, an experience with the same id, or a second submission by the same author for
-        the same experience and space: the first one wins). Duplicates inside the batch count
-        once. Every item is decoded and verified with ``dsonode.core.wire.decode_item`` first
+        the same experience and space: the first one wins). Feedback is the exception: an
+        author's newer vote on an experience replaces the stored one (True), an older or equal
+        one is dropped (False), and the experience's feedback aggregate is recomputed in the
+        same transaction. Duplicates inside the batch count once. Every item is decoded and verified with ``dsonode.core.wire.decode_item`` first
         (``now_ms`` is passed on for the clock-skew check); pass ``decoded`` (the items already
         returned by decode_item for these bytes) to skip a second verification. If any item is
         invalid the WireError is raised and nothing of the batch is written.
@@ -362,20 +398,56 @@ class Store:
 
         def write(txn: lmdb.Transaction) -> list[bool]:
             flags = []
-            for db_name, key, value, time_db, time_key in rows:
+            voted: dict[bytes, None] = {}  # experiences whose feedback changed
+            for db_name, key, value, time_db, time_key, vote in rows:
                 db = self._dbs[db_name]
-                if txn.get(key, db=db) is not None:
+                old = txn.get(key, db=db)
+                if vote is not None and old is not None:
+                    old_vote = _vote_of(key, old)
+                    if not supersedes(vote, old_vote):
+                        flags.append(False)
+                        continue
+                    txn.delete(_TIME.pack(old_vote.created) + key, db=self._dbs[time_db])
+                elif old is not None:
                     flags.append(False)
                     continue
                 txn.put(key, value, db=db)
                 txn.put(time_key, b"", db=self._dbs[time_db])
+                if vote is not None:
+                    voted[key[:_ID_LEN]] = None
                 flags.append(True)
+            for exp_id in voted:
+                self._update_feedback_aggregate(txn, exp_id)
             return flags
 
         return self._write(write)
 
+    def _update_feedback_aggregate(self, txn: lmdb.Transaction, exp_id: bytes) -> None:
+        """Inside a write txn: recompute feedback_agg[exp_id] from the stored votes."""
+        agg = aggregate(_vote_of(k, v) for k, v in self._feedback_rows(txn, exp_id))
+        db = self._dbs["feedback_agg"]
+        if agg is None:
+            txn.delete(exp_id, db=db)
+        else:
+            txn.put(exp_id, _pack({"votes": agg.votes, "median": agg.median}), db=db)
+
+    def _feedback_rows(self, txn: lmdb.Transaction, exp_id: bytes) -> list[tuple[bytes, bytes]]:
+        db = self._dbs.get("feedback")
+        if db is None:  # read-only schema-1 store
+            return []
+        cur = txn.cursor(db=db)
+        out = []
+        if cur.set_range(exp_id):
+            for key, value in cur:
+                if not key.startswith(exp_id):
+                    break
+                out.append((bytes(key), bytes(value)))
+        return out
+
     @staticmethod
-    def _item_row(item: Any, raw: bytes, wire: Any) -> tuple[str, bytes, bytes, str, bytes]:
+    def _item_row(
+        item: Any, raw: bytes, wire: Any
+    ) -> tuple[str, bytes, bytes, str, bytes, Vote | None]:
         if isinstance(item, wire.Experience):
             value = _pack(
                 {
@@ -387,11 +459,20 @@ class Store:
                     "author": item.author,
                 }
             )
-            return "experiences", item.id, value, "exp_by_time", _TIME.pack(item.created) + item.id
+            time_key = _TIME.pack(item.created) + item.id
+            return "experiences", item.id, value, "exp_by_time", time_key, None
         if isinstance(item, wire.Submission):
             key = item.experience_id + item.space_id + item.author
             value = _pack({"raw": raw, "created": item.created, "code": item.code})
-            return "submissions", key, value, "sub_by_time", _TIME.pack(item.created) + key
+            return "submissions", key, value, "sub_by_time", _TIME.pack(item.created) + key, None
+        if isinstance(item, wire.Feedback):
+            key = item.experience_id + item.author
+            digest = wire.item_hash(raw)
+            value = _pack(
+                {"raw": raw, "created": item.created, "score": item.score, "hash": digest}
+            )
+            vote = Vote(item.author, item.score, item.created, digest)
+            return "feedback", key, value, "fb_by_time", _TIME.pack(item.created) + key, vote
         raise StoreError(f"cannot store a {type(item).__name__}")
 
     def has_experience(self, exp_id: bytes) -> bool:
@@ -418,8 +499,11 @@ class Store:
         return self._read(read)
 
     def get_raw_items(self, keys: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
-        """Signed bytes by ("experience", id) or ("submission", exp id + space id + author)."""
+        """Signed bytes by ("experience", id), ("submission", exp id + space id + author) or
+        ("feedback", exp id + author)."""
         dbs = {"experience": self._dbs["experiences"], "submission": self._dbs["submissions"]}
+        if "feedback" in self._dbs:
+            dbs["feedback"] = self._dbs["feedback"]
 
         def read(txn: lmdb.Transaction) -> list[bytes | None]:
             out: list[bytes | None] = []
@@ -445,6 +529,63 @@ class Store:
         self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
     ) -> Iterator[SubmissionRecord]:
         yield from self._iter_by_time("sub_by_time", since_ms, until_ms, limit, _sub_from_time)
+
+    def iter_feedback_by_time(
+        self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[FeedbackRecord]:
+        """Current votes with since_ms <= created < until_ms, oldest first (for sync)."""
+        if "fb_by_time" not in self._dbs:  # read-only schema-1 store
+            return
+        yield from self._iter_by_time("fb_by_time", since_ms, until_ms, limit, _fb_from_time)
+
+    # ----------------------------------------------------------------------------- feedback
+
+    def get_feedback(self, exp_id: bytes) -> list[FeedbackRecord]:
+        """The current vote of every author on an experience (in author order)."""
+        key = _check_id(exp_id, "experience id")
+        rows = self._read(lambda txn: self._feedback_rows(txn, key))
+        return [_fb_record(k, v) for k, v in rows]
+
+    def holds_feedback(
+        self, experience_id: bytes, author: bytes, created: int, digest: bytes
+    ) -> bool:
+        """True if this vote (by its item hash) or a newer one of its author is stored: the
+        gossip pipeline's "already stored" check (an older vote would be dropped anyway)."""
+        key = _check_id(experience_id, "experience id") + _check_id(author, "author")
+        db = self._dbs.get("feedback")
+        if db is None:
+            return False
+        raw = self._read(lambda txn: txn.get(key, db=db))
+        if raw is None:
+            return False
+        stored = _vote_of(key, raw)
+        return not supersedes(Vote(bytes(author), 0, created, bytes(digest)), stored)
+
+    def get_feedback_aggregate(self, exp_id: bytes) -> Aggregate | None:
+        return self.get_feedback_aggregates([exp_id])[0]
+
+    def get_feedback_aggregates(self, exp_ids: Sequence[bytes]) -> list[Aggregate | None]:
+        """The stored aggregates of several experiences in one read transaction."""
+        keys = [_check_id(i, "experience id") for i in exp_ids]
+        db = self._dbs.get("feedback_agg")
+        if db is None:
+            return [None] * len(keys)
+
+        def read(txn: lmdb.Transaction) -> list[Aggregate | None]:
+            out: list[Aggregate | None] = []
+            for k in keys:
+                v = txn.get(k, db=db)
+                if v is None:
+                    out.append(None)
+                    continue
+                d = _unpack(v)
+                try:
+                    out.append(Aggregate(votes=int(d["votes"]), median=float(d["median"])))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise StoreError(f"corrupt feedback aggregate: {exc}") from exc
+            return out
+
+        return self._read(read)
 
     def _iter_by_time(self, db_name, since_ms, until_ms, limit, load) -> Iterator[Any]:
         if since_ms < 0 or (until_ms is not None and until_ms < 0):
@@ -699,6 +840,36 @@ def _cons_record(key: bytes, value: bytes) -> ConsensusRecord:
         )
     except (KeyError, TypeError) as exc:
         raise StoreError(f"corrupt consensus record: {exc}") from exc
+
+
+def _vote_of(key: bytes, value: bytes) -> Vote:
+    d = _unpack(value)
+    try:
+        return Vote(
+            author=key[_ID_LEN:], score=d["score"], created=d["created"], item_hash=d["hash"]
+        )
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"corrupt feedback record: {exc}") from exc
+
+
+def _fb_record(key: bytes, value: bytes) -> FeedbackRecord:
+    d = _unpack(value)
+    try:
+        return FeedbackRecord(
+            experience_id=key[:_ID_LEN],
+            author=key[_ID_LEN:],
+            score=d["score"],
+            created=d["created"],
+            item_hash=d["hash"],
+            raw=d["raw"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise StoreError(f"corrupt feedback record: {exc}") from exc
+
+
+def _fb_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> FeedbackRecord | None:
+    v = txn.get(tkey[8:], db=store._dbs["feedback"])
+    return None if v is None else _fb_record(tkey[8:], v)
 
 
 def _exp_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> ExperienceRecord | None:

@@ -1,0 +1,152 @@
+"""`submit_rollouts` inside the node: rollouts in, signed experiences stored and published.
+
+`submit_rollouts(service, params)` runs in one of the socket server's worker threads. It checks
+every rollout (a bad one is reported by its index, never fatal), groups them by task, runs the
+extractor (the offline one with the node's encoder by default; the LLM one when the request
+names a server or the node's environment does: $DSONODE_LLM_BASE_URL and $DSONODE_LLM_MODEL)
+and hands each lesson, signed with its provenance, to the same code path as `add_experience`
+(`RetrievalService._store_experience`: embed, sign the submission, store, index, publish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dsonode.core.errors import WireError
+
+#: steps embedded per encoder call; the node's embed lock is taken per chunk, so a search
+#: waits for at most one chunk, not for a whole extraction
+EMBED_CHUNK = 64
+#: retrieved experiences shown to the LLM per task
+RETRIEVE_K = 5
+#: sources listed per lesson in a reply (their count is always given)
+MAX_REPLY_SOURCES = 16
+#: steps of one request (the offline extractor embeds each one and compares it with all the
+#: others): bounds the CPU one call can take; `dsonode ingest` chunks well below it
+MAX_SUBMIT_STEPS = 20_000
+
+
+def _locked_embed(service: Any):
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), EMBED_CHUNK):
+            with service._embed_lock:
+                parts.append(service.embedder.encode_base(list(texts[start : start + EMBED_CHUNK])))
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 1), dtype=np.float32)
+
+    return embed
+
+
+def _retriever(service: Any):
+    from dsonode.api.jsonrpc import MAX_QUERY_BYTES, SearchParams
+    from dsonode.extract.llm import Existing
+
+    def retrieve(task_text: str, k: int) -> list[Existing]:
+        query = task_text.encode("utf-8", "replace")[:MAX_QUERY_BYTES].decode("utf-8", "ignore")
+        if not query.strip():
+            return []
+        found = service.search(SearchParams(query=query, k=k))["results"]
+        return [Existing(r["id"], r["text"], r["domain"]) for r in found]
+
+    return retrieve
+
+
+def _llm_config(params: Any):
+    from dsonode.api.jsonrpc import InvalidParams
+    from dsonode.extract.llm import LLMConfig, LLMError
+
+    try:
+        return LLMConfig.from_env(base_url=params.llm_base_url, model=params.llm_model)
+    except LLMError as exc:
+        raise InvalidParams("llm", f"is rejected: {exc}") from None
+
+
+def lesson_row(lesson: Any, exp_id: bytes) -> dict[str, Any]:
+    return {
+        "id": exp_id.hex(),
+        "text": lesson.text,
+        "domain": lesson.domain,
+        "op": lesson.op,
+        "supersedes": list(lesson.supersedes),
+        "score": round(float(lesson.score), 4),
+        "merged": lesson.merged,
+        "source_count": len(lesson.sources),
+        "sources": [
+            {"task_id": s.task_id, "rollout": s.rollout, "step": s.step}
+            for s in lesson.sources[:MAX_REPLY_SOURCES]
+        ],
+    }
+
+
+def submit_rollouts(service: Any, params: Any) -> dict[str, Any]:
+    from dsonode.core import wire
+    from dsonode.extract.offline import OfflineExtractor, provenance_of
+    from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
+
+    rollouts = []
+    bad = []
+    for i, obj in enumerate(params.rollouts):
+        try:
+            rollouts.append(parse_object(obj, i))
+        except RolloutError as exc:
+            bad.append({"index": i, "error": str(exc)})
+    groups, skipped = group_rollouts(rollouts)
+    steps = sum(len(r.steps()) for g in groups for r in g.rollouts)
+    if steps > MAX_SUBMIT_STEPS:
+        from dsonode.api.jsonrpc import InvalidParams
+
+        raise InvalidParams(
+            "rollouts", f"hold {steps} steps, the limit is {MAX_SUBMIT_STEPS}: send fewer a call"
+        )
+    llm = _llm_config(params)
+    embed = _locked_embed(service)
+    if llm is None:
+        result = OfflineExtractor(embed).extract(groups)
+    else:
+        from dsonode.extract.llm import ChatClient, LLMExtractor
+
+        with ChatClient(llm) as chat:
+            result = LLMExtractor(chat, embed, _retriever(service), k=RETRIEVE_K).extract(groups)
+
+    added: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    existing = 0
+    for lesson in result.lessons:
+        try:
+            experience = wire.make_experience(
+                service.key,
+                lesson.domain,
+                lesson.text,
+                tags=lesson.tags,
+                provenance=provenance_of(lesson),
+            )
+        except WireError as exc:  # should not happen (lessons are bounded); never fatal
+            rejected.append({"text": lesson.text[:200], "error": str(exc)})
+            continue
+        if params.dry_run:
+            new = service.store.get_experience(experience.id) is None
+        else:
+            new = bool(service._store_experience(experience)["new"])
+        if new:
+            added.append(lesson_row(lesson, experience.id))
+        else:
+            existing += 1
+    return {
+        "extractor": "offline" if llm is None else "llm",
+        "dry_run": params.dry_run,
+        "rollouts": len(rollouts),
+        "groups": len(groups),
+        "skipped_groups": len(skipped),
+        "skipped": [{"task_id": s.task_id, "reason": s.reason} for s in skipped],
+        "bad_rollouts": bad,
+        "failed_groups": [{"task_id": f.task_id, "error": f.error} for f in result.failed],
+        "added": added,
+        "merged": result.merged,
+        "merged_into_existing": result.merged_into_existing,
+        "dropped_operations": [{"task_id": t, "reason": why} for t, why in result.dropped],
+        "existing": existing,
+        "rejected": rejected,
+    }

@@ -1,0 +1,438 @@
+"""Run a planned testnet as separate `dsonode run` processes, and stop every one of them.
+
+    plan = plan_testnet(5, ports=free_ports([host_ip(i) for i in range(5)]), byzantine=1)
+    with Testnet(plan, Path("/tmp/tn")) as net:      # keys, processes, health, mesh (bounded)
+        ids = net.seed(samples)                        # add_experience at the seed node
+        net.wait_confirmed(ids, timeout=120)           # confirmed at every node (bounded)
+        hits = net.query("...")                        # search at the query node
+    # every process stopped: SIGTERM to its process group, SIGKILL after the grace period
+
+No orphans: each node runs in its own process group (`start_new_session`) and, on Linux,
+asks the kernel to SIGTERM it when the supervisor dies (`PR_SET_PDEATHSIG`), so even a
+SIGKILLed supervisor leaves nothing running; a normal exit, an exception or an interpreter
+exit (`atexit`) stops them through `stop()`. Processes are started from the calling thread
+(the death signal follows the thread that forked), so create the Testnet in a thread that
+outlives it (the main thread, in the CLI and in tests).
+
+Each node keeps its data, its key and its log (`node.log`) in `<root>/<name>/`; a node that
+fails shows the tail of its log in the error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dsonode.core.errors import DsoError
+from dsonode.testnet.plan import TestnetPlan
+
+SOCKET_NAME = "dsonode.sock"
+LOG_NAME = "node.log"
+#: Loading the model takes ~8 s alone; several nodes loading at once on 2 cores take longer.
+DEFAULT_START_TIMEOUT_S = 240.0
+DEFAULT_MESH_TIMEOUT_S = 120.0
+DEFAULT_GRACE_S = 15.0
+POLL_S = 0.25
+_PR_SET_PDEATHSIG = 1
+
+
+class TestnetError(DsoError):
+    """A node failed to start, died, or a bounded wait ran out (with the node's log tail)."""
+
+    __test__ = False
+
+
+def free_ports(ips: Sequence[str]) -> list[int]:
+    """One free TCP port per address (bound and released: the node binds it soon after)."""
+    ports = []
+    for ip in ips:
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            ports.append(s.getsockname()[1])
+    return ports
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+# Every running testnet of this interpreter, stopped at exit whatever happened.
+_LIVE: weakref.WeakSet[Testnet] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for net in list(_LIVE):
+        with contextlib.suppress(Exception):
+            net.stop(grace=5.0)
+
+
+@dataclass
+class NodeHandle:
+    index: int
+    name: str
+    data_dir: Path
+    peer_id: str
+    author: str  # hex of the raw Ed25519 public key (the key of reputation records)
+    listen: str
+    attack: str | None
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / SOCKET_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_NAME
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                text = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _write_seeded_key(path: Path, seed: str) -> Any:
+    """The public testnet key of `seed` (as `dsonode init --testnet-key-seed`), mode 0600."""
+    from cryptography.hazmat.primitives import serialization
+
+    from dsonode.config.cli import seeded_testnet_key
+    from dsonode.identity import load_key
+
+    if path.exists():
+        return load_key(path)
+    key = seeded_testnet_key(seed)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    return load_key(path)
+
+
+class Testnet:
+    """A supervisor of one planned testnet (see the module docstring)."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        plan: TestnetPlan,
+        root: Path,
+        *,
+        threads: int = 1,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+        mesh_timeout: float = DEFAULT_MESH_TIMEOUT_S,
+        grace: float = DEFAULT_GRACE_S,
+        env: dict[str, str] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.root = Path(root)
+        self.threads = threads
+        self.start_timeout = start_timeout
+        self.mesh_timeout = mesh_timeout
+        self.grace = grace
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            **(env or {}),
+        }
+        self.log = log or (lambda _msg: None)
+        self.nodes: list[NodeHandle] = []
+        self._stop_lock = threading.Lock()
+
+    # -- lifecycle
+
+    def __enter__(self) -> Testnet:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def prepare(self) -> list[NodeHandle]:
+        """Create every node's directory and identity, so all peer ids are known up front."""
+        from dsonode.identity import load_or_create_key, public_key_bytes
+        from dsonode.net.peerinfo import peer_id_from_public_key
+
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.nodes = []
+        for spec in self.plan.nodes:
+            d = self.root / spec.name
+            d.mkdir(exist_ok=True, mode=0o700)
+            key_path = d / "node.key"
+            if spec.key_seed is not None:
+                key = _write_seeded_key(key_path, spec.key_seed)
+            else:
+                key = load_or_create_key(key_path)
+            author = public_key_bytes(key)
+            self.nodes.append(
+                NodeHandle(
+                    index=spec.index,
+                    name=spec.name,
+                    data_dir=d,
+                    peer_id=peer_id_from_public_key(author),
+                    author=author.hex(),
+                    listen=spec.listen,
+                    attack=spec.attack,
+                )
+            )
+        return self.nodes
+
+    def command(self, i: int) -> list[str]:
+        node = self.nodes[i]
+        peers = self.plan.peer_multiaddrs(i, [n.peer_id for n in self.nodes])
+        cmd = [sys.executable, "-m", "dsonode", "run", "--data-dir", str(node.data_dir)]
+        cmd += ["--listen", node.listen, "--threads", str(self.threads)]
+        for p in peers:
+            cmd += ["--peer", p]
+        if node.attack is not None:
+            cmd += ["--byzantine-attack", node.attack]
+        return cmd
+
+    def start(self) -> None:
+        """Start every node, then wait (bounded) until all are healthy and meshed."""
+        if not self.nodes:
+            self.prepare()
+        _LIVE.add(self)
+        for i, node in enumerate(self.nodes):
+            with contextlib.suppress(FileNotFoundError):
+                node.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
+            with open(node.log_path, "ab") as log_file:
+                node.proc = subprocess.Popen(
+                    self.command(i),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=self.env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+                )
+            self.log(f"started {node.name} (pid {node.proc.pid}) on {node.listen}")
+        self.wait_healthy(self.start_timeout)
+        self.wait_meshed(self.mesh_timeout)
+
+    def check_alive(self) -> None:
+        """Raise TestnetError (with its log tail) if any node has exited."""
+        for node in self.nodes:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise TestnetError(
+                    f"{node.name} exited with code {node.proc.returncode}; "
+                    f"last lines of {node.log_path}:\n{node.log_tail()}"
+                )
+
+    def fail_waiting(self, what: str, culprits: Iterable[NodeHandle], last: object = None) -> None:
+        """Raise TestnetError for a bounded wait that ran out, with the culprits' log tails."""
+        tails = "\n".join(
+            f"--- {n.name} ({n.log_path}):\n{n.log_tail(15)}" for n in list(culprits)[:3]
+        )
+        raise TestnetError(f"timed out waiting for {what}; last: {last!r}\n{tails}")
+
+    def wait_healthy(self, timeout: float) -> None:
+        from dsonode.api.client import Client, ClientError
+
+        deadline = time.monotonic() + timeout
+        pending = list(self.nodes)
+        while pending and time.monotonic() < deadline:
+            self.check_alive()
+            for node in list(pending):
+                if not node.socket_path.exists():
+                    continue
+                with (
+                    contextlib.suppress(ClientError, OSError),
+                    Client(node.socket_path, timeout=5.0) as c,
+                ):
+                    if c.health().get("status") == "ok":
+                        pending.remove(node)
+                        self.log(f"{node.name} is healthy")
+            time.sleep(POLL_S)
+        if pending:
+            self.fail_waiting("every node to answer `health`", pending)
+
+    def wait_meshed(self, timeout: float) -> None:
+        """Until every node is connected to its planned neighbours and has gossip mesh peers."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.check_alive()
+            behind = []
+            for node in self.nodes:
+                want = len(self.plan.neighbours(node.index))
+                try:
+                    net = self.stats(node.index, timeout=10.0).get("network", {})
+                except (DsoError, OSError) as exc:
+                    last[node.name] = str(exc)
+                    behind.append(node)
+                    continue
+                connected, mesh = len(net.get("connected", [])), net.get("mesh_peers", 0)
+                last[node.name] = {"connected": connected, "mesh": mesh, "want": want}
+                if connected < want or mesh < min(want, 2):
+                    behind.append(node)
+            if not behind:
+                self.log("every node is meshed")
+                return
+            time.sleep(POLL_S * 2)
+        self.fail_waiting("the gossip mesh", behind, last)
+
+    def stop(self, grace: float | None = None) -> dict[str, int | None]:
+        """SIGTERM every node's process group, wait up to `grace` s, then SIGKILL. Idempotent."""
+        grace = self.grace if grace is None else grace
+        with self._stop_lock:
+            procs = [(n, n.proc) for n in self.nodes if n.proc is not None]
+            for _node, proc in procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for _node, proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            for _node, proc in procs:
+                # SIGKILL the group even if the leader is gone: nothing of it may survive.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10.0)
+            _LIVE.discard(self)
+            return {n.name: p.returncode for n, p in procs}
+
+    # -- talking to the nodes
+
+    def client(self, i: int, timeout: float = 60.0) -> Any:
+        from dsonode.api.client import Client
+
+        return Client(self.nodes[i].socket_path, timeout=timeout)
+
+    def stats(self, i: int, timeout: float = 60.0) -> dict[str, Any]:
+        with self.client(i, timeout=timeout) as c:
+            return c.stats()
+
+    def seed(self, experiences: Sequence[dict[str, Any]], node: int | None = None) -> list[str]:
+        """Add experiences at one node (default: the plan's seed node); their ids, in order."""
+        i = self.plan.seed_node if node is None else node
+        ids = []
+        with self.client(i, timeout=120.0) as c:
+            for exp in experiences:
+                added = c.add_experience(exp["text"], exp["domain"], exp.get("tags", ()))
+                ids.append(added["id"])
+        return ids
+
+    def confirmed_counts(self, ids: Sequence[str]) -> list[int | None]:
+        """Per node: how many of `ids` it holds with a confirmed consensus (None: no answer)."""
+        out: list[int | None] = []
+        for node in self.nodes:
+            try:
+                n = 0
+                with self.client(node.index, timeout=10.0) as c:
+                    for exp_id in ids:
+                        with contextlib.suppress(DsoError):  # not arrived yet: NotFound
+                            n += bool(c.get(exp_id).get("confirmed"))
+                out.append(n)
+            except (DsoError, OSError):
+                out.append(None)
+        return out
+
+    def wait_confirmed(
+        self,
+        ids: Sequence[str],
+        timeout: float,
+        on_poll: Callable[[], None] | None = None,
+    ) -> None:
+        """Until every node holds every id with a confirmed consensus (bounded)."""
+        deadline = time.monotonic() + timeout
+        counts: list[int | None] = []
+        while time.monotonic() < deadline:
+            self.check_alive()
+            counts = self.confirmed_counts(ids)
+            if on_poll is not None:
+                on_poll()
+            if all(c == len(ids) for c in counts):
+                return
+            time.sleep(POLL_S * 4)
+        behind = [n for n, c in zip(self.nodes, counts, strict=False) if c != len(ids)]
+        self.fail_waiting(f"{len(ids)} confirmed consensus codes at every node", behind, counts)
+
+    def query(self, text: str, k: int = 3, node: int | None = None) -> list[dict[str, Any]]:
+        i = self.plan.query_node if node is None else node
+        with self.client(i, timeout=120.0) as c:
+            return c.search(text, k=k)
+
+    def status(self, ids: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """One row per node for the status table (fields None where a node does not answer)."""
+        liars = {self.nodes[i].author: self.nodes[i].name for i in self.plan.byzantine}
+        confirmed = self.confirmed_counts(ids) if ids else [None] * len(self.nodes)
+        rows = []
+        for node, conf in zip(self.nodes, confirmed, strict=True):
+            row: dict[str, Any] = {
+                "name": node.name,
+                "listen": node.listen,
+                "peer_id": node.peer_id,
+                "byzantine": node.attack,
+                "running": node.running(),
+                "experiences": None,
+                "submissions": None,
+                "confirmed": conf,
+                "connected": None,
+                "accepted": None,
+                "rejected": None,
+                "liar_reputation": {},
+            }
+            try:
+                st = self.stats(node.index, timeout=10.0)
+            except (DsoError, OSError):
+                rows.append(row)
+                continue
+            store = st.get("store", {})
+            net = st.get("network", {})
+            pipe = net.get("pipeline", {})
+            row.update(
+                experiences=store.get("experiences"),
+                submissions=store.get("submissions"),
+                connected=len(net.get("connected", [])),
+                accepted=pipe.get("accepted"),
+                # duplicates and already-stored items are normal on a mesh, not rejections
+                rejected=sum(
+                    v
+                    for reason, v in (pipe.get("rejected") or {}).items()
+                    if reason not in ("duplicate", "stored")
+                ),
+            )
+            if node.attack is None:
+                rep = net.get("reputation", {})
+                row["liar_reputation"] = {
+                    name: rep[author] for author, name in liars.items() if author in rep
+                }
+            rows.append(row)
+        return rows

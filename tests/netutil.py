@@ -1,0 +1,152 @@
+"""Helpers shared by the multi-process network tests (test_net, test_sync_net, test_daemon*).
+
+- `JsonProcess`: a child process printing one JSON object per line on stdout (the probes in
+  dsonode.net), read by a thread; `wait_for` is bounded, `stop` always reaps.
+- `free_port`, `wait_until`: a free TCP port on one loopback address; a bounded poll.
+- `node_identity`, `node_addrs`: the key and peer multiaddr of a `dsonode run` data directory
+  (created before the node starts, so every node can be given its peers' addresses).
+
+Every wait here is bounded in time; every process started is stopped by its `stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class JsonProcess:
+    """`python -m <module> <args>`: JSON lines on stdout (a thread reads them), stderr to a
+    file in `tmp`."""
+
+    def __init__(self, tmp: Path, name: str, module: str, *args: str) -> None:
+        self.args = args
+        self.err_path = tmp / f"{name}.{time.monotonic_ns()}.err"
+        self._err = open(self.err_path, "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.events: list[dict] = []
+        self._q: queue.Queue[dict | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self._q.put(json.loads(line))
+            except ValueError:
+                self._q.put({"event": "unparsable", "line": line[:200]})
+        self._q.put(None)
+
+    def wait_for(self, pred: str | Callable[[dict], bool], timeout: float) -> dict:
+        """The first not yet taken event matching `pred` (an event name or a predicate);
+        AssertionError after `timeout` seconds or when the process has ended."""
+        match = (lambda ev: ev.get("event") == pred) if isinstance(pred, str) else pred
+        for ev in self.events:
+            if match(ev) and not ev.get("_taken"):
+                ev["_taken"] = True
+                return ev
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ev = self._q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if ev is None:
+                self._q.put(None)
+                break
+            self.events.append(ev)
+            if match(ev):
+                ev["_taken"] = True
+                return ev
+        raise AssertionError(
+            f"{self.args} gave no matching event in {timeout} s; exit={self.proc.poll()}; "
+            f"stderr tail: {self.err_path.read_text()[-1500:]}"
+        )
+
+    def last(self, kind: str) -> dict | None:
+        found = [e for e in self.events if e.get("event") == kind]
+        return found[-1] if found else None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._thread.join(timeout=5)
+        while True:  # keep what was printed before exit (e.g. a final stats line)
+            try:
+                ev = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if ev is not None:
+                self.events.append(ev)
+        self._err.close()
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float, nodes: Iterable = ()) -> Any:
+    """Poll `fn()` every 0.5 s until it returns something truthy (exceptions count as not
+    yet); AssertionError naming `what`, with the nodes' log tails, after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = fn()
+            if last:
+                return last
+        time.sleep(0.5)
+    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
+
+
+def node_identity(data_dir: Path) -> tuple[bytes, str]:
+    """(author public key, base58 peer id) of the node that will run on `data_dir` (the key
+    is created now, mode 0600, exactly as `dsonode run` would)."""
+    from dsonode.identity import load_or_create_key, public_key_bytes
+    from dsonode.net.peerinfo import peer_id_from_public_key
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    author = public_key_bytes(load_or_create_key(data_dir / "node.key"))
+    return author, peer_id_from_public_key(author)
+
+
+def node_addrs(dirs: list[Path], ips: list[str]) -> tuple[list[bytes], list[str], list[str]]:
+    """For nodes on `dirs` listening on `ips` (free ports picked now): their authors, listen
+    multiaddrs and full peer multiaddrs."""
+    authors, listens, peers = [], [], []
+    for d, ip in zip(dirs, ips, strict=True):
+        author, pid = node_identity(d)
+        listen = f"/ip4/{ip}/tcp/{free_port(ip)}"
+        authors.append(author)
+        listens.append(listen)
+        peers.append(f"{listen}/p2p/{pid}")
+    return authors, listens, peers

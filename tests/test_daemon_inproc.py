@@ -1,0 +1,184 @@
+"""The daemon in this process (a real Node: LMDB store, packaged encoder, libp2p host), against
+sync probes in other processes on 127.0.0.N, and its committee filter on real signed items.
+
+- Items pulled by sync take the gossip ingest path: stored, our own submission made (embedded
+  by the real model), consensus recomputed and indexed.
+- A responder that answers garbage is penalised in the pipeline like invalid gossip; one that
+  is merely slow (a timeout) is not.
+- Committee sampling: with a large estimated network, submissions outside their author's draw
+  are ignored (not stored, not penalised), the experience author's always counts, and the
+  node does not submit for an experience outside its own draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from netutil import JsonProcess
+
+from dsonode.core import committee, wire
+from dsonode.core.constants import CODE_BYTES
+from dsonode.identity import public_key_bytes
+from dsonode.node import Node, NodeConfig
+
+
+def _open_node(tmp_path, **kw) -> Node:
+    node = Node(
+        NodeConfig(data_dir=tmp_path / "node", threads=1, listen="/ip4/127.0.0.81/tcp/0", **kw)
+    )
+    node.open()
+    return node
+
+
+def _probe(tmp_path, name: str, ip: str, space: str, *args: str) -> JsonProcess:
+    return JsonProcess(tmp_path, name, "dsonode.net.sync_probe", "--store",
+                       str(tmp_path / name), "--listen", f"/ip4/{ip}/tcp/0", "--space", space,
+                       "--run-seconds", "150", *args)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sync_ingests_like_gossip_and_penalises_only_misbehaviour(tmp_path):
+    from libp2p.peer.id import ID
+
+    from dsonode.net.daemon import NetDaemon
+    from dsonode.net.sync import SyncConfig
+
+    probes: list[JsonProcess] = []
+    node = _open_node(tmp_path)
+    try:
+        space = node.embedder.space_id  # the probes serve our space
+        honest = _probe(tmp_path, "honest", "127.0.0.82", space, "--make-items", "4")
+        garbage = _probe(tmp_path, "garbage", "127.0.0.83", space, "--misbehave", "garbage")
+        slow = _probe(tmp_path, "slow", "127.0.0.84", space, "--misbehave", "slow")
+        probes = [honest, garbage, slow]
+        addrs = {p: p.wait_for("ready", 60)["addrs"][0] for p in probes}
+        peer_ids = {p: addrs[p].rsplit("/", 1)[1] for p in probes}
+        # The node's daemon, now with the probes as peers and a short frame timeout (so the
+        # slow peer times out within the test).
+        config = dataclasses.replace(
+            node.daemon.config,
+            peers=tuple(addrs.values()),
+            sync=SyncConfig(frame_timeout_s=2.0),
+            sync_mesh_wait_s=1.0,  # the probes join no gossip mesh
+        )
+        daemon = NetDaemon(
+            config,
+            store=node.store,
+            index=node.index,
+            service=node.service,
+            embedder=node.embedder,
+            key=node.key,
+        )
+        node.service.network = node.daemon = daemon
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                with trio.fail_after(90):
+                    while daemon.sync_stats["runs"] < 3 or daemon._syncing:
+                        await trio.sleep(0.2)
+                nursery.cancel_scope.cancel()
+
+        trio.run(main)
+        st = daemon.sync_stats
+        assert st["ok"] == 1 and st["items_stored"] == 8 and st["items_rejected"] == 0
+        assert st["timeouts"] == 1 and st["failures"] == 1 and st["penalised"] == 1
+        assert daemon.counters["own_submissions"] == 4  # embedded what sync brought
+        assert daemon.counters["consensus_updates"] >= 4
+        assert len(node.index) == 4
+        now = time.monotonic()
+
+        def score(p):
+            return daemon.pipeline.score(ID.from_base58(peer_ids[p]).to_bytes(), now)
+
+        assert score(garbage) > 0  # misbehaved: penalised like invalid gossip
+        assert score(slow) == 0 and score(honest) == 0  # too slow / honest: not penalised
+        for exp in node.store.iter_experiences_by_time():
+            rec = node.store.get_consensus(bytes.fromhex(space), exp.id)
+            assert rec is not None and rec.stats["submissions"] == 2  # the probe's and ours
+    finally:
+        for p in probes:
+            p.stop()
+        node.close()
+
+
+def _submission(key, exp_id: bytes, space: bytes) -> tuple[bytes, wire.Submission]:
+    code = bytes([0, 0, 0x80, 0x3F]) + bytes(range(256)) * 3 + bytes(CODE_BYTES - 4 - 768)
+    sub = wire.make_submission(key, exp_id, space, code)
+    raw = wire.encode_item(sub)
+    return raw, wire.decode_item(raw, wire.now_ms())
+
+
+@pytest.mark.slow
+def test_submissions_outside_the_committee_draw_are_ignored(tmp_path):
+    node = _open_node(tmp_path, committee=1)
+    try:
+        daemon = node.daemon
+        space = bytes.fromhex(node.embedder.space_id)
+        # An estimated network of 100 authors: own draw 1/100, verifier bound 4/100.
+        for i in range(99):
+            node.store.update_reputation(bytes([i + 1]) * 32, lambda r: {"accepted": 1})
+        assert daemon.network_size() == 100
+        limit = committee.verify_threshold(1, 100)
+
+        author_key = Ed25519PrivateKey.generate()
+        # An experience outside our own draw (almost all are: p = 0.01).
+        n = 0
+        while True:
+            exp = wire.make_experience(author_key, "ops", f"Lesson {n}: drain before restart.")
+            n += 1
+            if committee.draw(exp.id, daemon.author) >= committee.threshold(1, 100):
+                break
+        keys = [Ed25519PrivateKey.generate() for _ in range(120)]
+        inside = [k for k in keys if committee.draw(exp.id, public_key_bytes(k)) < limit]
+        outside = [k for k in keys if committee.draw(exp.id, public_key_bytes(k)) >= limit]
+        assert inside and outside
+        items = [(wire.encode_item(exp), exp)]
+        items += [_submission(k, exp.id, space) for k in [author_key, *inside, *outside[:5]]]
+        outbound = daemon._ingest(items)
+        assert outbound == []  # not in our own draw: no submission of ours
+        assert daemon.counters["not_in_committee"] == 1
+        assert daemon.counters["committee_ignored"] == 5
+        stored = {s.author for s in node.store.get_submissions(exp.id, space)}
+        assert stored == {public_key_bytes(k) for k in [author_key, *inside]}
+        rec = node.store.get_consensus(space, exp.id)
+        assert rec is not None and rec.stats["submissions"] == 1 + len(inside)
+        # Ignored, not penalised: nothing went through the pipeline's penalties.
+        assert daemon.pipeline.rejected == {}
+        # "all": the same submissions would all count.
+        assert committee.verify_threshold(None, 100) == 1.0
+    finally:
+        node.close()
+
+
+@pytest.mark.slow
+def test_byzantine_node_poisons_its_locally_added_submission_too(tmp_path):
+    from dsonode.api.jsonrpc import AddExperienceParams
+    from dsonode.core import bitdelta
+
+    text = "Pin the random seed before comparing two training runs."
+    node = _open_node(tmp_path, byzantine_attack="sign_flip")
+    try:
+        service = node.service
+        assert service.network is node.daemon
+        honest = service._embed_one(text)
+        out = service.add_experience(AddExperienceParams(text=text, domain="ml"))
+        code = service._own_code(bytes.fromhex(out["id"]))
+        ref = node.embedder.reference
+        # poisoned as for gossiped experiences: the negated vector's bits (the 4-byte scale
+        # may differ in its last bit: the attack renormalises in float64)
+        assert code[4:] == bitdelta.encode(-honest, ref=ref)[4:]
+        assert code[4:] != bitdelta.encode(honest, ref=ref)[4:]
+    finally:
+        node.close()
+    honest_node = _open_node(tmp_path / "h")  # the same path without an attack: honest code
+    try:
+        out = honest_node.service.add_experience(AddExperienceParams(text=text, domain="ml"))
+        code = honest_node.service._own_code(bytes.fromhex(out["id"]))
+        assert code == bitdelta.encode(honest, ref=honest_node.embedder.reference)
+    finally:
+        honest_node.close()

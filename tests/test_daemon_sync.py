@@ -1,0 +1,140 @@
+"""Catch-up through /dso/sync/1.0.0 in the real daemon: real `dsonode run` processes on
+127.0.0.N, talking over their sockets.
+
+- A node started late finds, by `search` over its socket and with a consensus of two
+  submissions, the experiences published before it started (it pulls them on connecting,
+  embeds them, submits its own code, and the consensus is recomputed on both sides).
+- A node killed with SIGKILL and restarted on the same data directory keeps what it had,
+  receives by sync what was published while it was down, and new gossip afterwards.
+
+The late node runs from a TOML file (`dsonode run --config`), quorum 2, committee "all".
+Every wait is bounded; every process is stopped in a `finally`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from netutil import node_addrs, wait_until
+
+from dsonode.api.testing import NodeProcess
+
+LESSONS = [
+    ("coding", "Before you refactor a parser, pin its behaviour with golden-file tests."),
+    ("math", "Check the base case of an induction before trusting the inductive step."),
+    ("ops", "Roll a config change out to one canary host before the whole fleet."),
+]
+WHILE_DOWN = ("coding", "When a test is flaky, record the seed before retrying it.")
+AFTER = ("ops", "Alert on the symptom users feel, not on every internal cause.")
+
+
+def _config(path: Path, listen: str, peer: str) -> Path:
+    path.write_text(
+        f"""
+[net]
+listen = "{listen}"
+bootstrap = ["{peer}"]
+redial_initial_s = 0.2
+redial_max_s = 2.0
+sync_interval_s = 600  # only the on-connect pull may bring the backlog here
+
+[consensus]
+quorum = 2
+committee = "all"
+"""
+    )
+    return path
+
+
+def _hit(node: NodeProcess, text: str, confirmed: bool = True):
+    """The top search hit for `text` if it is that experience with a consensus of two
+    submissions (confirmed: node b runs with quorum 2, node a with the default 3)."""
+    with node.client(timeout=60) as c:
+        hits = c.search(text, k=3)
+    top = hits[0] if hits else None
+    ok = top and top["text"] == text and top["confirmed"] == confirmed
+    return top if ok and top["submissions"] >= 2 else None
+
+
+def _network(node: NodeProcess) -> dict:
+    with node.client(timeout=60) as c:
+        return c.stats()["network"]
+
+
+def _pair(tmp_path: Path, ips: tuple[str, str]):
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    _, listens, peers = node_addrs(dirs, list(ips))
+    a = NodeProcess(
+        dirs[0], "--listen", listens[0], "--peer", peers[1], "--threads", "1",
+        start_timeout=180,
+    )  # fmt: skip
+    cfg = _config(tmp_path / "b.toml", listens[1], peers[0])
+    b = NodeProcess(dirs[1], "--config", str(cfg), "--threads", "1", start_timeout=180)
+    return a, b
+
+
+@pytest.mark.slow
+def test_late_node_catches_up_through_sync(tmp_path):
+    a, b = _pair(tmp_path, ("127.0.0.41", "127.0.0.42"))
+    try:
+        a.start()
+        with a.client() as c:
+            ids = [c.add_experience(text, domain)["id"] for domain, text in LESSONS]
+        b.start()  # after everything was published: gossip cannot bring it any more
+        for (_, text), exp_id in zip(LESSONS, ids, strict=True):
+            top = wait_until(
+                f"{text[:30]!r} at the late node", lambda t=text: _hit(b, t), 90, [a, b]
+            )
+            assert top["id"] == exp_id and top["submissions"] == 2
+        net = _network(b)
+        assert net["sync"]["ok"] >= 1 and net["sync"]["items_stored"] >= 2 * len(LESSONS)
+        assert net["sync"]["penalised"] == 0  # an honest peer is never penalised
+        assert net["counters"]["own_submissions"] == len(LESSONS)
+        cons = net["consensus"]
+        assert (cons["method"], cons["quorum"], cons["committee"]) == ("median", 2, None)
+        # The late node's own submissions reached the first node too: both have 2 votes.
+        for _, text in LESSONS:
+            wait_until(f"two submissions at the first node for {text[:30]!r}",
+                       lambda t=text: _hit(a, t, confirmed=False), 60, [a, b])  # fmt: skip
+        assert _network(a)["sync"]["served"]["items_sent"] >= 2 * len(LESSONS)
+    finally:
+        b.stop(grace=15)
+        a.stop(grace=15)
+
+
+@pytest.mark.slow
+def test_sigkilled_node_keeps_its_data_and_rejoins(tmp_path):
+    a, b = _pair(tmp_path, ("127.0.0.43", "127.0.0.44"))
+    try:
+        a.start()
+        b.start()
+        domain, text = LESSONS[0]
+        with a.client() as c:
+            c.add_experience(text, domain)
+        wait_until("the first lesson at node b", lambda: _hit(b, text), 90, [a, b])
+
+        b.kill()  # SIGKILL: no shutdown code runs in the node
+        assert b.proc is not None and b.proc.returncode == -9
+        with a.client() as c:
+            down_id = c.add_experience(WHILE_DOWN[1], WHILE_DOWN[0])["id"]
+
+        b.start()  # same data directory, same key, same port
+        with b.client() as c:
+            counts = c.stats()["store"]
+        assert counts["experiences"] >= 1  # kept across the SIGKILL
+        assert _hit(b, text) is not None  # searchable at once: the index was rebuilt
+        top = wait_until("the lesson published while b was down", lambda: _hit(b, WHILE_DOWN[1]),
+                         90, [a, b])  # fmt: skip
+        assert top["id"] == down_id
+        assert _network(b)["sync"]["items_stored"] >= 1
+
+        # New gossip after the rejoin arrives too (counted by the gossip pipeline).
+        before = _network(b)["pipeline"]["accepted"]
+        with a.client() as c:
+            c.add_experience(AFTER[1], AFTER[0])
+        wait_until("new gossip at the rejoined node", lambda: _hit(b, AFTER[1]), 90, [a, b])
+        assert _network(b)["pipeline"]["accepted"] > before
+    finally:
+        b.stop(grace=15)
+        a.stop(grace=15)
