@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/dsonode testnet --nodes 3 --duration 0
+	$(BIN)/dsonode testnet --nodes 3 --duration 0 \
+	    --rollouts examples/rollouts/math.jsonl --rollouts examples/rollouts/coding.jsonl \
+	    --rollouts examples/rollouts/agents.jsonl
 
 test: $(STAMP)
 	$(BIN)/ruff check dsonode tests
