@@ -78,6 +78,8 @@ class NodeConfig:
     metrics_allow_non_loopback: bool = False
     log_format: str = "text"  # text | json (dsonode.ops.logs)
     log_level: str = "INFO"
+    # The HTTP gateway (dsonode.gateway) over the node's own model: a GatewayConfig, None = off.
+    gateway: Any = None
 
 
 class Node:
@@ -113,6 +115,8 @@ class Node:
             self._take_lock()
             if self.config.metrics_listen is not None:  # a bad or busy address fails fast
                 self._metrics_sock = _bind_metrics(self.config)
+            if self.config.gateway is not None:  # a bad setting fails before the model loads
+                self.config.gateway.validate()
             self.key = load_or_create_key(self.data_dir / KEY_FILE_NAME)
             from dsonode.embed import get_embedder
             from dsonode.store import Store
@@ -203,6 +207,13 @@ class Node:
                 await nursery.start(self.daemon.run)
             if self.metrics is not None:
                 await nursery.start(self.metrics.serve)
+            if self.config.gateway is not None:  # same model, same process: no second load
+                from dsonode.gateway.app import serve_gateway
+
+                url = await nursery.start(serve_gateway, self.embedder, self.config.gateway)
+                log.info(
+                    "gateway on %s (auth %s)", url, "on" if self.config.gateway.token else "off"
+                )
             await nursery.start(self.server.serve_unix, self.socket_path)
             if ready is not None:
                 ready(self.socket_path)

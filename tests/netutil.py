@@ -5,6 +5,7 @@
 - `free_port`, `wait_until`: a free TCP port on one loopback address; a bounded poll.
 - `node_identity`, `node_addrs`: the key and peer multiaddr of a `dsonode run` data directory
   (created before the node starts, so every node can be given its peers' addresses).
+- `node_mesh`: N real `dsonode run` processes, all peered, started and meshed, then stopped.
 
 Every wait here is bounded in time; every process started is stopped by its `stop`.
 """
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def free_port(ip: str) -> int:
 
 def wait_until(what: str, fn: Callable[[], Any], timeout: float, nodes: Iterable = ()) -> Any:
     """Poll `fn()` every 0.5 s until it returns something truthy (exceptions count as not
-    yet); AssertionError naming `what`, with the nodes' log tails, after `timeout` s."""
+    yet); AssertionError naming `what`, with the log tails of `nodes` (anything with
+    `log_tail(n)`, labelled by its `name` if it has one), after `timeout` s."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -124,7 +126,10 @@ def wait_until(what: str, fn: Callable[[], Any], timeout: float, nodes: Iterable
             if last:
                 return last
         time.sleep(0.5)
-    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
+    logs = "\n".join(
+        f"--- {getattr(n, 'name', None) or f'node {i + 1}'}\n{n.log_tail(15)}"
+        for i, n in enumerate(nodes)
+    )
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
 
 
@@ -150,3 +155,52 @@ def node_addrs(dirs: list[Path], ips: list[str]) -> tuple[list[bytes], list[str]
         listens.append(listen)
         peers.append(f"{listen}/p2p/{pid}")
     return authors, listens, peers
+
+
+@contextlib.contextmanager
+def node_mesh(
+    root: Path,
+    ips: Sequence[str],
+    extra_args: Sequence[Sequence[str]] = (),
+    *,
+    start_timeout: float = 180,
+    mesh_timeout: float = 90,
+) -> Iterator[list[Any]]:
+    """Real `dsonode run` processes (`dsonode.api.testing.NodeProcess`) on `ips`, data
+    directories root/n1, root/n2, ...: each listens on a free port of its address, has every
+    other node as `--peer`, `--threads 1`, then `extra_args[i]` (if given). Started in
+    parallel; yielded once every node has all the others connected and in its gossip mesh
+    (AssertionError after `mesh_timeout` s); always stopped on exit (SIGTERM, SIGKILL after
+    15 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dsonode.api.testing import NodeProcess
+
+    dirs = [root / f"n{i + 1}" for i in range(len(ips))]
+    _, listens, peers = node_addrs(dirs, list(ips))
+    nodes = []
+    for i, d in enumerate(dirs):
+        args = ["--listen", listens[i]]
+        for j, peer in enumerate(peers):
+            if j != i:
+                args += ["--peer", peer]
+        args += ["--threads", "1", *(extra_args[i] if i < len(extra_args) else ())]
+        nodes.append(NodeProcess(d, *args, start_timeout=start_timeout))
+    others = len(nodes) - 1
+    try:
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda n: n.start(), nodes))
+
+        def meshed() -> bool:
+            for n in nodes:
+                with n.client(timeout=30) as c:
+                    net = c.stats()["network"]
+                if len(net["connected"]) < others or net["mesh_peers"] < others:
+                    return False
+            return True
+
+        wait_until(f"a full gossip mesh of {len(nodes)}", meshed, mesh_timeout, nodes)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop(grace=15)

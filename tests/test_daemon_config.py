@@ -147,7 +147,7 @@ def test_daemon_config_refuses_bad_consensus_settings():
     with pytest.raises(DaemonError, match="sync_interval"):
         DaemonConfig(listen=listen, sync_interval_s=0.1)
     with pytest.raises(DaemonError, match="attack"):
-        DaemonConfig(listen=listen, byzantine_attack="ipm")
+        DaemonConfig(listen=listen, byzantine_attack="no_such_attack")
     assert DaemonConfig(listen=listen, committee=None).committee is None
     assert NodeConfig(data_dir=Path("x")).committee == 7
 

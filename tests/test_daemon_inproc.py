@@ -182,3 +182,74 @@ def test_byzantine_node_poisons_its_locally_added_submission_too(tmp_path):
         assert code == bitdelta.encode(honest, ref=honest_node.embedder.reference)
     finally:
         honest_node.close()
+
+
+def test_a_faulty_batch_is_not_forwarded_but_its_valid_items_are_kept(tmp_path):
+    """libp2p forwards what its validator passes; the pipeline runs there (`_prevalidate`).
+    A batch with one bad item must not be forwarded, yet its valid items must still reach
+    our handler: the pipeline has marked them seen, so dropping them would lose them here."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pb import rpc_pb2
+
+    from dsonode.net.gossip import Gossip, GossipConfig, topic_for_space
+    from dsonode.net.host import HostConfig, build_host
+
+    node = _open_node(tmp_path)
+    try:
+        daemon = node.daemon
+        origin = ID.from_pubkey(create_new_key_pair().public_key)
+        key = Ed25519PrivateKey.generate()
+        good = wire.encode_item(wire.make_experience(key, "ops", "Drain the queue first."))
+        bad = bytearray(wire.encode_item(wire.make_experience(key, "ops", "Tampered text.")))
+        bad[-1] ^= 1  # the signature no longer verifies
+        faulty = wire.encode_batch([good, bytes(bad)])
+
+        forward, verdict = daemon._prevalidate(origin, faulty)
+        assert forward is False and verdict.penalty > 0
+        assert [raw for raw, _ in verdict.accepted] == [good]
+        # The same good item again (a replay): not forwarded and nothing left to deliver.
+        assert daemon._prevalidate(origin, wire.encode_batch([good])) == (False, None)
+        # A clean batch with something new: forwarded, with its verdict for the handler.
+        fresh = wire.encode_item(wire.make_experience(key, "ops", "Check disk before a deploy."))
+        forward, verdict = daemon._prevalidate(origin, wire.encode_batch([fresh]))
+        assert forward is True and [raw for raw, _ in verdict.accepted] == [fresh]
+
+        # The gossip layer: a rejected message whose verdict has items goes to our inbox only.
+        verdicts = iter([(False, "valid items inside"), (False, None)])
+        gossip = Gossip(
+            build_host(Ed25519PrivateKey.generate(), HostConfig(listen="/ip4/127.0.0.85/tcp/0")),
+            GossipConfig(),
+            wire.encode_batch,
+            handler=None,
+            prevalidate=lambda _origin, _data: next(verdicts),
+        )
+        topic = topic_for_space(bytes(32))
+        gossip.pubsub.dso_inboxes[topic] = gossip._inbox_send
+        for seq in (1, 2):
+            msg = rpc_pb2.Message(
+                from_id=origin.to_bytes(), data=faulty, seqno=seq.to_bytes(8, "big"),
+                topicIDs=[topic],
+            )  # fmt: skip
+            assert gossip._validate(origin, msg) is False  # never forwarded
+        delivered = gossip._inbox_recv.receive_nowait()
+        assert delivered[0] == topic and delivered[2] == faulty
+        assert delivered[4] == "valid items inside"
+        with pytest.raises(trio.WouldBlock):  # the one without valid items was not delivered
+            gossip._inbox_recv.receive_nowait()
+        assert gossip.stats.rejected_before_forward == 2
+        # An oversize message is dropped before the pipeline and reported for a penalty,
+        # which the daemon turns into the origin's score.
+        reported: list[tuple[ID, str]] = []
+        gossip.on_invalid = lambda peer, reason: reported.append((peer, reason))
+        huge = rpc_pb2.Message(
+            from_id=origin.to_bytes(), data=bytes(GossipConfig().max_message_bytes + 1),
+            seqno=(3).to_bytes(8, "big"), topicIDs=[topic],
+        )  # fmt: skip
+        assert gossip._validate(origin, huge) is False
+        assert reported == [(origin, "oversize")] and gossip.stats.dropped_oversize == 1
+        before = daemon.pipeline.score(origin.to_bytes(), time.monotonic())
+        daemon._penalise_gossip(origin, "oversize")
+        assert daemon.pipeline.score(origin.to_bytes(), time.monotonic()) > before
+    finally:
+        node.close()

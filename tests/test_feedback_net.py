@@ -10,84 +10,21 @@ Every wait is bounded; both processes are stopped by the fixture.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
+from netutil import node_mesh, wait_until
 
 from dsonode.api.jsonrpc import RpcError
-from dsonode.api.testing import NodeProcess
 from dsonode.core.feedback import DAMPING, DEFAULT_WEIGHT
-from dsonode.identity import load_or_create_key, public_key_bytes
-from dsonode.net.peerinfo import peer_id_from_public_key
 
 pytestmark = pytest.mark.slow
 
 IPS = ("127.0.0.2", "127.0.0.3")
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, fn, timeout: float, nodes=()):
-    """Poll fn() until it returns something truthy (bounded in time)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.3)
-    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
-
-
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("feedback-net")
-    dirs = [root / f"n{i + 1}" for i in range(2)]
-    ports = [_free_port(ip) for ip in IPS]
-    addrs = []
-    for d, ip, port in zip(dirs, IPS, ports, strict=True):
-        d.mkdir(mode=0o700)
-        peer = peer_id_from_public_key(public_key_bytes(load_or_create_key(d / "node.key")))
-        addrs.append(f"/ip4/{ip}/tcp/{port}/p2p/{peer}")
-    procs = [
-        NodeProcess(
-            d,
-            "--listen",
-            f"/ip4/{IPS[i]}/tcp/{ports[i]}",
-            "--peer",
-            addrs[1 - i],
-            "--threads",
-            "1",
-            start_timeout=180,
-        )
-        for i, d in enumerate(dirs)
-    ]
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda n: n.start(), procs))
-
-        def meshed() -> bool:
-            for n in procs:
-                with n.client(timeout=30) as c:
-                    net = c.stats()["network"]
-                if not net["connected"] or net["mesh_peers"] < 1:
-                    return False
-            return True
-
-        _wait("a gossip mesh of two", meshed, 90, procs)
+    with node_mesh(tmp_path_factory.mktemp("feedback-net"), IPS, mesh_timeout=90) as procs:
         yield procs
-    finally:
-        for n in procs:
-            n.stop(grace=15)
 
 
 def _boost(median: float, votes: int) -> float:
@@ -107,7 +44,7 @@ def test_feedback_reorders_near_equal_results(nodes):
         with nodes[0].client() as c:
             return all(c.get(i)["submissions"] == 2 for i in ids)
 
-    _wait("node 2's submissions at node 1", settled, 60, nodes)
+    wait_until("node 2's submissions at node 1", settled, 60, nodes)
     with nodes[0].client() as c:
         before = [h for h in c.search(query, k=5) if h["id"] in ids]
         assert [h["feedback"] for h in before] == [None, None]
@@ -160,7 +97,7 @@ def test_feedback_given_at_node_1_reaches_node_2(nodes):
 
         return check
 
-    _wait("node 1's vote at node 2", at(n2, {"votes": 1, "median": 1.0}), 60, nodes)
+    wait_until("node 1's vote at node 2", at(n2, {"votes": 1, "median": 1.0}), 60, nodes)
 
     # Node 2 votes too: both nodes see two voters; then node 2 changes its mind.
     with n2.client() as c:
@@ -168,10 +105,10 @@ def test_feedback_given_at_node_1_reaches_node_2(nodes):
             "votes": 2,
             "median": 0.25,
         }
-    _wait("node 2's vote at node 1", at(n1, {"votes": 2, "median": 0.25}), 60, nodes)
+    wait_until("node 2's vote at node 1", at(n1, {"votes": 2, "median": 0.25}), 60, nodes)
     with n2.client() as c:
         assert c.give_feedback(exp_id, helpful=True)["feedback"] == {"votes": 2, "median": 1.0}
-    _wait("node 2's new vote at node 1", at(n1, {"votes": 2, "median": 1.0}), 60, nodes)
+    wait_until("node 2's new vote at node 1", at(n1, {"votes": 2, "median": 1.0}), 60, nodes)
 
     with n1.client() as c:
         hit = next(h for h in c.search(text, k=3) if h["id"] == exp_id)

@@ -9,46 +9,21 @@ the last one stops node 1 itself to check its shutdown and its complete log.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from netutil import free_port, node_identity, node_mesh, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from dsonode.api.testing import NodeProcess
-from dsonode.identity import load_or_create_key, private_key_bytes, public_key_bytes
-from dsonode.net.peerinfo import peer_id_from_public_key
+from dsonode.identity import load_key, private_key_bytes
 
 pytestmark = pytest.mark.slow
 
 IPS = ("127.0.0.21", "127.0.0.22")
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, fn, timeout: float, nodes=()):
-    """Poll fn() (bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.3)
-    logs = "\n".join(f"--- node {i + 1}\n{n.log_tail(15)}" for i, n in enumerate(nodes))
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{logs}")
 
 
 class Net:
@@ -58,47 +33,14 @@ class Net:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
+    metrics_port = free_port(IPS[0])
+    node1_args = ["--metrics-listen", f"{IPS[0]}:{metrics_port}"]
+    node1_args += ["--log-format", "json", "--log-level", "DEBUG"]
     tmp = tmp_path_factory.mktemp("ops")
-    ports = [_free_port(ip) for ip in IPS]
-    dirs = [tmp / f"n{i + 1}" for i in range(2)]
-    keys, peer_ids = [], []
-    for d in dirs:
-        d.mkdir(mode=0o700)
-        key = load_or_create_key(d / "node.key")
-        keys.append(key)
-        peer_ids.append(peer_id_from_public_key(public_key_bytes(key)))
-    metrics_port = _free_port(IPS[0])
-    args = [
-        [
-            "--listen",
-            f"/ip4/{IPS[i]}/tcp/{ports[i]}",
-            "--peer",
-            f"/ip4/{IPS[1 - i]}/tcp/{ports[1 - i]}/p2p/{peer_ids[1 - i]}",
-            "--threads",
-            "1",
-        ]
-        for i in range(2)
-    ]
-    args[0] += ["--metrics-listen", f"{IPS[0]}:{metrics_port}"]
-    args[0] += ["--log-format", "json", "--log-level", "DEBUG"]
-    nodes = [NodeProcess(d, *a, start_timeout=180) for d, a in zip(dirs, args, strict=True)]
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda n: n.start(), nodes))
-
-        def connected() -> bool:
-            for n in nodes:
-                with n.client(timeout=30) as c:
-                    net = c.stats()["network"]
-                if len(net["connected"]) < 1 or net["mesh_peers"] < 1:
-                    return False
-            return True
-
-        _wait("the two nodes to connect", connected, 60, nodes)
+    with node_mesh(tmp, IPS, [node1_args], mesh_timeout=60) as nodes:
+        keys = [load_key(n.data_dir / "node.key") for n in nodes]  # made by node_mesh
+        peer_ids = [node_identity(n.data_dir)[1] for n in nodes]
         yield Net(nodes, peer_ids, keys, f"http://{IPS[0]}:{metrics_port}/metrics")
-    finally:
-        for n in nodes:
-            n.stop(grace=15)
 
 
 def _scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -149,7 +91,7 @@ def test_metrics_move_after_an_add_and_a_search(net):
         )
         return s if moved and _value(s, "dsonode_consensus_updates_total") > 0 else None
 
-    s = _wait("node 2's submission at node 1", accepted_from_peer, 60, net.nodes)
+    s = wait_until("node 2's submission at node 1", accepted_from_peer, 60, net.nodes)
     assert _value(s, "dsonode_items_received_total") >= _value(s, "dsonode_items_accepted_total")
     assert _value(s, "dsonode_consensus_items", state="unconfirmed") + _value(
         s, "dsonode_consensus_items", state="confirmed"

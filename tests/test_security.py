@@ -207,6 +207,72 @@ def test_every_protocol_limit_is_stated_in_the_spec(name, value):
     assert _stated(spec, value), f"{name} = {value} is not stated in protocol/PROTOCOL.md"
 
 
+def _limits_table(spec: str) -> list[tuple[str, str, str]]:
+    """(bound, value, code reference) of every row of PROTOCOL.md section 17."""
+    section = spec.split("\n## 17. Limits\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[4].startswith("`dsonode."):
+            rows.append((cells[1], cells[2], cells[4].strip("`")))
+    return rows
+
+
+def _resolve(ref: str):
+    """`pkg.module.NAME`, `pkg.module.Class.field` (a dataclass default) or `...DICT[key]`."""
+    import importlib
+
+    key = None
+    if ref.endswith("]"):
+        ref, key = ref[:-1].split("[")
+    parts = ref.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj[key] if key is not None else obj
+    raise AssertionError(f"cannot resolve {ref}")
+
+
+def _check_limits_table(spec: str) -> int:
+    """AssertionError unless every row's value equals its constant; returns the row count."""
+    from dsonode.net.pipeline import PENALTY
+
+    rows = _limits_table(spec)
+    assert len(rows) >= 60, "the Limits table lost rows"
+    refs = [ref for _, _, ref in rows]
+    assert len(refs) == len(set(refs)), "a constant is listed twice"
+    for bound, value, ref in rows:
+        assert float(value.replace(",", "")) == float(_resolve(ref)), (bound, value, ref)
+    # every protocol limit of the test above is in the table too, and every penalty weight
+    listed = {ref.rsplit(".", 1)[-1] for ref in refs}
+    for name in ("MAX_TEXT_BYTES", "MAX_ITEM_BYTES", "MAX_BATCH_BYTES", "MAX_CLOCK_SKEW_S",
+                 "MAX_BATCH_ITEMS", "MAX_FRAME_BYTES", "MAX_BUCKETS", "MAX_HASHES", "MAX_ITEMS"):  # fmt: skip
+        assert name in listed, name
+    missing = {k for k, v in PENALTY.items() if v and f"PENALTY[{k}]" not in listed}
+    assert not missing, f"penalty weights missing from the Limits table: {missing}"
+    return len(rows)
+
+
+def test_the_collected_limits_table_matches_the_code():
+    """PROTOCOL.md section 17 lists every bound with its constant; each value is the code's."""
+    assert _check_limits_table((ROOT / "protocol" / "PROTOCOL.md").read_text()) >= 60
+
+
+def test_the_limits_table_check_can_fail():
+    """A changed value or an unknown constant in the table is caught (not vacuous)."""
+    spec = (ROOT / "protocol" / "PROTOCOL.md").read_text()
+    row = "| W | one encoded item | 4096 | bytes | `dsonode.core.constants.MAX_ITEM_BYTES` |"
+    assert row in spec
+    with pytest.raises(AssertionError, match="MAX_ITEM_BYTES"):
+        _check_limits_table(spec.replace(row, row.replace("4096", "8192")))
+    with pytest.raises(AttributeError):
+        _check_limits_table(spec.replace(row, row.replace("MAX_ITEM_BYTES", "NO_SUCH_LIMIT")))
+
+
 def test_the_spec_has_limits_and_security_sections():
     spec = (ROOT / "protocol" / "PROTOCOL.md").read_text()
     headings = [h.lower() for h in re.findall(r"^#+ (.*)$", spec, flags=re.M)]

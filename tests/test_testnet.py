@@ -18,13 +18,12 @@ What is checked:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
+from netutil import wait_until
 
 from dsonode.consensus import reputation_score
 from dsonode.core import aggregate, bitdelta
@@ -35,20 +34,6 @@ from dsonode.testnet.plan import host_ip
 N_NODES = 5
 TEXT_1 = "Before you refactor a parser, pin its behaviour with golden-file tests."
 TEXT_2 = "When a proof by induction stalls, strengthen the hypothesis before adding cases."
-
-
-def _poll(what: str, fn, timeout: float, net: Testnet):
-    """fn() until truthy (bounded); on timeout fail with the nodes' log tails."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = fn()
-            if last:
-                return last
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {n.name}\n{n.log_tail(10)}" for n in net.nodes)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{tails}")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +60,7 @@ def first(net):
         top = hits[0] if hits else None
         return top if top and top["id"] == exp_id and top["submissions"] >= 4 else None
 
-    top = _poll("a confirmed consensus at node 5", confirmed_at_node5, 120, net)
+    top = wait_until("a confirmed consensus at node 5", confirmed_at_node5, 120, net.nodes)
     return exp_id, top
 
 
@@ -109,11 +94,11 @@ def test_byzantine_submissions_are_rejected_everywhere_and_its_reputation_falls(
     honest = net.plan.honest
     before = {}
     for i in honest:
-        rec = _poll(
+        rec = wait_until(
             f"the liar's rejection at {net.nodes[i].name}",
             lambda i=i: (r := _liar_record(net, i)) and r["rejected"] >= 1 and r,
             60,
-            net,
+            net.nodes,
         )
         assert rec["accepted"] == 0 and rec["score"] < reputation_score(0, 0)
         before[i] = rec
@@ -122,11 +107,11 @@ def test_byzantine_submissions_are_rejected_everywhere_and_its_reputation_falls(
         id2 = c.add_experience(TEXT_2, "math", ["induction"])["id"]
     net.wait_confirmed([id2], timeout=90)  # at all five nodes (the liar's too)
     for i in honest:
-        rec = _poll(
+        rec = wait_until(
             f"a second rejection at {net.nodes[i].name}",
             lambda i=i: (r := _liar_record(net, i)) and r["rejected"] > before[i]["rejected"] and r,
             90,
-            net,
+            net.nodes,
         )
         assert rec["accepted"] == 0 and rec["score"] < before[i]["score"]
         # and no honest author lost anything

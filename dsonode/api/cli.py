@@ -13,29 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dsonode.api.cliargs import add_data_dir_arg, add_node_args, node_client
 from dsonode.argtypes import bounded_float, bounded_int
-
-
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    from dsonode.node import default_data_dir
-
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"the node's data directory (default: $DSONODE_DATA_DIR or {default_data_dir()})",
-    )
+from dsonode.core.attacks import ATTACKS
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    _add_data_dir(p)
-    p.add_argument("--socket", type=Path, default=None, help="socket path (overrides --data-dir)")
-    p.add_argument(
-        "--timeout",
-        type=bounded_float(0, open_low=True),
-        default=60.0,
-        help="seconds to wait for the node",
-    )
+    add_node_args(p, timeout=60.0)
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
 
 
@@ -54,7 +38,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="TOML config (see `dsonode init`, `dsonode config check`)",
     )
-    _add_data_dir(p)
+    add_data_dir_arg(p)
     # Defaults are None so that an explicit flag can be told apart from the file's value;
     # RUN_DEFAULTS fills what neither gives.
     p.add_argument("--encoder", default=None, help="local Hugging Face encoder folder")
@@ -88,7 +72,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--byzantine-attack",
         default=None,
-        choices=["gaussian", "sign_flip", "alie"],
+        choices=list(ATTACKS),
         help="TESTNET ONLY: poison this node's own submissions (to test the median)",
     )
     p.add_argument(
@@ -118,6 +102,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="let --metrics-listen be a non-loopback address",
     )
+    p.add_argument(
+        "--gateway-listen",
+        default=None,
+        help="serve the HTTP gateway (embeddings, rerank) on HOST:PORT; token from the "
+        "config's [gateway] token or $DSONODE_GATEWAY_TOKEN (required beyond loopback)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("search", help="search the running node's experiences")
@@ -139,20 +129,6 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("stats", help="counts and state of the running node")
     _add_client_args(p)
     p.set_defaults(func=cmd_stats)
-
-
-def _socket_of(args: argparse.Namespace) -> Path:
-    from dsonode.node import default_data_dir, socket_path
-
-    if args.socket is not None:
-        return args.socket
-    return socket_path(args.data_dir or default_data_dir())
-
-
-def _client(args: argparse.Namespace):
-    from dsonode.api.client import Client
-
-    return Client(_socket_of(args), timeout=args.timeout)
 
 
 def _print_json(obj: Any) -> None:
@@ -217,6 +193,14 @@ def run_config(args: argparse.Namespace) -> Any:
         base = NodeConfig(data_dir=args.data_dir or default_data_dir())
         given = {**{k: v for k, v in RUN_DEFAULTS.items() if k not in given}, **given}
     config = dataclasses.replace(base, **given)
+    if args.gateway_listen is not None:  # on, at this address (other settings: config's)
+        from dsonode.gateway.config import GatewayConfig, parse_listen
+
+        host, port = parse_listen(args.gateway_listen)
+        gateway = config.gateway or GatewayConfig.from_mapping({})
+        gateway = dataclasses.replace(gateway, host=host, port=port)
+        gateway.validate()
+        config = dataclasses.replace(config, gateway=gateway)
     if config.listen is None and (config.peers or config.byzantine_attack):
         raise NodeError("--peer and --byzantine-attack need --listen (or net.enabled)")
     if config.listen is not None:  # bad addresses stop the node before the model loads
@@ -237,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with node_client(args) as client:
         result = client.call(
             "search",
             {
@@ -268,7 +252,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     tags = [t.strip() for t in args.tags.split(",") if t.strip()]
-    with _client(args) as client:
+    with node_client(args) as client:
         result = client.add_experience(args.text, args.domain, tags)
     if args.json:
         _print_json(result)
@@ -279,7 +263,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with node_client(args) as client:
         result = client.stats()
     if args.json:
         _print_json(result)

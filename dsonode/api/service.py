@@ -242,28 +242,38 @@ class RetrievalService:
             mine = self._own_code(experience.id)
             if mine is not None or code is None:
                 code = mine  # the first submission wins; keep the index consistent
-                new = [False]
-            else:
+            assert code is not None  # submissions are never deleted
+            had_consensus = self.store.get_consensus(self.space_id, experience.id) is not None
+            # One submission: the consensus is that code, unconfirmed until a quorum. It is
+            # written in the same transaction as the items (only if there is none yet), so a
+            # crash never leaves an acknowledged add without its consensus. An existing
+            # consensus (from peers) stays; the store marks the experience pending and the
+            # network daemon recomputes it.
+            fresh = ConsensusRecord(
+                space_id=self.space_id,
+                experience_id=experience.id,
+                code=code,
+                count=1,
+                confirmed=self.quorum <= 1,
+                domain=experience.domain,
+                updated=int(time.time() * 1000),
+            )
+            if mine is None:
                 submission = wire.make_submission(self.key, experience.id, self.space_id, code)
                 raws = [wire.encode_item(experience), wire.encode_item(submission)]
-                new = self.store.put_items(raws, decoded=[experience, submission])
+                new = self.store.put_items(
+                    raws, decoded=[experience, submission], consensus_if_absent=[fresh]
+                )
                 if self.network is not None and any(new):
                     self.network.publish_local(raws)
-            assert code is not None  # submissions are never deleted
-            consensus = self.store.get_consensus(self.space_id, experience.id)
-            # An existing consensus (from peers) is left to the aggregation of later issues.
-            if consensus is None:
-                # One submission: the consensus is that code, unconfirmed until a quorum.
-                consensus = ConsensusRecord(
-                    space_id=self.space_id,
-                    experience_id=experience.id,
-                    code=code,
-                    count=1,
-                    confirmed=self.quorum <= 1,
-                    domain=experience.domain,
-                    updated=int(time.time() * 1000),
+            else:
+                new = self.store.put_items(
+                    [wire.encode_item(experience)],
+                    decoded=[experience],
+                    consensus_if_absent=[fresh],
                 )
-                self.store.put_consensus([consensus])
+            consensus = self.store.get_consensus(self.space_id, experience.id)
+            if not had_consensus and consensus is not None:
                 with self._index_lock:
                     self.index.add(
                         [experience.id],

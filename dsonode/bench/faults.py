@@ -8,7 +8,20 @@ Four parts, each the full-size version of a CI test:
 2. socket abuse (tests/test_socket_abuse.py): `--socket-requests` malformed requests against
    a real node, which must keep answering a real `search` between rounds;
 3. SIGKILL loop (tests/test_kill9.py): `--kill9-runs` kills during ingest on one data dir;
-4. partition and flood: need the multi-node `dsonode testnet`; reported as null until then.
+   `--kill9-consensus-runs` / `--kill9-sync-runs` kill a node recomputing consensus from a
+   peer's gossip / pulling `--kill9-sync-items` by sync (tests/test_kill9_net.py);
+4. partition (`--partition-runs`, dsonode/reliability/partition.py, tests/test_partition.py):
+   5 nodes split 2 + 3 through loopback relays, both sides publish, healed; the median time
+   from heal to identical experiences and consensus everywhere (`partition_converge_s`);
+5. hostile peers (`--flood-runs`, dsonode/reliability/flood.py + hostile.py,
+   tests/test_hostile.py): a `--flood-nodes` testnet attacked at once by a flooder, a
+   replayer, a forger and an oversize peer (real processes) while node 1 keeps adding
+   experiences; medians of `flood_graylist_s`, `flood_honest_delivered_fraction`, and the
+   max `flood_peak_rss_mb` (null when skipped);
+6. colluding Byzantine submitters (`byzantine_live` block, `--skip-byzantine-live`,
+   dsonode/reliability/byzantine_live.py, tests/test_byzantine_live.py): 11 real nodes,
+   every attack of `dsonode bench byzantine` at 1/3/5 attackers; honest consensus quality
+   vs clean, detection, reputation.
 
 Figures: `crashes` = decoder inputs that raised anything but a WireError + atheris crashes +
 socket contract violations (a reply that is not JSON-RPC, an internal error, a connection
@@ -26,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dsonode.argtypes import bounded_int
 from dsonode.bench.common import report
 
 NOT_MEASURED = "not measured yet: needs the multi-node `dsonode testnet` (next round)"
@@ -53,7 +67,58 @@ def register(subparsers) -> None:
         "--socket-requests", type=int, default=10_000, help="malformed socket requests (0: skip)"
     )
     parser.add_argument("--kill9-runs", type=int, default=20, help="SIGKILL cycles (0: skip)")
+    parser.add_argument(
+        "--kill9-consensus-runs",
+        type=int,
+        default=20,
+        help="SIGKILLs of a node recomputing consensus from a peer's gossip (0: skip)",
+    )
+    parser.add_argument(
+        "--kill9-sync-runs",
+        type=int,
+        default=20,
+        help="SIGKILLs of a node pulling --kill9-sync-items by sync (0: skip)",
+    )
+    parser.add_argument(
+        "--kill9-sync-items",
+        type=int,
+        default=4000,
+        help="items the late node pulls (enough that the kills come mid-pull)",
+    )
+    parser.add_argument(
+        "--partition-runs",
+        type=int,
+        default=3,
+        help="5-node partition/heal runs, median reported (0: skip; ~90 s each)",
+    )
+    parser.add_argument(
+        "--partition-hold", type=float, default=15.0, help="seconds each partition lasts"
+    )
+    parser.add_argument(
+        "--flood-runs",
+        type=bounded_int(0, 20),
+        default=3,
+        help="hostile-peer runs on one testnet, medians reported (0: skip; ~30 s each)",
+    )
+    parser.add_argument(
+        "--flood-nodes", type=bounded_int(2, 8), default=4, help="honest nodes (2..8)"
+    )
+    parser.add_argument(
+        "--flood-duration", type=bounded_int(2, 120), default=10, help="attack seconds (2..120)"
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch directory")
+    parser.add_argument(
+        "--skip-byzantine-live",
+        action="store_true",
+        help="skip the live colluding-Byzantine sweep (11 processes, every attack at 1/3/5 "
+        "attackers; about 15-30 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--byzantine-live-experiences",
+        type=bounded_int(1, 10),
+        default=2,
+        help="new experiences per (attack, fraction) of the live Byzantine sweep (1..10)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -69,6 +134,10 @@ def _check_args(args) -> None:
         ("atheris_runs", 100_000_000),
         ("socket_requests", 1_000_000),
         ("kill9_runs", 1_000),
+        ("kill9_consensus_runs", 1_000),
+        ("kill9_sync_runs", 1_000),
+        ("kill9_sync_items", 100_000),
+        ("partition_runs", 20),
     ):
         value = getattr(args, name)
         if not 0 <= value <= top:
@@ -138,6 +207,128 @@ def run_kill9_part(args, seed: int, work: Path) -> dict[str, Any]:
     return result.summary()
 
 
+def run_kill9_net_part(args, seed: int, work: Path, phase: str) -> dict[str, Any]:
+    """SIGKILLs during consensus updates or a sync pull (dsonode.reliability.kill9)."""
+    from dsonode.reliability.kill9 import run_kill9_net
+
+    runs = args.kill9_consensus_runs if phase == "consensus" else args.kill9_sync_runs
+    _say(f"kill9 {phase}: {runs} SIGKILL cycles (two nodes)")
+    result = run_kill9_net(
+        work / f"kill9-{phase}",
+        phase,
+        runs,
+        random.Random(seed + (1 if phase == "consensus" else 2)),
+        items=args.kill9_sync_items,
+        progress=lambda r: _say(
+            f"  run {r.runs}: {r.experiences_at_kill[-1]} experiences, "
+            f"{r.pending_at_kill[-1]} pending at the kill"
+        ),
+    )
+    return result.summary()
+
+
+def run_byzantine_live_part(args, work: Path) -> dict[str, Any]:
+    from dsonode.reliability.byzantine_live import run_byzantine_live
+
+    _say("byzantine_live: 11-node testnet, every attack at 1, 3 and 5 colluders")
+    return run_byzantine_live(
+        work / "byzantine-live",
+        experiences=args.byzantine_live_experiences,
+        progress=lambda m: _say(f"  {m}"),
+    )
+
+
+def run_partition_part(args, work: Path) -> dict[str, Any]:
+    """`--partition-runs` partition/heal runs (dsonode.reliability.partition); the median."""
+    import statistics
+
+    from dsonode.core.errors import DsoError
+    from dsonode.reliability.partition import run_partition
+
+    if not 0 <= args.partition_hold <= 600:
+        raise DsoError("--partition-hold must be in 0..600 seconds")
+    runs, times = [], []
+    for k in range(args.partition_runs):
+        _say(f"partition run {k + 1}/{args.partition_runs}: 5 nodes, split 2 + 3, heal")
+        r = run_partition(work / f"partition-{k}", hold_s=args.partition_hold, log=_say)
+        runs.append(r.summary())
+        if r.converged and r.converge_s is not None:
+            times.append(r.converge_s)
+    return {
+        "runs": len(runs),
+        "converged_runs": len(times),
+        "isolated_runs": sum(bool(r["isolated"]) for r in runs),
+        "converge_s": times,
+        "median_converge_s": statistics.median(times)
+        if len(times) == len(runs) and all(r["isolated"] for r in runs)
+        else None,
+        "details": runs,
+    }
+
+
+def run_flood_part(args, work: Path) -> dict[str, Any]:
+    """`--flood-runs` hostile-peer runs on one testnet (dsonode.reliability.flood)."""
+    import statistics
+
+    from dsonode.reliability.flood import run_hostile
+    from dsonode.testnet import Testnet, free_ports, plan_testnet
+    from dsonode.testnet.plan import host_ip
+
+    n = args.flood_nodes
+    plan = plan_testnet(n, ports=free_ports([host_ip(i) for i in range(n)]))
+    runs = []
+    _say(f"flood: {n}-node testnet, {args.flood_runs} runs of {args.flood_duration} s")
+    with Testnet(plan, work / "flood", start_timeout=300, mesh_timeout=120) as net:
+        for k in range(args.flood_runs):
+            r = run_hostile(net, duration=float(args.flood_duration), seed=k + 1, log=_say)
+            _say(
+                f"  run {k + 1}: graylist {r['flood_graylist_s']} s, delivered "
+                f"{r['flood_honest_delivered_fraction']}, peak RSS {r['flood_peak_rss_mb']} MB"
+            )
+            runs.append(r)
+        alive = all(node.proc.poll() is None for node in net.nodes)
+    gl = [r["flood_graylist_s"] for r in runs]
+    return {
+        "runs": len(runs),
+        "nodes": n,
+        "nodes_alive_at_end": alive,
+        # null if the flooder escaped the graylist of some node in any run
+        "median_graylist_s": statistics.median(gl) if None not in gl else None,
+        "median_delivered_fraction": statistics.median(
+            r["flood_honest_delivered_fraction"] or 0.0 for r in runs
+        ),
+        "peak_rss_mb": max(r["flood_peak_rss_mb"] for r in runs),
+        "baseline_rss_mb": max(r["baseline_rss_mb"] for r in runs),
+        "forged_accepted": sum(r["forged_accepted"] for r in runs),
+        "oversize_accepted": sum(r["oversize_accepted"] for r in runs),
+        "details": runs,
+    }
+
+
+def _flood_ok(flood: dict[str, Any] | None) -> bool:
+    """Skipped counts as met; run: graylisted within 10 s, >= 99 % delivered, nothing
+    forged or oversize accepted, every node alive."""
+    if flood is None:
+        return True
+    gl = flood.get("median_graylist_s")
+    return (
+        gl is not None
+        and gl <= 10
+        and flood["median_delivered_fraction"] >= 0.99
+        and flood["forged_accepted"] == 0
+        and flood["oversize_accepted"] == 0
+        and flood["nodes_alive_at_end"]
+    )
+
+
+def _partition_ok(part: dict[str, Any] | None) -> bool:
+    """Skipped counts as met; run, it must converge (and stay isolated) within 30 s."""
+    if part is None:
+        return True
+    median = part.get("median_converge_s")
+    return median is not None and median <= 30
+
+
 def run(args) -> int:
     _check_args(args)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
@@ -148,6 +339,13 @@ def run(args) -> int:
         wire = run_wire(args, seed, work) if args.wire_inputs else None
         sock = run_socket(args, seed, work) if args.socket_requests else None
         kill = run_kill9_part(args, seed, work) if args.kill9_runs else None
+        kill_cons = (
+            run_kill9_net_part(args, seed, work, "consensus") if args.kill9_consensus_runs else None
+        )
+        kill_sync = run_kill9_net_part(args, seed, work, "sync") if args.kill9_sync_runs else None
+        part = run_partition_part(args, work) if args.partition_runs else None
+        byz_live = None if args.skip_byzantine_live else run_byzantine_live_part(args, work)
+        flood = run_flood_part(args, work) if args.flood_runs else None
 
     mutation = (wire or {}).get("mutation") or {}
     atheris = (wire or {}).get("atheris") or {}
@@ -156,7 +354,7 @@ def run(args) -> int:
     socket_violations = (sock or {}).get("violations", 0) + int(
         sock is not None and not sock["node_alive_at_end"]
     )
-    kill_failures = len((kill or {}).get("failures", []))
+    kill_failures = sum(len((k or {}).get("failures", [])) for k in (kill, kill_cons, kill_sync))
     result: dict[str, Any] = {
         "seed": seed,
         "fuzz_wire_inputs": mutation.get("inputs", 0),
@@ -167,30 +365,60 @@ def run(args) -> int:
         "fuzz_socket_inputs": (sock or {}).get("requests", 0),
         "crashes": mutation.get("crashes", 0) + atheris_crashes + socket_violations,
         "hangs": mutation.get("hangs", 0) + atheris_timeouts,
-        "kill9_runs": (kill or {}).get("runs", 0),
+        # every SIGKILL: during ingest, consensus updates and sync (each phase also apart)
+        "kill9_runs": sum((k or {}).get("runs", 0) for k in (kill, kill_cons, kill_sync)),
+        "kill9_ingest_runs": (kill or {}).get("runs", 0),
+        "kill9_consensus_runs": (kill_cons or {}).get("runs", 0),
+        "kill9_sync_runs": (kill_sync or {}).get("runs", 0),
         "items_lost": (kill or {}).get("items_lost", 0),
         "kill9_failures": kill_failures,
-        "partition_converge_s": None,
-        "flood_graylist_s": None,
-        "flood_honest_delivered_fraction": None,
-        "flood_peak_rss_mb": None,
+        # null when skipped or when any run failed to converge (see partition.details)
+        "partition_converge_s": (part or {}).get("median_converge_s"),
+        "flood_graylist_s": (flood or {}).get("median_graylist_s"),
+        "flood_honest_delivered_fraction": (flood or {}).get("median_delivered_fraction"),
+        "flood_peak_rss_mb": (flood or {}).get("peak_rss_mb"),
         "not_measured": {
-            "partition_converge_s": NOT_MEASURED,
-            "flood_graylist_s": NOT_MEASURED,
-            "flood_honest_delivered_fraction": NOT_MEASURED,
-            "flood_peak_rss_mb": NOT_MEASURED,
+            **(
+                {}
+                if (part or {}).get("median_converge_s") is not None
+                else {
+                    "partition_converge_s": "skipped (--partition-runs 0)"
+                    if part is None
+                    else "a run did not converge or its cut leaked (see partition)"
+                }
+            ),
+            **(
+                {}
+                if flood is not None
+                else {
+                    k: "skipped (--flood-runs 0)"
+                    for k in (
+                        "flood_graylist_s",
+                        "flood_honest_delivered_fraction",
+                        "flood_peak_rss_mb",
+                    )
+                }
+            ),
         },
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "wire": wire,
         "socket": sock,
         "kill9": kill,
+        "kill9_consensus": kill_cons,
+        "kill9_sync": kill_sync,
+        "partition": part,
+        "byzantine_live": byz_live,
+        "flood": flood,
     }
     met = result["crashes"] == 0 and result["hangs"] == 0 and result["items_lost"] == 0
     result["targets"] = {
         "crashes": 0,
         "hangs": 0,
         "items_lost": 0,
-        "met": met and kill_failures == 0,
+        "partition_converge_s_max": 30,
+        "flood_graylist_s_max": 10,
+        "flood_honest_delivered_fraction_min": 0.99,
+        "met": met and kill_failures == 0 and _partition_ok(part) and _flood_ok(flood),
     }
     report(result, args.json)
     return 0 if result["targets"]["met"] else 1

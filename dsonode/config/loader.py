@@ -29,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dsonode.core.attacks import ATTACKS as _NODE_ATTACKS
 from dsonode.core.errors import DsoError
 from dsonode.net.peerinfo import PeerAddrError, parse_multiaddr, public_key_from_peer_id
 from dsonode.node import SOCKET_NAME, default_data_dir
@@ -48,7 +49,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # tests/test_config.py checks they stay in step.
 CONSENSUS_METHODS = ("median", "trimmed_mean", "geometric_median")
 WEIGHTED_METHODS = ("median", "geometric_median")
-ATTACKS = ("none", "gaussian", "sign_flip", "alie")
+#: "none" plus every attack of dsonode.core.attacks (what each does is described there).
+ATTACKS = ("none", *_NODE_ATTACKS)
 
 
 class ConfigError(DsoError, ValueError):
@@ -372,6 +374,7 @@ class Config:
             "committee": self.consensus.committee,
             "sync_interval_s": self.net.sync_interval_s,
             "socket": self.api.socket,
+            "gateway": self.gateway_config() if self.gateway.enabled else None,
         }
         names = {f.name for f in dataclasses.fields(NodeConfig)}
         return NodeConfig(

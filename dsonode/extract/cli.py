@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dsonode.api.cliargs import add_node_args, node_client
 from dsonode.argtypes import bounded_float, bounded_int
 from dsonode.core.errors import DsoError
 from dsonode.extract.rollouts import (
@@ -149,8 +150,6 @@ def chunk_groups(
 
 
 def register(subparsers: Any) -> None:
-    from dsonode.node import default_data_dir
-
     p = subparsers.add_parser(
         "ingest",
         help="extract lessons from rollouts (JSONL) and add them to the running node",
@@ -161,18 +160,8 @@ def register(subparsers: Any) -> None:
         "Bad lines are reported and skipped.",
     )
     p.add_argument("rollouts", type=Path, help="JSONL file, one rollout a line")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"the node's data directory (default: $DSONODE_DATA_DIR or {default_data_dir()})",
-    )
-    p.add_argument("--socket", type=Path, default=None, help="socket path (overrides --data-dir)")
-    p.add_argument(
-        "--timeout",
-        type=bounded_float(0, 86400, open_low=True),
-        default=600.0,
-        help="seconds per request (one chunk of groups)",
+    add_node_args(
+        p, timeout=600.0, timeout_max=86400, timeout_help="seconds per request, one chunk of groups"
     )
     p.add_argument(
         "--dry-run", action="store_true", help="extract here and print the lessons; no node"
@@ -186,14 +175,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--llm-model", default=None, help="model name for the LLM server")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_ingest)
-
-
-def _socket_of(args: argparse.Namespace) -> Path:
-    from dsonode.node import default_data_dir, socket_path
-
-    if args.socket is not None:
-        return args.socket
-    return socket_path(args.data_dir or default_data_dir())
 
 
 def _progress(err: Any, quiet: bool) -> Any:
@@ -251,8 +232,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, groups: list[Group], summary: dict[str, Any], err) -> None:
     """Send the groups with signal to the node in chunks; fold the replies into `summary`."""
-    from dsonode.api.client import Client
-
     chunks, too_big = chunk_groups(groups, CHUNK_BYTES, CHUNK_ROLLOUTS, CHUNK_STEPS)
     for g in too_big:
         summary["skipped_groups"].append(
@@ -267,7 +246,7 @@ def _submit(args: argparse.Namespace, groups: list[Group], summary: dict[str, An
     llm_args = {}
     if args.llm_base_url is not None or args.llm_model is not None:
         llm_args = {"llm_base_url": args.llm_base_url, "llm_model": args.llm_model}
-    with Client(_socket_of(args), timeout=args.timeout) as client, _progress(err, args.json) as bar:
+    with node_client(args) as client, _progress(err, args.json) as bar:
         total = sum(len(g.rollouts) for chunk in chunks for g in chunk)
         task = bar.add_task("extracting in the node", total=total)
         for chunk in chunks:

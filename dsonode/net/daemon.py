@@ -26,7 +26,9 @@
   thread) to publish the experience and our submission; `own_vector` is applied to the
   vector of that submission (so a Byzantine node poisons it too).
 
-Testnet only: `byzantine_attack` poisons this node's own submissions (see `poison`).
+Testnet only: `byzantine_attack` poisons this node's own submissions (see `poison` and
+dsonode/core/attacks.py for every attack; `ipm` reads the others' submissions it holds for
+the experience, `mimic` the nearest other experience in its index, `alie_collude` the id).
 """
 
 from __future__ import annotations
@@ -52,9 +54,8 @@ from dsonode.consensus import (
     previous_verdicts,
     reputation_deltas,
 )
-from dsonode.core import bitdelta, committee, wire
+from dsonode.core import attacks, bitdelta, committee, wire
 from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
-from dsonode.core.constants import DIM
 from dsonode.core.errors import DsoError, SyncTimeoutError, WireError
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
@@ -65,11 +66,14 @@ from dsonode.net.sync import SyncConfig, SyncServer, SyncTransportError, sync_wi
 
 log = logging.getLogger("dsonode.net.daemon")
 
-ATTACKS = ("gaussian", "sign_flip", "alie")
+#: Every attack of `dsonode bench byzantine` (and the colluding ALIE); see dsonode.core.attacks.
+ATTACKS = attacks.ATTACKS
 #: Peers a node may be configured to dial.
 MAX_PEERS = 256
-#: ALIE's shift, as a fraction of the unit embedding per unit of attack_scale (see `poison`).
-ALIE_STEP = 0.3
+ALIE_STEP = attacks.ALIE_STEP
+attack_direction = attacks.attack_direction
+#: Submissions of others an `ipm` attacker averages into its estimate of the honest mean.
+IPM_MAX_ROWS = 64
 #: How often the estimate of the network size (committee threshold) is refreshed.
 NETWORK_SIZE_REFRESH_S = 30.0
 
@@ -165,48 +169,23 @@ class DaemonConfig:
         return {public_key_from_peer_id(p): float(w) for p, w in self.weights.items()}
 
 
-def attack_direction(seed: bytes) -> np.ndarray:
-    """A fixed unit direction derived from the attacker's key (the same for every experience)."""
-    rng = np.random.default_rng(int.from_bytes(seed[:8].ljust(8, b"\0"), "little"))
-    d = rng.normal(size=DIM)
-    return d / np.linalg.norm(d)
-
-
 def poison(
     vector: np.ndarray,
     attack: str,
     rng: np.random.Generator,
     scale: float = 1.0,
     direction: np.ndarray | None = None,
+    **context: Any,
 ) -> np.ndarray:
     """What a Byzantine node submits instead of the unit vector `vector` (testnet only).
 
-    - "sign_flip": the negated embedding (scale does not matter: the code keeps only signs
-      and one magnitude);
-    - "gaussian": `normalize(vector + scale * u)`, u a fresh uniformly random unit direction
-      (scale 1: cosine about 0.71 to the honest vector; large scales: a random direction);
-    - "alie" ("A Little Is Enough", Baruch et al. 2019) for one node: the honest embedding
-      pushed by `ALIE_STEP * scale` along a fixed direction `direction` (derived from the
-      attacker's key, the same for every experience, like ALIE's coordinated shift of the
-      mean by z standard deviations). At scale 1 its cosine to the honest vector is about
-      0.96, inside the default robust cut-off (about 0.91 when honest codes agree), so it is
-      *accepted* and tests that the median bounds its pull rather than that it is rejected.
+    `dsonode.core.attacks.poison` (every attack and what it does is described there), with
+    its errors raised as DaemonError; `context` carries experience_id / honest / sibling.
     """
-    v = np.asarray(vector, dtype=np.float64)
-    if attack == "sign_flip":
-        out = -v
-    elif attack == "gaussian":
-        u = rng.normal(size=DIM)
-        out = v + scale * u / np.linalg.norm(u)
-    elif attack == "alie":
-        d = direction if direction is not None else attack_direction(b"alie")
-        out = v + ALIE_STEP * scale * np.asarray(d, dtype=np.float64)
-    else:
-        raise DaemonError(f"unknown attack {attack!r}")
-    norm = float(np.linalg.norm(out))
-    if not np.isfinite(norm) or norm == 0:  # scale 0 of a cancelling attack: keep honest
-        return np.asarray(vector, dtype=np.float32)
-    return (out / norm).astype(np.float32)
+    try:
+        return attacks.poison(vector, attack, rng, scale, direction, **context)
+    except attacks.AttackError as exc:
+        raise DaemonError(str(exc)) from None
 
 
 class NetDaemon:
@@ -274,7 +253,14 @@ class NetDaemon:
         self.host = build_host(self.key, host_config)
         self.sync_server = SyncServer(self.host, self.store, self.config.sync)
         self.sync_server.register()  # before host.run: inbound streams need the handler
-        self.gossip = Gossip(self.host, self.config.gossip, wire.encode_batch, self._handle)
+        self.gossip = Gossip(
+            self.host,
+            self.config.gossip,
+            wire.encode_batch,
+            self._handle,
+            prevalidate=self._prevalidate,  # the pipeline runs before libp2p forwards
+        )
+        self.gossip.on_invalid = self._penalise_gossip  # oversize / unparsable frames
         self.dialer = Dialer(
             self.host,
             [
@@ -291,6 +277,10 @@ class NetDaemon:
         async with self.host.run(listen), self.gossip.running(), trio.open_nursery() as nursery:
             self.topic = await self.gossip.join(self.space_id)
             self._token = trio.lowlevel.current_trio_token()
+            repaired = await trio.to_thread.run_sync(
+                self.repair_pending, limiter=self._ingest_limiter
+            )
+            self._submit(repaired)
             nursery.start_soon(self.dialer.run)
             nursery.start_soon(self._sync_loop)
             log.info("p2p listening on %s", ", ".join(listen_multiaddrs(self.host)))
@@ -327,13 +317,56 @@ class NetDaemon:
         with self._lock:
             self.counters["published_local"] += len(raws)
 
-    def own_vector(self, vector: np.ndarray) -> np.ndarray:
+    def own_vector(self, vector: np.ndarray, experience: Any = None) -> np.ndarray:
         """The vector this node submits for its own embedding `vector`: poisoned on a
-        Byzantine testnet node (for gossiped and locally added experiences alike)."""
+        Byzantine testnet node (for gossiped and locally added experiences alike).
+
+        `experience` (a wire.Experience or store record with `id`, `text`, `domain`) gives
+        the attacks that need it their context; without it (or before any other submission
+        or sibling is known) `alie_collude` cannot run and `ipm` / `mimic` use only `vector`.
+        """
         attack = self.config.byzantine_attack
         if attack is None:
             return vector
-        return poison(vector, attack, self._rng, self.config.attack_scale, self._attack_direction)
+        context: dict[str, Any] = {}
+        if experience is not None:
+            context["experience_id"] = experience.id
+            if attack in attacks.NEEDS_HONEST:
+                context["honest"] = self._seen_vectors(experience.id)
+            if attack in attacks.NEEDS_SIBLING:
+                context["sibling"] = self._sibling_vector(experience, vector)
+        elif attack == "alie_collude":
+            attack = "alie"  # no experience id to collude on: the key's own direction
+        return poison(
+            vector, attack, self._rng, self.config.attack_scale, self._attack_direction, **context
+        )
+
+    def _seen_vectors(self, experience_id: bytes) -> np.ndarray | None:
+        """Decoded codes of the others' submissions for an experience held so far (ipm)."""
+        codes = [
+            s.code
+            for s in self.store.get_submissions(experience_id, self.space_id)
+            if s.author != self.author
+        ][:IPM_MAX_ROWS]
+        if not codes:
+            return None
+        packed = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), -1)
+        rows = bitdelta.decode(packed, ref=self.embedder.reference).astype(np.float64)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    def _sibling_vector(self, experience: Any, vector: np.ndarray) -> np.ndarray | None:
+        """The exact embedding of the nearest other experience this node holds (mimic)."""
+        with self.service._index_lock:
+            hits = self.index.search(np.asarray(vector, dtype=np.float32), k=3)
+        for exp_id, _score in hits:
+            if exp_id == experience.id:
+                continue
+            other = self.store.get_experience(exp_id)
+            if other is not None:
+                with self._lock:
+                    self.counters["mimic_targets"] = self.counters.get("mimic_targets", 0) + 1
+                return self.service._embed_one(other.text)  # exact path, as honest nodes do
+        return None
 
     # -- committee sampling (dsonode.core.committee)
 
@@ -375,10 +408,28 @@ class NetDaemon:
             )
         return False
 
-    async def _handle(self, topic: str, origin: ID, data: bytes) -> bool:
+    def _prevalidate(self, origin: ID, data: bytes) -> tuple[bool, Any]:
+        """In libp2p's validator, before the message is forwarded: only a message with no
+        fault and something new in it goes on (a replay of seen items is not forwarded)."""
         out = self.pipeline.process(
             origin.to_bytes(), data, now_ms=wire.now_ms(), now_s=time.monotonic()
         )
+        if out.graylisted_now and self.gossip is not None:
+            log.warning("graylisting %s (%s)", origin, dict(out.rejected))
+            self.gossip.graylist(origin)
+        fresh = bool(out.accepted) or out.rejected.get("stored", 0) > 0
+        forward = not out.dropped_graylisted and out.penalty == 0 and fresh
+        # A faulty batch is not forwarded, but the items in it that passed are ingested here
+        # (they are in the pipeline's seen set now: dropping them would lose them for good).
+        return forward, (out if forward or out.accepted else None)
+
+    async def _handle(self, topic: str, origin: ID, data: bytes, verdict: Any = None) -> bool:
+        if verdict is not None:  # validated by _prevalidate already
+            out = verdict
+        else:
+            out = self.pipeline.process(
+                origin.to_bytes(), data, now_ms=wire.now_ms(), now_s=time.monotonic()
+            )
         if out.graylisted_now and self.gossip is not None:
             log.warning("graylisting %s (%s)", origin, dict(out.rejected))
             self.gossip.graylist(origin)
@@ -442,6 +493,26 @@ class NetDaemon:
             self.recompute(exp_id)
         return outbound
 
+    def repair_pending(self) -> list[bytes]:
+        """Worker thread, at start: finish what a crash interrupted in `_ingest`. Every
+        experience the store marks pending (a new item committed, its consensus not yet) gets
+        our submission if it lacks one and we are in its committee, then its consensus
+        recomputed. Returns our new submissions, to publish."""
+        outbound: list[bytes] = []
+        pending = self.store.pending_ids()
+        for exp_id in pending:
+            rec = self.store.get_experience(exp_id)
+            if rec is not None:
+                own = self._own_submission(wire.decode_item(rec.raw))
+                if own is not None:
+                    outbound.append(own)
+            self.recompute(exp_id)
+        with self._lock:
+            self.counters["repaired_at_start"] = len(pending)
+        if pending:
+            log.info("recomputed %d pending consensus records at start", len(pending))
+        return outbound
+
     def _own_submission(self, experience: wire.Experience) -> bytes | None:
         """Embed (exact path), sign and store our submission unless we have one or are
         outside the experience's committee."""
@@ -451,7 +522,7 @@ class NetDaemon:
             with self._lock:
                 self.counters["not_in_committee"] += 1
             return None
-        vector = self.own_vector(self.service._embed_one(experience.text))  # exact path
+        vector = self.own_vector(self.service._embed_one(experience.text), experience)
         code = bitdelta.encode(vector, ref=self.embedder.reference)
         submission = wire.make_submission(self.key, experience.id, self.space_id, code)
         raw = wire.encode_item(submission)
@@ -467,7 +538,8 @@ class NetDaemon:
         """Recompute and store one experience's consensus; update index and reputation."""
         with self.service._add_lock:
             exp = self.store.get_experience(exp_id)
-            if exp is None:  # submissions before their experience: wait for it
+            if exp is None:  # submissions before their experience: wait for it (it marks
+                self.store.clear_pending([exp_id])  # the experience pending again)
                 return
             now = wire.now_ms()
             old = self.store.get_consensus(self.space_id, exp_id)
@@ -484,6 +556,7 @@ class NetDaemon:
                 eligible=self._eligible(exp_id, exp.author),
             )
             if outcome is None:
+                self.store.clear_pending([exp_id])
                 return
             record = outcome.record
             self.store.put_consensus([record])
@@ -617,6 +690,13 @@ class NetDaemon:
         out = self.pipeline.penalise(peer.to_bytes(), reason, time.monotonic(), count)
         if out.graylisted_now and self.gossip is not None:
             log.warning("graylisting %s after sync (%s)", peer, dict(out.rejected))
+            self.gossip.graylist(peer)
+
+    def _penalise_gossip(self, peer: ID, reason: str) -> None:
+        """A fault the gossip layer caught before the handler (see Gossip.on_invalid)."""
+        out = self.pipeline.penalise(peer.to_bytes(), reason, time.monotonic())
+        if out.graylisted_now and self.gossip is not None:
+            log.warning("graylisting %s (%s)", peer, dict(out.rejected))
             self.gossip.graylist(peer)
 
     # -- introspection (for the socket's `stats`)

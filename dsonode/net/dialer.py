@@ -9,6 +9,7 @@ failures (capped, reset after a success).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -125,6 +126,11 @@ class Dialer:
             unblock = getattr(network, "unblock_peer", None)
             if unblock is not None:
                 unblock(peer_id)
+            # Dial the configured address only: identify replaced the peerstore's addresses
+            # with the peer's own listen addresses, and connect() dials every address there
+            # (a configured relay or proxy would be bypassed; found by the partition test).
+            with contextlib.suppress(Exception):
+                self.host.get_peerstore().clear_addrs(peer_id)
             error = ""
             with trio.move_on_after(self.dial_timeout_s) as scope:
                 try:

@@ -23,6 +23,7 @@ places; each is closed or counted here (details in README.md in this folder):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -55,7 +56,8 @@ GOSSIP_PROTOCOLS = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
 BATCH_OVERHEAD_BYTES = 16
 BATCH_ENTRY_OVERHEAD_BYTES = 5
 
-Handler = Callable[[str, ID, bytes], Awaitable[bool]]
+Handler = Callable[..., Awaitable[bool]]  # (topic, origin, data[, verdict]) -> accepted?
+Prevalidator = Callable[[ID, bytes], tuple[bool, Any]]
 BatchEncoder = Callable[[Sequence[bytes]], bytes]
 
 
@@ -270,6 +272,8 @@ class GossipStats:
     dropped_rate: int = 0
     dropped_graylisted: int = 0
     inbox_overflow: int = 0
+    rejected_before_forward: int = 0  # `prevalidate` said no: neither delivered nor forwarded
+    bad_rpc: int = 0  # a peer's pubsub frame did not parse: its stream was reset
     per_topic_received: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -303,8 +307,48 @@ class _InboxPubsub(Pubsub):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.dso_inboxes: dict[str, trio.MemorySendChannel[tuple[str, ID, bytes, float]]] = {}
+        self.dso_inboxes: dict[str, trio.MemorySendChannel[tuple[str, ID, bytes, float, Any]]] = {}
+        #: Pops the prevalidation verdict stored for this message (see Gossip.prevalidate).
+        self.dso_take_verdict: Callable[[rpc_pb2.Message], Any] | None = None
         self.dso_stats: GossipStats | None = None
+        self.dso_on_bad_rpc: Callable[[ID, str], None] | None = None
+
+    async def stream_handler(self, stream: Any) -> None:
+        """libp2p 0.8.1 lets a malformed RPC frame's protobuf DecodeError (and anything else
+        unexpected from a peer's bytes) escape its read loop, which tears the whole node
+        down: one garbage frame from any peer was a remote crash. Here it ends only that
+        peer's stream, counted (`bad_rpc`) and reported (`on_bad_rpc`, for penalties)."""
+        peer_id = stream.muxed_conn.peer_id
+        if self.is_peer_blacklisted(peer_id):  # graylisted: not one more frame parsed
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:
+            if self.dso_stats is not None:
+                self.dso_stats.bad_rpc += 1
+            logger.warning("bad pubsub frame from %s: %s", peer_id, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            with contextlib.suppress(Exception):
+                self._handle_dead_peer(peer_id)
+            if self.dso_on_bad_rpc is not None:
+                self.dso_on_bad_rpc(peer_id, "bad_rpc")
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        """Called by `add_to_blacklist` (our graylist). libp2p 0.8.1 does `del
+        self.peers[peer_id]` after awaiting the stream reset, by which time the dead-peer
+        handler has often removed it: the KeyError killed the node. Here it is a pop, and the
+        whole connection is closed too, so the peer's inbound streams stop being read."""
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self.peers.pop(peer_id, None)
+        self._forget_all_subscriptions(peer_id)
+        with contextlib.suppress(Exception):
+            await self.host.get_network().close_peer(peer_id)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         origin = ID(publish_message.from_id)
@@ -315,7 +359,9 @@ class _InboxPubsub(Pubsub):
             if inbox is None:
                 continue
             try:
-                inbox.send_nowait((topic, origin, publish_message.data, time.time()))
+                take = self.dso_take_verdict
+                verdict = take(publish_message) if take is not None else None
+                inbox.send_nowait((topic, origin, publish_message.data, time.time(), verdict))
             except trio.WouldBlock:
                 if self.dso_stats is not None:
                     self.dso_stats.inbox_overflow += 1
@@ -346,11 +392,19 @@ class Gossip:
         config: GossipConfig,
         encode_batch: BatchEncoder,
         handler: Handler,
+        *,
+        prevalidate: Prevalidator | None = None,
     ) -> None:
         self.host = host
         self.config = config
         self.encode_batch = encode_batch
         self.handler = handler
+        #: (origin, data) -> (forward?, verdict), run inside libp2p's validator, i.e. before
+        #: the message is forwarded: True stores the verdict for the handler, which gets it as
+        #: a 4th argument; False means not forwarded to anyone, and the message is delivered
+        #: to our handler only if the verdict is not None (valid items in a faulty batch).
+        self.prevalidate = prevalidate
+        self._verdicts: OrderedDict[bytes, Any] = OrderedDict()
         self.stats = GossipStats()
         self.router = _CountingGossipSub(
             self.stats,
@@ -369,9 +423,9 @@ class Gossip:
         # Trap 5: seqno = counter + 1 per message; start it from the nanosecond clock so a
         # restarted node never re-uses a (from, seqno) pair its peers have seen.
         self.pubsub.counter = time.time_ns()
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[str, ID, bytes, float]](
-            config.inbox_max_messages
-        )
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[
+            tuple[str, ID, bytes, float, Any]
+        ](config.inbox_max_messages)
         self._batchers: dict[str, Batcher] = {}
         self._outbox_changed = trio.Event()
         self._publish_bucket = TokenBucket(
@@ -384,6 +438,12 @@ class Gossip:
         self._in_flight = 0  # batches taken from a Batcher but not yet handed to libp2p
         #: Called with (topic, payload count, enqueue times) after each publish (for metrics).
         self.on_published: Callable[[str, int, list[float]], None] | None = None
+        #: Called with (peer, reason) for faults caught below the handler: an oversize
+        #: message (reason "oversize", the origin's fault) or an unparsable pubsub frame
+        #: ("bad_rpc", the sending peer's). The daemon penalises them in its pipeline.
+        self.on_invalid: Callable[[ID, str], None] | None = None
+        self.pubsub.dso_on_bad_rpc = self._report_invalid
+        self.pubsub.dso_take_verdict = self._take_verdict
 
     # -- lifecycle
 
@@ -532,19 +592,58 @@ class Gossip:
             return False
         if len(msg.data) > self.config.max_message_bytes:
             self.stats.dropped_oversize += 1
+            self._report_invalid(origin, "oversize")
             return False
         if not self._origin_limiter.allow(msg.from_id, time.monotonic()):
             self.stats.dropped_rate += 1
             return False
+        if self.prevalidate is not None:
+            ok, verdict = self.prevalidate(origin, msg.data)
+            if not ok:
+                self.stats.rejected_before_forward += 1
+                if verdict is not None:  # not forwarded, but its valid items are ours to keep
+                    self._deliver_unforwarded(msg, origin, verdict)
+                return False
+            self._verdicts[bytes(msg.from_id) + bytes(msg.seqno)] = verdict
+            while len(self._verdicts) > self.config.inbox_max_messages * 4:
+                self._verdicts.popitem(last=False)  # delivered ones are popped; this bounds
         return True
 
+    def _deliver_unforwarded(self, msg: rpc_pb2.Message, origin: ID, verdict: Any) -> None:
+        """A message libp2p will neither forward nor deliver (the validator said no), whose
+        verdict still carries valid items: one bad item must not sink the good ones here."""
+        for topic in msg.topicIDs:
+            inbox = self.pubsub.dso_inboxes.get(topic)
+            if inbox is None:
+                continue
+            try:
+                inbox.send_nowait((topic, origin, msg.data, time.time(), verdict))
+            except trio.WouldBlock:
+                self.stats.inbox_overflow += 1
+                logger.warning("gossip inbox full: dropped a message on %s", topic)
+            return  # one delivery: the verdict is for one handler call
+
+    def _take_verdict(self, msg: rpc_pb2.Message) -> Any:
+        return self._verdicts.pop(bytes(msg.from_id) + bytes(msg.seqno), None)
+
+    def _report_invalid(self, peer: ID, reason: str) -> None:
+        if self.on_invalid is None:
+            return
+        try:
+            self.on_invalid(peer, reason)
+        except Exception:  # a penalty hook must never break the read loop
+            logger.exception("on_invalid hook failed for %s", peer)
+
     async def _receiver(self) -> None:
-        async for topic, origin, data, _t in self._inbox_recv:
+        async for topic, origin, data, _t, verdict in self._inbox_recv:
             self.stats.received_msgs += 1
             self.stats.received_bytes += len(data)
             self.stats.per_topic_received[topic] = self.stats.per_topic_received.get(topic, 0) + 1
             try:
-                ok = await self.handler(topic, origin, data)
+                if verdict is None:
+                    ok = await self.handler(topic, origin, data)
+                else:  # already validated in `_validate`: hand the outcome along
+                    ok = await self.handler(topic, origin, data, verdict)
             except Exception:
                 self.stats.handler_errors += 1
                 logger.exception("gossip handler failed on a message from %s", origin)

@@ -2,8 +2,8 @@
 
 TCP only, Noise only, yamux only. `libp2p.new_host()` left to its defaults would also offer
 TLS, secio and *plaintext* security and the mplex muxer (see README.md in this folder), so both
-option maps are passed explicitly. The swarm's own auto-connector is switched off
-(min_connections = low_watermark = 0): reconnecting is the job of `dsonode.net.dialer`, which
+option maps are passed explicitly. The swarm's own auto-connector is replaced by one that
+never dials (`_NoAutoConnector`): reconnecting is the job of `dsonode.net.dialer`, which
 knows to clear libp2p's 60 s failed-dial cache first.
 """
 
@@ -19,6 +19,7 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey as P2PEd25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -93,6 +94,20 @@ def public_key_of_peer(peer_id: ID) -> bytes:
     return public_key_from_peer_id_bytes(peer_id.to_bytes())
 
 
+class _NoAutoConnector(AutoConnector):
+    """An auto-connector that never dials.
+
+    py-libp2p 0.8.1 dials peerstore peers whenever the connection count is below
+    (low_watermark + high_watermark) / 2, so low_watermark = min_connections = 0 does NOT turn
+    it off (target 32 with our high watermark of 64), and it dials the addresses identify
+    taught it, not the configured ones. Found by the partition test: it reconnected the two
+    sides straight to the nodes' listen ports, around the test's relays, within seconds.
+    """
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
 def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
     """A host ready for `host.run([listen multiaddr])`: TCP, Noise only, yamux only."""
     key_pair = libp2p_keypair(private_key)
@@ -119,6 +134,10 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
         connection_config=conn_config,
         enable_mDNS=False,
         enable_upnp=False,
+    )
+    network = host.get_network()
+    network.auto_connector = _NoAutoConnector(  # type: ignore[attr-defined]
+        swarm=network, auto_connect_interval=conn_config.auto_connect_interval
     )
     if host.get_id() != peer_id_of(private_key):  # our derivation and libp2p's must agree
         raise RuntimeError("libp2p derived a different peer id from our Ed25519 key")

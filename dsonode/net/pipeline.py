@@ -64,6 +64,7 @@ class PipelineError(WireError):
 PENALTY: dict[str, float] = {
     "oversize": 20.0,
     "bad_batch": 20.0,
+    "bad_rpc": 50.0,  # a pubsub frame that does not parse (gossip layer, not this pipeline)
     "malformed": 10.0,
     "version": 2.0,  # a newer peer, not necessarily a hostile one
     "kind": 2.0,

@@ -12,28 +12,13 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from dsonode.argtypes import bounded_float
+from dsonode.api.cliargs import add_node_args, node_client
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
-    from dsonode.node import default_data_dir
-
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"the node's data directory (default: $DSONODE_DATA_DIR or {default_data_dir()})",
-    )
-    p.add_argument("--socket", type=Path, default=None, help="socket path (overrides --data-dir)")
-    p.add_argument(
-        "--timeout",
-        type=bounded_float(0, open_low=True),
-        default=30.0,
-        help="seconds to wait for the node",
-    )
+    add_node_args(p, timeout=30.0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -173,12 +158,10 @@ def format_duration(seconds: Any) -> str:
 
 def _fetch_stats(args: argparse.Namespace) -> Mapping[str, Any] | None:
     """The node's `stats`, or None after telling the user that no node runs there."""
-    from dsonode.api.client import Client, NodeNotRunning
-    from dsonode.node import default_data_dir, socket_path
+    from dsonode.api.client import NodeNotRunning
 
-    path = args.socket or socket_path(args.data_dir or default_data_dir())
     try:
-        with Client(path, timeout=args.timeout) as client:
+        with node_client(args) as client:
             return client.stats()
     except NodeNotRunning as exc:
         print(f"dsonode: {exc}", file=sys.stderr)

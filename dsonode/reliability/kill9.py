@@ -10,9 +10,11 @@ start must reproduce them exactly: the node's index after a crash is a fresh reb
 LMDB, with the same ids and codes (checked through `search` by vector, k = 100, which is
 exact below 4,000 rows, and through `stats.indexed`).
 
-`add_experience` replies only after its commits (LMDB syncs on commit), so a reply is a
-promise; an add in flight at the kill may have committed its experience but not its
-consensus, which is allowed (at most one per client) and repaired by adding it again.
+`add_experience` replies only after its commit (LMDB syncs on commit), so a reply is a
+promise. The experience, the node's signed submission and its consensus are one LMDB write
+transaction (`Store.put_items(..., consensus_if_absent=...)`), so after any kill every stored
+experience has its consensus: the offline check requires it of every experience, acknowledged
+or not (an add in flight at the kill is either wholly there or wholly absent).
 """
 
 from __future__ import annotations
@@ -173,6 +175,9 @@ def check_store_offline(
                 )
             wire.decode_item(own[0].raw)
             n_cons += 1
+        for rec in store.iter_experiences_by_time(0, None):  # one transaction per add
+            if store.get_consensus(space, rec.id) is None:
+                raise Kill9Failure(f"experience {rec.id.hex()} is stored without its consensus")
         for exp_id, text, domain in acked:
             rec = store.get_experience(bytes.fromhex(exp_id))
             if rec is None or (rec.text, rec.domain) != (text, domain):
@@ -291,3 +296,377 @@ def _lost(client: Any, acked: tuple[str, str, str]) -> bool:
     except (ClientError, RpcError):  # NotFound is an RpcError
         return True
     return (item["text"], item["domain"]) != (text, domain) or item["submissions"] < 1
+
+
+# ------------------------------------------------------------------ consensus updates and sync
+#
+# Two real nodes on loopback: the victim V and its peer P. Phase "consensus": P ingests with
+# `add_experience` and gossips each experience with its submission; V embeds it, stores its own
+# submission and recomputes the consensus from both. Phase "sync": P's store is filled first
+# with `items` generated experiences, each with a submission of V's space by a third author
+# (dsonode.net.sync_probe.make_items), and V pulls them over /dso/sync/1.0.0, embedding,
+# submitting and recomputing as they come. Either way V is SIGKILLed at random moments, and
+# with V dead `check_consensus_offline` requires: the store opens, every stored item verifies,
+# and every consensus record not marked pending (see dsonode/store/lmdb_store.py, Guarantees)
+# equals a fresh computation from the stored submissions (records of a local add: the node's
+# own code as the only submission). Pending records are recomputed by the daemon when it
+# starts. A last start must finish the work (V holds all P's experiences, nothing pending, its
+# own submission on each) and its index must answer exactly as a rebuild from its LMDB.
+
+NET_IPS = ("127.0.0.61", "127.0.0.62")
+
+
+@dataclass
+class ConsensusCheck:
+    experiences: int = 0
+    submissions: int = 0
+    consensus: int = 0
+    pending: int = 0
+    recomputed_equal: int = 0
+    local_single: int = 0
+
+
+def check_consensus_offline(
+    data_dir: Path, quorum: int = 3, method: str = "median", committee_size: int | None = 7
+) -> ConsensusCheck:
+    """With the node dead: the store opens clean, items verify, consensus is consistent."""
+    from dsonode.consensus import compute_consensus
+    from dsonode.core import committee, wire
+    from dsonode.identity import load_key, public_key_bytes
+    from dsonode.store import Store
+
+    author = public_key_bytes(load_key(Path(data_dir) / "node.key"))
+    out = ConsensusCheck()
+    with Store(Path(data_dir) / "store") as store:
+        spaces = store.known_spaces()
+        if len(spaces) != 1:
+            raise Kill9Failure(f"expected one embedding space in the store, found {len(spaces)}")
+        space = spaces[0]
+        pending = set(store.pending_ids())
+        out.pending = len(pending)
+        for rec in store.iter_experiences_by_time(0, None):
+            wire.decode_item(rec.raw)
+            out.experiences += 1
+        for sub in store.iter_submissions_by_time(0, None):
+            wire.decode_item(sub.raw)
+            out.submissions += 1
+        # The daemon's committee draw for a network of this size (small networks: everyone).
+        size = len({a for a, _ in store.iter_reputation()} | {author})
+        limit = committee.verify_threshold(committee_size, size)
+        for cons in store.iter_consensus(space):
+            out.consensus += 1
+            exp_id = cons.experience_id
+            if exp_id in pending:
+                continue
+            exp = store.get_experience(exp_id)
+            if exp is None:
+                raise Kill9Failure(f"consensus of {exp_id.hex()} without its experience")
+            subs = [
+                s
+                for s in store.get_submissions(exp_id, space)
+                if committee.in_committee(exp_id, s.author, exp.author, limit)
+            ]
+            if "method" not in (cons.stats or {}):  # a local add's single-code record
+                if len(subs) != 1 or subs[0].author != author or subs[0].code != cons.code:
+                    raise Kill9Failure(
+                        f"consensus of {exp_id.hex()} is a single code but {len(subs)} "
+                        "submissions are stored and it is not marked pending"
+                    )
+                out.local_single += 1
+                continue
+            fresh = compute_consensus(
+                subs,
+                experience_id=exp_id,
+                space_id=space,
+                domain=exp.domain,
+                now_ms=0,
+                quorum=quorum,
+                method=method,
+            )
+            got = (cons.code, cons.count, cons.confirmed)
+            if (
+                fresh is None
+                or (fresh.record.code, fresh.record.count, fresh.record.confirmed) != got
+            ):
+                raise Kill9Failure(
+                    f"consensus of {exp_id.hex()} differs from a recomputation of its "
+                    f"{len(subs)} stored submissions and is not marked pending"
+                )
+            out.recomputed_equal += 1
+    return out
+
+
+def index_answers(data_dir: Path, queries: list[np.ndarray]) -> tuple[int, list]:
+    """(rows, answers) of an index rebuilt from the store (node dead)."""
+    from dsonode.api.service import _full_query
+    from dsonode.store import CodeIndex, Store
+
+    with Store(Path(data_dir) / "store") as store:
+        index = CodeIndex.from_store(store, store.known_spaces()[0])
+    answers = [
+        [(i.hex(), round(float(s), 6)) for i, s in index.search(_full_query(q), k=100)]
+        for q in queries
+    ]
+    return len(index), answers
+
+
+def exact_scores(data_dir: Path, query: np.ndarray, ids_hex: list[str]) -> dict[str, float]:
+    """Exact search scores of these ids' stored consensus codes (node dead); a missing
+    consensus scores NaN (so it never equals a live score)."""
+    from dsonode.api.service import _full_query
+    from dsonode.store import CodeIndex, Store
+
+    if not ids_hex:
+        return {}
+    with Store(Path(data_dir) / "store") as store:
+        space = store.known_spaces()[0]
+        recs = [store.get_consensus(space, bytes.fromhex(i)) for i in ids_hex]
+    found = [r for r in recs if r is not None]
+    n = max(1, len(found))
+    index = CodeIndex(capacity=n, candidates=n, rescore=n)  # exhaustive: exact
+    if found:
+        index.add(
+            [r.experience_id for r in found],
+            [r.code for r in found],
+            domains=[r.domain for r in found],
+            confirmed=[r.confirmed for r in found],
+        )
+    out = {i.hex(): round(float(sc), 6) for i, sc in index.search(_full_query(query), k=n)}
+    return {i: out.get(i, float("nan")) for i in ids_hex}
+
+
+def _peer_addr(data_dir: Path, ip: str) -> tuple[str, str]:
+    """(listen multiaddr, full peer multiaddr) of the node that will run on data_dir."""
+    import socket
+
+    from dsonode.identity import load_or_create_key, public_key_bytes
+    from dsonode.net.peerinfo import peer_id_from_public_key
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    peer_id = peer_id_from_public_key(public_key_bytes(load_or_create_key(data_dir / "node.key")))
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        port = s.getsockname()[1]
+    listen = f"/ip4/{ip}/tcp/{port}"
+    return listen, f"{listen}/p2p/{peer_id}"
+
+
+def _stats(node: NodeProcess) -> dict[str, Any]:
+    with node.client(timeout=30) as c:
+        return c.stats()
+
+
+def _counters(node: NodeProcess) -> dict[str, Any]:
+    return _stats(node)["network"].get("counters", {})
+
+
+def _wait(what: str, fn: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+        except (ClientError, RpcError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.3)
+    raise Kill9Failure(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class NetKill9Result:
+    phase: str
+    runs: int = 0
+    failures: list[str] = field(default_factory=list)
+    kill_delays_s: list[float] = field(default_factory=list)
+    #: V's experiences and pending marks found offline after each kill.
+    experiences_at_kill: list[int] = field(default_factory=list)
+    pending_at_kill: list[int] = field(default_factory=list)
+    recomputed_equal: int = 0
+    peer_experiences: int = 0
+    final_experiences: int = 0
+    repaired_at_start: list[int] = field(default_factory=list)
+    #: Kills that came while V still lacked some of P's items (sync phase: mid-pull).
+    kills_before_complete: int = 0
+    #: The final live answers equal the rebuild's ids and order (see run_kill9_net).
+    rebuild_order_identical: bool | None = None
+    elapsed_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "runs": self.runs,
+            "kills_before_complete": self.kills_before_complete,
+            "rebuild_order_identical": self.rebuild_order_identical,
+            "failures": self.failures[:5],
+            "kill_delays_s": [round(d, 2) for d in self.kill_delays_s],
+            "experiences_at_kill": self.experiences_at_kill,
+            "pending_at_kill": self.pending_at_kill,
+            "repaired_at_start": self.repaired_at_start,
+            "consensus_records_checked": self.recomputed_equal,
+            "peer_experiences": self.peer_experiences,
+            "final_experiences": self.final_experiences,
+            "elapsed_s": round(self.elapsed_s, 1),
+        }
+
+
+def run_kill9_net(
+    root: Path,
+    phase: str,
+    runs: int,
+    rng: random.Random,
+    items: int = 2000,
+    max_delay_s: float = 6.0,
+    progress: Any = None,
+) -> NetKill9Result:
+    """`runs` SIGKILLs of the victim during consensus updates ("consensus") or a sync pull
+    ("sync"), each followed by the offline check; then a last start that must finish the work.
+    Failures are collected, not raised; every process started here is stopped here."""
+    if phase not in ("consensus", "sync"):
+        raise ValueError(phase)
+    root = Path(root)
+    result = NetKill9Result(phase)
+    t0 = time.perf_counter()
+    v_dir, p_dir = root / "victim", root / "peer"
+    v_listen, v_peer = _peer_addr(v_dir, NET_IPS[0])
+    p_listen, p_peer = _peer_addr(p_dir, NET_IPS[1])
+    common = ("--threads", "1", "--sync-interval", "2")
+    victim = NodeProcess(v_dir, "--listen", v_listen, "--peer", p_peer, *common)
+    peer = NodeProcess(p_dir, "--listen", p_listen, "--peer", v_peer, *common)
+    queries = random_queries(rng)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    acked: list[tuple[str, str, str]] = []
+    errors: list[BaseException] = []
+    try:
+        victim.start()
+        space = _stats(victim)["space_id"]
+        if phase == "sync":
+            from dsonode.net.sync_probe import make_items
+            from dsonode.store import Store
+
+            with Store(p_dir / "store", space_id=space) as store:
+                make_items(store, bytes.fromhex(space), items)
+                store.clear_pending(store.pending_ids())  # P is only the source here
+        peer.start()
+        for run in range(runs + 1):
+            if victim.proc is None or victim.proc.poll() is not None:
+                victim.start()  # stale socket, locks and pending marks: must come up
+            _wait("the victim to connect", lambda: _stats(victim)["network"]["connected"], 60)
+            if run > 0:  # what the start recomputed (the counter is set before any sync)
+                counters = _wait(
+                    "the start-up repair",
+                    lambda: "repaired_at_start" in _counters(victim) and _counters(victim),
+                    120,
+                )
+                repaired = int(counters["repaired_at_start"])
+                result.repaired_at_start.append(repaired)
+                if repaired != result.pending_at_kill[-1]:  # the start redid exactly those
+                    raise Kill9Failure(
+                        f"the start recomputed {repaired} records, the kill left "
+                        f"{result.pending_at_kill[-1]} pending"
+                    )
+            if run == runs:
+                break
+            before = _stats(victim)["store"]["experiences"]
+            if phase == "consensus":
+                stop.clear()
+                threads = [
+                    threading.Thread(target=ingest, args=(peer, 0, acked, stop, errors, run))
+                ]
+                threads[0].start()
+            # Items reach V (gossip, or the pull), then a random moment.
+            _wait(
+                "items to reach the victim",
+                lambda b=before: (
+                    _stats(victim)["store"]["experiences"] > b
+                    or _stats(victim)["store"]["experiences"] >= items
+                ),
+                90,
+            )
+            delay = rng.uniform(0.0, max_delay_s)
+            time.sleep(delay)
+            victim.kill()
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            if errors:
+                raise Kill9Failure(f"ingest on the peer failed: {errors[0]!r}")
+            result.runs += 1
+            result.kill_delays_s.append(delay)
+            check = check_consensus_offline(v_dir)
+            result.experiences_at_kill.append(check.experiences)
+            if phase == "consensus" or check.experiences < items:
+                result.kills_before_complete += 1
+            result.pending_at_kill.append(check.pending)
+            result.recomputed_equal += check.recomputed_equal
+            if progress is not None:
+                progress(result)
+        # The last start: V must finish (catch-up by sync), settle, and match a rebuild.
+        result.peer_experiences = _stats(peer)["store"]["experiences"]
+
+        def settled() -> bool:
+            s = _stats(victim)
+            return (
+                s["store"]["experiences"] >= result.peer_experiences
+                and s["indexed"] == s["store"]["experiences"]
+            )
+
+        _wait("the victim to catch up with its peer", settled, 600)
+        last = None
+        while True:  # no consensus update for 2 s: quiescent (bounded by the wait above)
+            updates = _counters(victim).get("consensus_updates")
+            if updates == last:
+                break
+            last = updates
+            time.sleep(2.0)
+        with victim.client(timeout=120) as c:
+            live = [[(h["id"], h["score"]) for h in c.search(vector=q, k=100)] for q in queries]
+            final_stats = c.stats()
+            result.final_experiences = final_stats["store"]["experiences"]
+            indexed = final_stats["indexed"]
+        if victim.stop() != 0:
+            result.failures.append("the final SIGTERM stop did not exit 0")
+        final = check_consensus_offline(v_dir)
+        if final.pending:
+            result.failures.append(f"{final.pending} consensus records still pending at the end")
+        if final.experiences < result.peer_experiences:
+            result.failures.append("the victim did not finish the sync")
+        rows, rebuilt = index_answers(v_dir, queries)
+        if rows != indexed:
+            result.failures.append(f"the node indexed {indexed} rows, a rebuild {rows}")
+        # The live index was filled in arrival order, the rebuild in id order: above the
+        # index's `rescore` (400) rows, equal full-code Hamming distances are broken by row
+        # order, so the two may legitimately return different (equally near) rows. What must
+        # hold is that every row the node returns carries exactly LMDB's consensus code:
+        # its score equals the exact score of the stored code. Identical order is reported.
+        result.rebuild_order_identical = rebuilt == live
+        if rows <= 400 and rebuilt != live:
+            result.failures.append("the live index differs from a rebuild from LMDB")
+        for q, hits in zip(queries, live, strict=True):
+            if exact_scores(v_dir, q, [h for h, _ in hits]) != dict(hits):
+                result.failures.append("a live search score differs from LMDB's code")
+                break
+        own = _count_own(v_dir)
+        if own < final.experiences:
+            result.failures.append(f"{final.experiences - own} experiences lack our submission")
+    except (Kill9Failure, DsoError) as exc:
+        result.failures.append(f"{phase} run {result.runs}: {exc}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        victim.kill()
+        peer.stop()
+        peer.kill()
+    result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def _count_own(data_dir: Path) -> int:
+    from dsonode.identity import load_key, public_key_bytes
+    from dsonode.store import Store
+
+    author = public_key_bytes(load_key(Path(data_dir) / "node.key"))
+    with Store(Path(data_dir) / "store") as store:
+        return sum(s.author == author for s in store.iter_submissions_by_time(0, None))

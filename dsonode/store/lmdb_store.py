@@ -6,6 +6,7 @@ One LMDB environment in the node's data directory (``<data_dir>/store``), named 
 database        key                                          value (msgpack)
 ==============  ===========================================  ==================================
 meta            b"schema_version", b"space_id", b"spaces"    int / hex str / list of hex str
+                b"pending/" + experience id (32)             b"" (consensus to recompute)
 experiences     experience id (32)                           {raw, domain, text, tags, created,
                                                              author} (raw = signed wire bytes)
 exp_by_time     created ms (8, big endian) + id (32)         b"" (time index, for sync)
@@ -33,6 +34,12 @@ Guarantees:
   space, author) and the first one wins. ``put_items`` reports which items were new.
 - Durable: LMDB's default ``sync`` on commit is kept, so an item is on disk once ``put_items``
   returns (``unsafe_nosync=True`` exists for benchmarks and bulk loads only).
+- Crash-consistent consensus: ``put_items`` marks every experience it gives a new experience
+  or a new submission of the store's space as *pending* (``b"pending/" + id`` in ``meta``) in
+  the same transaction, and writing that experience's consensus (``put_consensus``, or
+  ``put_items(..., consensus_if_absent=...)``) clears the mark in its transaction. So after
+  any crash, every consensus record not marked pending is that of the stored submissions; the
+  network daemon recomputes the pending ones when it starts (``pending_ids``).
 - The map grows when full (MapFullError -> double the map -> retry the transaction).
 - A store written by a newer schema is refused with ``StoreSchemaError``.
 - Values are msgpack (never pickle), so a corrupt or hostile file cannot run code.
@@ -88,6 +95,8 @@ _DB_NAMES = (
 #: Databases added after schema 1: a read-only open of a schema-1 store goes on without them.
 _LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg")
 _TIME = struct.Struct(">Q")
+#: meta key prefix of an experience whose consensus must be recomputed (see Guarantees).
+_PENDING = b"pending/"
 
 T = TypeVar("T")
 
@@ -366,6 +375,7 @@ class Store:
         raw_items: Sequence[bytes],
         decoded: Sequence[Any] | None = None,
         now_ms: int | None = None,
+        consensus_if_absent: Sequence[ConsensusRecord] = (),
     ) -> list[bool]:
         """Store signed wire items (experiences, submissions, feedback) in one transaction.
 
@@ -378,6 +388,13 @@ class Store:
         (``now_ms`` is passed on for the clock-skew check); pass ``decoded`` (the items already
         returned by decode_item for these bytes) to skip a second verification. If any item is
         invalid the WireError is raised and nothing of the batch is written.
+
+        ``consensus_if_absent``: consensus records written in the same transaction where the
+        (space, experience) has none yet (a node's own first submission is its consensus, so an
+        add is one commit). Experiences with a new experience or a new submission of the
+        store's space are marked pending; a consensus written here clears the mark only if at
+        most one submission of that space is stored for the experience (the record's own: else
+        others' submissions are missing from it and the daemon must recompute it).
         """
         from dsonode.core import wire  # the wire module is optional until a put is made
 
@@ -395,6 +412,9 @@ class Store:
             if len(items) != len(raws):
                 raise StoreError("decoded must have one entry per raw item")
         rows = [self._item_row(item, raw, wire) for item, raw in zip(items, raws, strict=True)]
+        marks = [self._pending_of(item, wire) for item in items]
+        cons_rows = [self._consensus_row(r) for r in consensus_if_absent]
+        meta = self._dbs["meta"]
 
         def write(txn: lmdb.Transaction) -> list[bool]:
             flags = []
@@ -415,12 +435,63 @@ class Store:
                 txn.put(time_key, b"", db=self._dbs[time_db])
                 if vote is not None:
                     voted[key[:_ID_LEN]] = None
+                mark = marks[len(flags)]
+                if mark is not None:
+                    txn.put(_PENDING + mark, b"", db=meta)
                 flags.append(True)
             for exp_id in voted:
                 self._update_feedback_aggregate(txn, exp_id)
+            for key, value in cons_rows:
+                if txn.get(key, db=self._dbs["consensus"]) is None:
+                    txn.put(key, self._consensus_value(txn, key, value), db=self._dbs["consensus"])
+                    if self._submitters(txn, key[32:] + key[:32]) <= 1:
+                        txn.delete(_PENDING + key[32:], db=meta)
             return flags
 
         return self._write(write)
+
+    def _pending_of(self, item: Any, wire: Any) -> bytes | None:
+        """The experience a new item makes pending (None: no consensus of ours depends on it)."""
+        if isinstance(item, wire.Experience):
+            return item.id
+        if isinstance(item, wire.Submission) and (
+            self.space_id is None or item.space_id == self.space_id
+        ):
+            return item.experience_id
+        return None
+
+    def _submitters(self, txn: lmdb.Transaction, prefix: bytes) -> int:
+        """Submissions stored under experience id + space id (counts up to 2 only)."""
+        cur = txn.cursor(db=self._dbs["submissions"])
+        n = 0
+        if cur.set_range(prefix):
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(prefix) or n >= 2:
+                    break
+                n += 1
+        return n
+
+    def pending_ids(self, limit: int = 1_000_000) -> list[bytes]:
+        """Experiences whose consensus must be recomputed (see Guarantees), at most `limit`."""
+
+        def read(txn: lmdb.Transaction) -> list[bytes]:
+            cur = txn.cursor(db=self._dbs["meta"])
+            out: list[bytes] = []
+            if cur.set_range(_PENDING):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(_PENDING) or len(out) >= limit:
+                        break
+                    out.append(bytes(key[len(_PENDING) :]))
+            return out
+
+        return self._read(read)
+
+    def clear_pending(self, exp_ids: Sequence[bytes]) -> None:
+        """Drop pending marks (an experience with nothing to compute yet, e.g. no eligible
+        submission or no experience: a later item marks it again)."""
+        keys = [_PENDING + _check_id(e, "experience id") for e in exp_ids]
+        if keys:
+            self._write(lambda txn: [txn.delete(k, db=self._dbs["meta"]) for k in keys])
 
     def _update_feedback_aggregate(self, txn: lmdb.Transaction, exp_id: bytes) -> None:
         """Inside a write txn: recompute feedback_agg[exp_id] from the stored votes."""
@@ -648,34 +719,42 @@ class Store:
     # ---------------------------------------------------------------------------- consensus
 
     def put_consensus(self, records: Sequence[ConsensusRecord]) -> None:
-        """Insert or replace consensus records (one transaction). If a record's domain is
-        empty, the experience's domain is looked up so the index can filter by it."""
-        for r in records:
-            _space_bytes(r.space_id)
-            _check_id(r.experience_id, "experience id")
-            if len(r.code) != CODE_BYTES:
-                raise StoreError(f"consensus code must be {CODE_BYTES} bytes")
-            if r.count < 0:
-                raise StoreError("consensus count must be >= 0")
+        """Insert or replace consensus records (one transaction) and clear their experiences'
+        pending marks. If a record's domain is empty, the experience's domain is looked up so
+        the index can filter by it. The caller computes the records from the stored
+        submissions with no other submission writer in between (the daemon's lock)."""
+        rows = [self._consensus_row(r) for r in records]
 
         def write(txn: lmdb.Transaction) -> None:
-            for r in records:
-                domain = r.domain
-                if not domain:
-                    exp = txn.get(r.experience_id, db=self._dbs["experiences"])
-                    domain = _unpack(exp)["domain"] if exp is not None else ""
-                value = {
-                    "code": bytes(r.code),
-                    "count": int(r.count),
-                    "confirmed": bool(r.confirmed),
-                    "domain": domain,
-                    "stats": r.stats,
-                    "updated": int(r.updated),
-                }
-                key = bytes(r.space_id) + bytes(r.experience_id)
-                txn.put(key, _pack(value), db=self._dbs["consensus"])
+            for key, value in rows:
+                txn.put(key, self._consensus_value(txn, key, value), db=self._dbs["consensus"])
+                txn.delete(_PENDING + key[32:], db=self._dbs["meta"])
 
         self._write(write)
+
+    @staticmethod
+    def _consensus_row(r: ConsensusRecord) -> tuple[bytes, dict[str, Any]]:
+        _space_bytes(r.space_id)
+        _check_id(r.experience_id, "experience id")
+        if len(r.code) != CODE_BYTES:
+            raise StoreError(f"consensus code must be {CODE_BYTES} bytes")
+        if r.count < 0:
+            raise StoreError("consensus count must be >= 0")
+        value = {
+            "code": bytes(r.code),
+            "count": int(r.count),
+            "confirmed": bool(r.confirmed),
+            "domain": r.domain,
+            "stats": r.stats,
+            "updated": int(r.updated),
+        }
+        return bytes(r.space_id) + bytes(r.experience_id), value
+
+    def _consensus_value(self, txn: lmdb.Transaction, key: bytes, value: dict[str, Any]) -> bytes:
+        if not value["domain"]:  # looked up so the index can filter by domain
+            exp = txn.get(key[32:], db=self._dbs["experiences"])
+            value = {**value, "domain": _unpack(exp)["domain"] if exp is not None else ""}
+        return _pack(value)
 
     def get_consensus(self, space_id: bytes | str, exp_id: bytes) -> ConsensusRecord | None:
         key = _space_bytes(space_id) + _check_id(exp_id, "experience id")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dsonode.argtypes import bounded_float, bounded_int
+from dsonode.core.attacks import ATTACKS
 
 DEFAULT_QUERY = "How do I make sure the answer to an equation is right?"
 #: `dsonode run`'s default quorum: accepted submissions that confirm a consensus.
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--attack",
-        choices=["gaussian", "sign_flip", "alie"],
+        choices=list(ATTACKS),
         default="gaussian",
         help="their attack (see `dsonode run --byzantine-attack`)",
     )

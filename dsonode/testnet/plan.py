@@ -16,13 +16,15 @@ Two kinds of plans:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dsonode.core.attacks import ATTACKS as _NODE_ATTACKS
 from dsonode.core.errors import DsoError
 
-#: Mirrors `dsonode run --byzantine-attack` (dsonode.net.daemon.poison).
-ATTACKS = ("gaussian", "sign_flip", "alie")
+#: Mirrors `dsonode run --byzantine-attack` (dsonode.core.attacks).
+ATTACKS = _NODE_ATTACKS
 #: 127.0.0.2 .. 127.0.0.65: one address per node, never 127.0.0.1 (other services live there).
 FIRST_HOST = 2
 MAX_NODES = 64
@@ -54,8 +56,31 @@ class NodePlan:
 @dataclass(frozen=True)
 class TestnetPlan:
     nodes: tuple[NodePlan, ...]
+    #: Optional relays (partition tests): (i, j, "/ip4/127.x/tcp/P") makes node i dial node j
+    #: at that loopback address instead of j's listen address (same /p2p/ id: Noise still
+    #: authenticates j). See `with_relays` and dsonode.reliability.relay.
+    relays: tuple[tuple[int, int, str], ...] = ()
 
     __test__ = False  # not a pytest test class despite its name
+
+    def with_relays(self, links: Mapping[tuple[int, int], str]) -> TestnetPlan:
+        """This plan with node i dialling node j through `links[(i, j)]` (loopback only)."""
+        from dsonode.net.peerinfo import PeerAddrError, parse_multiaddr
+
+        out = []
+        for (i, j), addr in sorted(links.items()):
+            if not (0 <= i < len(self.nodes) and 0 <= j < len(self.nodes)) or i == j:
+                raise PlanError(f"relay link ({i}, {j}) does not join two nodes of the plan")
+            if j not in self.nodes[i].dials:
+                raise PlanError(f"relay link ({i}, {j}): node {i + 1} does not dial node {j + 1}")
+            if "/p2p/" in addr:
+                raise PlanError(f"relay link ({i}, {j}): give the address without /p2p/")
+            try:
+                parse_multiaddr(addr)  # loopback only (no allow_non_loopback)
+            except PeerAddrError as exc:
+                raise PlanError(f"relay link ({i}, {j}): {exc}") from None
+            out.append((i, j, addr))
+        return dataclasses.replace(self, relays=tuple(out))
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -89,7 +114,11 @@ class TestnetPlan:
         """The `--peer` arguments of node i, given every node's peer id."""
         if len(peer_ids) != len(self.nodes):
             raise PlanError("need one peer id per node")
-        return [f"{self.nodes[j].listen}/p2p/{peer_ids[j]}" for j in self.nodes[i].dials]
+        via = {(a, b): addr for a, b, addr in self.relays}
+        return [
+            f"{via.get((i, j), self.nodes[j].listen)}/p2p/{peer_ids[j]}"
+            for j in self.nodes[i].dials
+        ]
 
 
 def _check_ports(ports: Sequence[int], n: int) -> None:
