@@ -214,6 +214,11 @@ def test_a_faulty_batch_is_not_forwarded_but_its_valid_items_are_kept(tmp_path):
         fresh = wire.encode_item(wire.make_experience(key, "ops", "Check disk before a deploy."))
         forward, verdict = daemon._prevalidate(origin, wire.encode_batch([fresh]))
         assert forward is True and [raw for raw, _ in verdict.accepted] == [fresh]
+        # New items beside a duplicate: forwarded (a duplicate costs a little, it is no fault).
+        newer = wire.encode_item(wire.make_experience(key, "ops", "Rotate logs before a deploy."))
+        forward, verdict = daemon._prevalidate(origin, wire.encode_batch([fresh, newer]))
+        assert forward is True and verdict.penalty > 0
+        assert [raw for raw, _ in verdict.accepted] == [newer]
 
         # The gossip layer: a rejected message whose verdict has items goes to our inbox only.
         verdicts = iter([(False, "valid items inside"), (False, None)])

@@ -84,7 +84,7 @@ def test_clock_skew_uses_the_injected_clock():
     assert [r for r, _ in out.accepted] == [just_ok]
 
 
-def test_duplicates_seen_recently_or_stored_are_dropped_without_penalty():
+def test_duplicates_seen_recently_or_stored_are_dropped_with_little_or_no_penalty():
     stored = {wire.experience_id("ops", "already stored")}
     p = Pipeline(is_stored=lambda item: getattr(item, "id", None) in stored)
     a = exp("lesson a")
@@ -94,7 +94,9 @@ def test_duplicates_seen_recently_or_stored_are_dropped_without_penalty():
     assert not out.accepted and out.rejected == {"duplicate": 1}
     out = run(p, wire.encode_batch([exp("already stored")]))
     assert not out.accepted and out.rejected == {"stored": 1}
-    assert p.score(PEER_A, 0.0) == 0 and p.score(PEER_B, 0.0) == 0
+    # A duplicate costs its origin a little (a replay), an already stored item nothing.
+    assert p.score(PEER_A, 0.0) == pytest.approx(PENALTY["duplicate"])
+    assert p.score(PEER_B, 0.0) == pytest.approx(PENALTY["duplicate"])
 
 
 def test_seen_cache_is_bounded_lru():
@@ -159,14 +161,25 @@ def test_graylist_after_threshold_drops_unread_then_expires():
     assert p.score(PEER_A, 101.5) == 0.0
 
 
-def test_honest_peer_never_reaches_the_graylist_from_duplicates():
-    p = Pipeline(PipelineConfig(graylist_threshold=1.0))
-    a = exp("repeated lesson")
-    for i in range(50):
-        run(p, wire.encode_batch([a]), now_s=float(i))
-    assert not p.is_graylisted(PEER_A, 50.0)
-    stats = p.peer_stats(50.0)[PEER_A]
-    assert stats["accepted"] == 1 and stats["rejected"] == {"duplicate": 49}
+def test_an_honest_republish_stays_clear_of_the_graylist_but_a_replayer_does_not():
+    p = Pipeline()  # default threshold and weights
+    # An honest node restarting re-publishes its repaired items (at most 256) once.
+    mine = [exp(f"my lesson {i}") for i in range(256)]
+    for start in range(0, 256, 128):
+        run(p, wire.encode_batch(mine[start : start + 128]), now_s=0.0)
+    for start in range(0, 256, 128):
+        run(p, wire.encode_batch(mine[start : start + 128]), now_s=1.0)
+    assert not p.is_graylisted(PEER_A, 1.0)
+    assert p.peer_stats(1.0)[PEER_A]["rejected"] == {"duplicate": 256}
+    # A replayer sends the same items again and again: graylisted within seconds.
+    replays = 0
+    for i in range(100):
+        out = run(p, wire.encode_batch(mine[:128]), origin=PEER_B, now_s=2.0 + i * 0.1)
+        if out.dropped_graylisted:
+            break
+        replays += 128
+    assert p.is_graylisted(PEER_B, 12.0)
+    assert 1_500 <= replays <= 2_500  # about threshold / weight duplicates
 
 
 def test_reason_of_names_the_most_specific_class():

@@ -61,7 +61,7 @@ from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
 from dsonode.net.peerinfo import parse_multiaddr, peer_id_from_public_key, public_key_from_peer_id
-from dsonode.net.pipeline import Pipeline, PipelineConfig, reason_of
+from dsonode.net.pipeline import PENALTY, Pipeline, PipelineConfig, reason_of
 from dsonode.net.sync import SyncConfig, SyncServer, SyncTransportError, sync_with
 
 log = logging.getLogger("dsonode.net.daemon")
@@ -418,7 +418,9 @@ class NetDaemon:
             log.warning("graylisting %s (%s)", origin, dict(out.rejected))
             self.gossip.graylist(origin)
         fresh = bool(out.accepted) or out.rejected.get("stored", 0) > 0
-        forward = not out.dropped_graylisted and out.penalty == 0 and fresh
+        # Duplicates cost a little (replays) but are no fault of the new items beside them.
+        faulty = any(PENALTY.get(r, 10.0) > 0 for r in out.rejected if r != "duplicate")
+        forward = not out.dropped_graylisted and not faulty and fresh
         # A faulty batch is not forwarded, but the items in it that passed are ingested here
         # (they are in the pipeline's seen set now: dropping them would lose them for good).
         return forward, (out if forward or out.accepted else None)

@@ -5,8 +5,10 @@ cheapest first, and returns what survived:
 
 1. graylist: a graylisted origin's message is dropped unread (`dropped_graylisted`);
 2. envelope size (`oversize`), then `wire.decode_batch` (any WireError: `bad_batch`);
-3. per entry: the bounded LRU of recently accepted item hashes (`duplicate`, no penalty:
-   the same item legitimately arrives over several paths);
+3. per entry: the bounded LRU of recently accepted item hashes (`duplicate`, a small
+   penalty: GossipSub already drops a second copy of a *message*, so a duplicate *item* here
+   is its origin publishing an item again - once after a restart is normal, thousands a
+   minute is a replay attack);
 4. per-origin rate, a token bucket of *items* (`rate`);
 5. `wire.decode_item(entry, now_ms)`: schema, canonical form, signature, clock skew (each
    WireError is counted under a reason named after its class, e.g. `signature`,
@@ -16,7 +18,9 @@ cheapest first, and returns what survived:
 Penalties: each rejection adds `PENALTY[reason]` to the origin's score, which decays
 exponentially (half-life `penalty_half_life_s`); a score at or above `graylist_threshold`
 graylists the origin for `graylist_s` seconds. Honest peers only ever collect the
-zero-weight reasons (duplicates, stored), and rare clock skews decay away.
+zero-weight `stored`, a few duplicates (a node re-publishes at most its own repaired items
+after a restart: 256 x 0.05 = 12.8 points) and rare clock skews, all of which decay away; a
+replayer reaches the threshold after about 2,000 duplicate items within a half-life.
 
 Clocks are injected: `now_ms` (wall clock, for the skew check) and `now_s` (monotonic, for
 buckets, decay and the graylist), so tests drive time directly.
@@ -75,7 +79,7 @@ PENALTY: dict[str, float] = {
     "signature": 25.0,
     "clock_skew": 2.0,
     "rate": 1.0,
-    "duplicate": 0.0,
+    "duplicate": 0.05,
     "stored": 0.0,
 }
 
