@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dsonode.core.errors import DsoError
 
-KEY_FILE_NAME = "node.key"
 MAX_KEY_FILE_BYTES = 4096
 
 

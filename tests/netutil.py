@@ -136,8 +136,8 @@ def wait_until(what: str, fn: Callable[[], Any], timeout: float, nodes: Iterable
 def node_identity(data_dir: Path) -> tuple[bytes, str]:
     """(author public key, base58 peer id) of the node that will run on `data_dir` (the key
     is created now, mode 0600, exactly as `dsonode run` would)."""
+    from dsonode.core.peerinfo import peer_id_from_public_key
     from dsonode.identity import load_or_create_key, public_key_bytes
-    from dsonode.net.peerinfo import peer_id_from_public_key
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     author = public_key_bytes(load_or_create_key(data_dir / "node.key"))

@@ -15,7 +15,7 @@ import yaml
 
 from dsonode.config import ConfigError, load_config
 from dsonode.config.cli import peer_id_of_key, seeded_testnet_key
-from dsonode.net.peerinfo import parse_multiaddr
+from dsonode.core.peerinfo import parse_multiaddr
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

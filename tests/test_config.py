@@ -12,8 +12,8 @@ import pytest
 from dsonode.cli import main
 from dsonode.config import SPEC, ConfigError, config_from_mapping, load_config, render_template
 from dsonode.config.cli import peer_id_of_key, seeded_testnet_key
+from dsonode.core.peerinfo import parse_multiaddr
 from dsonode.identity import load_key
-from dsonode.net.peerinfo import parse_multiaddr
 
 PEER = peer_id_of_key(seeded_testnet_key("test-peer"))
 GOOD_PEER_ADDR = f"/ip4/127.0.0.2/tcp/4002/p2p/{PEER}"
@@ -50,18 +50,20 @@ def test_defaults_are_the_spec_defaults(tmp_path):
 
 
 def test_defaults_match_the_classes_that_consume_them(tmp_path):
-    """The loader's defaults and bounds mirror HostConfig/GossipConfig/NodeConfig: if those
-    change, this fails instead of the node silently running other values."""
+    """The runtime classes take their defaults from the one declaration (settings.SPEC):
+    the loaded defaults and a class built with no arguments agree."""
     from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
     from dsonode.gateway.config import GatewayConfig
+    from dsonode.net.daemon import DaemonConfig
     from dsonode.net.gossip import GossipConfig
-    from dsonode.net.host import HostConfig
-    from dsonode.node import NodeConfig
+    from dsonode.node import NodeConfig, daemon_config
+    from dsonode.node.node import gossip_config
+    from dsonode.node.node import node_config as node_config_of
 
     cfg = load({"net": {"listen": "/ip4/127.0.0.1/tcp/0"}}, tmp_path)
-    assert cfg.host_config() == HostConfig()
-    assert cfg.gossip_config() == GossipConfig()
-    node_config = cfg.node_config()
+    assert gossip_config(cfg) == GossipConfig()
+    node_config = node_config_of(cfg)
+    assert daemon_config(node_config) == DaemonConfig(listen="/ip4/127.0.0.1/tcp/0")
     plain = NodeConfig(data_dir=tmp_path)
     for name in (
         "data_dir",
@@ -78,10 +80,10 @@ def test_defaults_match_the_classes_that_consume_them(tmp_path):
     if hasattr(plain, "listen"):  # the network fields of NodeConfig, once it has them
         assert node_config.listen == cfg.net.listen and node_config.peers == ()
         assert node_config.byzantine_attack is None
-        off = load({"net": {"enabled": False}}, tmp_path).node_config()
+        off = node_config_of(load({"net": {"enabled": False}}, tmp_path))
         assert off.listen is None and off.peers == ()
     assert cfg.gateway_config() == GatewayConfig()
-    from dsonode.config import loader
+    from dsonode.config import settings as loader
 
     assert set(loader.CONSENSUS_METHODS) <= set(METHODS)
     assert set(loader.WEIGHTED_METHODS) <= set(WEIGHTED_METHODS)
@@ -215,7 +217,7 @@ def test_good_non_default_settings_load(tmp_path):
     assert cfg.consensus.committee is None and cfg.consensus.weights == {PEER: 2.5}
     assert cfg.testnet.attack == "alie" and cfg.byzantine_attack == "alie"
     assert load({"testnet": {"enabled": True}}, tmp_path).byzantine_attack is None
-    assert cfg.host_config().allow_non_loopback is True
+    assert cfg.net.allow_non_loopback is True
     assert cfg.gateway_config().host == "0.0.0.0"
     assert cfg.to_toml_dict()["gateway"]["token"] == "<set>"  # never printed
 

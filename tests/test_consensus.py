@@ -1,4 +1,4 @@
-"""The consensus engine (dsonode.consensus) over real signed submissions and real LMDB."""
+"""The consensus engine (dsonode.core.consensus) over real signed submissions and real LMDB."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dsonode.consensus import (
+from dsonode.core import bitdelta, wire
+from dsonode.core.aggregate import AggregateError
+from dsonode.core.consensus import (
     MAX_SUBMITTERS,
     apply_reputation,
     compute_consensus,
@@ -16,8 +18,6 @@ from dsonode.consensus import (
     reputation_deltas,
     reputation_score,
 )
-from dsonode.core import bitdelta, wire
-from dsonode.core.aggregate import AggregateError
 from dsonode.core.constants import DIM
 from dsonode.store import Store
 

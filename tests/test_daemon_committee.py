@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsonode.consensus import compute_consensus
 from dsonode.core import bitdelta, committee
+from dsonode.core.consensus import compute_consensus
 from dsonode.core.constants import DIM
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,10 @@ import pytest
 
 from dsonode.cli import build_parser
 from dsonode.config.loader import ConfigError
+from dsonode.library import ConsensusRules
+from dsonode.library.library import LibraryError
 from dsonode.net.daemon import DaemonConfig, DaemonError
-from dsonode.node import NodeConfig, daemon_config
+from dsonode.node import NodeConfig, consensus_rules, daemon_config
 
 PID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 PEER = f"/ip4/127.0.0.3/tcp/4001/p2p/{PID}"
@@ -50,7 +52,7 @@ attack_scale = 2.0
 
 
 def run_config(tmp_path: Path, *argv: str):
-    from dsonode.api.cli import run_config as build
+    from dsonode.node.cli import run_config as build
 
     args = build_parser().parse_args(["run", *argv])
     return build(args)
@@ -74,9 +76,10 @@ def test_config_file_reaches_the_daemon(tmp_path):
     assert (dc.redial_initial_s, dc.redial_max_s, dc.sync_interval_s) == (0.3, 7.0, 15.0)
     assert dc.gossip.degree == 5 and dc.gossip.degree_high == 9
     assert dc.gossip.max_publish_per_s == 12.0 and dc.gossip.batch_max_items == 64
-    assert dc.method == "geometric_median" and dc.committee == 5 and dc.quorum == 2
-    assert dict(dc.weights) == {PID: 3.0} and len(dc.author_weights()) == 1
-    assert dc.byzantine_attack == "alie" and dc.attack_scale == 2.0
+    rules = consensus_rules(nc)
+    assert rules.method == "geometric_median" and rules.committee == 5 and rules.quorum == 2
+    assert dict(nc.consensus_weights) == {PID: 3.0} and len(rules.weights) == 1
+    assert nc.byzantine_attack == "alie" and nc.attack_scale == 2.0
 
 
 def test_flags_override_the_file(tmp_path):
@@ -95,13 +98,13 @@ def test_flags_override_the_file(tmp_path):
         "--log-level", "WARNING",
     )  # fmt: skip
     assert nc.data_dir == tmp_path / "elsewhere"
-    assert nc.socket is None  # the default socket follows --data-dir
+    assert nc.socket == tmp_path / "elsewhere" / "dsonode.sock"  # follows --data-dir
     assert nc.listen == "/ip4/127.0.0.8/tcp/4222" and nc.peers == (other,)
     assert nc.byzantine_attack == "sign_flip" and nc.max_connections == 5
     assert nc.sync_interval_s == 3 and nc.log_level == "WARNING"
     assert nc.committee == 5 and nc.consensus_method == "geometric_median"  # from the file
     nc = run_config(tmp_path, "--config", str(cfg_path), "--committee", "all")
-    assert nc.committee is None and daemon_config(nc).committee is None
+    assert nc.committee is None and consensus_rules(nc).committee is None
     assert run_config(tmp_path, "--config", str(cfg_path), "--committee", "3").committee == 3
     with pytest.raises(SystemExit):
         run_config(tmp_path, "--committee", "0")
@@ -113,7 +116,7 @@ def test_without_config_the_flags_work_as_before(tmp_path):
     assert (nc.device, nc.max_connections, nc.idle_timeout) == ("auto", 64, 300.0)
     assert nc.allow_non_loopback is False
     assert run_config(tmp_path, "--data-dir", str(tmp_path)).listen is None
-    with pytest.raises(DaemonError, match="--listen"):  # loopback only without the setting
+    with pytest.raises(ConfigError, match=r"net\.listen"):  # loopback only without the setting
         run_config(tmp_path, "--data-dir", str(tmp_path), "--listen", "/ip4/10.0.0.1/tcp/1")
 
 
@@ -134,21 +137,26 @@ def test_non_loopback_only_when_configured(tmp_path):
     assert nc.allow_non_loopback and daemon_config(nc).listen == "/ip4/0.0.0.0/tcp/4001"
 
 
-def test_daemon_config_refuses_bad_consensus_settings():
+def test_bad_consensus_and_daemon_settings_are_refused():
     listen = "/ip4/127.0.0.2/tcp/4001"
-    with pytest.raises(DaemonError, match="method"):
-        DaemonConfig(listen=listen, method="mean")
-    with pytest.raises(DaemonError, match="weights"):
-        DaemonConfig(listen=listen, method="trimmed_mean", weights={PID: 2.0})
-    with pytest.raises(DaemonError, match="weights"):
-        DaemonConfig(listen=listen, weights={"nope": 2.0})
-    with pytest.raises(DaemonError, match="committee"):
-        DaemonConfig(listen=listen, committee=0)
+
+    def rules(**kw):
+        args = {"quorum": 3, "method": "median", "committee": 7, "weights": {}, **kw}
+        return ConsensusRules.from_peer_weights(**args)
+
+    with pytest.raises(LibraryError, match="method"):
+        rules(method="mean")
+    with pytest.raises(LibraryError, match="weights"):
+        rules(method="trimmed_mean", weights={PID: 2.0})
+    with pytest.raises(LibraryError, match="weights"):
+        rules(weights={"nope": 2.0})
+    with pytest.raises(LibraryError, match="committee"):
+        rules(committee=0)
+    with pytest.raises(LibraryError, match="quorum"):
+        rules(quorum=0)
     with pytest.raises(DaemonError, match="sync_interval"):
         DaemonConfig(listen=listen, sync_interval_s=0.1)
-    with pytest.raises(DaemonError, match="attack"):
-        DaemonConfig(listen=listen, byzantine_attack="no_such_attack")
-    assert DaemonConfig(listen=listen, committee=None).committee is None
+    assert rules(committee=None).committee is None
     assert NodeConfig(data_dir=Path("x")).committee == 7
 
 

@@ -65,14 +65,7 @@ def test_sync_ingests_like_gossip_and_penalises_only_misbehaviour(tmp_path):
             sync=SyncConfig(frame_timeout_s=2.0),
             sync_mesh_wait_s=1.0,  # the probes join no gossip mesh
         )
-        daemon = NetDaemon(
-            config,
-            store=node.store,
-            index=node.index,
-            service=node.service,
-            embedder=node.embedder,
-            key=node.key,
-        )
+        daemon = NetDaemon(config, library=node.library)
         node.service.network = node.daemon = daemon
 
         async def main() -> None:
@@ -87,8 +80,8 @@ def test_sync_ingests_like_gossip_and_penalises_only_misbehaviour(tmp_path):
         st = daemon.sync_stats
         assert st["ok"] == 1 and st["items_stored"] == 8 and st["items_rejected"] == 0
         assert st["timeouts"] == 1 and st["failures"] == 1 and st["penalised"] == 1
-        assert daemon.counters["own_submissions"] == 4  # embedded what sync brought
-        assert daemon.counters["consensus_updates"] >= 4
+        assert node.library.counters()["own_submissions"] == 4  # embedded what sync brought
+        assert node.library.counters()["consensus_updates"] >= 4
         assert len(node.index) == 4
         now = time.monotonic()
 
@@ -122,7 +115,7 @@ def test_submissions_outside_the_committee_draw_are_ignored(tmp_path):
         # An estimated network of 100 authors: own draw 1/100, verifier bound 4/100.
         for i in range(99):
             node.store.update_reputation(bytes([i + 1]) * 32, lambda r: {"accepted": 1})
-        assert daemon.network_size() == 100
+        assert node.library.network_size() == 100
         limit = committee.verify_threshold(1, 100)
 
         author_key = Ed25519PrivateKey.generate()
@@ -131,7 +124,7 @@ def test_submissions_outside_the_committee_draw_are_ignored(tmp_path):
         while True:
             exp = wire.make_experience(author_key, "ops", f"Lesson {n}: drain before restart.")
             n += 1
-            if committee.draw(exp.id, daemon.author) >= committee.threshold(1, 100):
+            if committee.draw(exp.id, node.library.author) >= committee.threshold(1, 100):
                 break
         keys = [Ed25519PrivateKey.generate() for _ in range(120)]
         inside = [k for k in keys if committee.draw(exp.id, public_key_bytes(k)) < limit]
@@ -139,10 +132,10 @@ def test_submissions_outside_the_committee_draw_are_ignored(tmp_path):
         assert inside and outside
         items = [(wire.encode_item(exp), exp)]
         items += [_submission(k, exp.id, space) for k in [author_key, *inside, *outside[:5]]]
-        outbound = daemon._ingest(items)
+        outbound = node.library.accept_items(items)
         assert outbound == []  # not in our own draw: no submission of ours
-        assert daemon.counters["not_in_committee"] == 1
-        assert daemon.counters["committee_ignored"] == 5
+        assert node.library.counters()["not_in_committee"] == 1
+        assert node.library.counters()["committee_ignored"] == 5
         stored = {s.author for s in node.store.get_submissions(exp.id, space)}
         assert stored == {public_key_bytes(k) for k in [author_key, *inside]}
         rec = node.store.get_consensus(space, exp.id)
@@ -164,10 +157,10 @@ def test_byzantine_node_poisons_its_locally_added_submission_too(tmp_path):
     node = _open_node(tmp_path, byzantine_attack="sign_flip")
     try:
         service = node.service
-        assert service.network is node.daemon
-        honest = service._embed_one(text)
+        assert service.network is node.daemon and node.library.attack == "sign_flip"
+        honest = node.library.embed(text)
         out = service.add_experience(AddExperienceParams(text=text, domain="ml"))
-        code = service._own_code(bytes.fromhex(out["id"]))
+        code = node.library.own_code(bytes.fromhex(out["id"]))
         ref = node.embedder.reference
         # poisoned as for gossiped experiences: the negated vector's bits (the 4-byte scale
         # may differ in its last bit: the attack renormalises in float64)
@@ -178,7 +171,7 @@ def test_byzantine_node_poisons_its_locally_added_submission_too(tmp_path):
     honest_node = _open_node(tmp_path / "h")  # the same path without an attack: honest code
     try:
         out = honest_node.service.add_experience(AddExperienceParams(text=text, domain="ml"))
-        code = honest_node.service._own_code(bytes.fromhex(out["id"]))
+        code = honest_node.library.own_code(bytes.fromhex(out["id"]))
         assert code == bitdelta.encode(honest, ref=honest_node.embedder.reference)
     finally:
         honest_node.close()

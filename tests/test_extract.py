@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dsonode.api.ingest import load_rollouts
 from dsonode.core.wire import MAX_TEXT_BYTES
-from dsonode.extract.cli import load_rollouts
 from dsonode.extract.offline import MAX_LESSON_WORDS, OfflineExtractor
 from dsonode.extract.rollouts import group_rollouts
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dsonode.api.ingest import chunk_groups, load_rollouts, rollout_object
 from dsonode.api.jsonrpc import MAX_SUBMIT_ROLLOUTS, InvalidParams, validate_params
 from dsonode.core import wire
-from dsonode.extract.cli import chunk_groups, load_rollouts, rollout_object
 from dsonode.extract.offline import Lesson, Source, provenance_of
 from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dsonode.api.ingest import load_rollouts
 from dsonode.core.wire import experience_id
-from dsonode.extract.cli import load_rollouts
 from dsonode.extract.llm import (
     ChatClient,
     Existing,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from dsonode.api.ingest import load_rollouts
 from dsonode.api.jsonrpc import RpcError
 from dsonode.api.testing import NodeProcess
 from dsonode.core import wire
-from dsonode.extract.cli import load_rollouts
 from dsonode.extract.rollouts import group_rollouts
 from dsonode.extract.testing import RecordedLLMServer
 
@@ -44,8 +44,8 @@ def _provenance(store, exp_id: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_rollouts_into_a_running_node(tmp_path, capsys, monkeypatch):
+    from dsonode.api import ingest as ingest_cli
     from dsonode.cli import main
-    from dsonode.extract import cli as ingest_cli
 
     monkeypatch.setattr(ingest_cli, "CHUNK_ROLLOUTS", 30)  # several requests, whole groups
     data = tmp_path / "node"

@@ -21,8 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from netutil import REPO, JsonProcess, free_port
 
-from dsonode.identity import public_key_bytes
-from dsonode.net.peerinfo import (
+from dsonode.core.peerinfo import (
     PeerAddrError,
     b58decode,
     b58encode,
@@ -32,6 +31,7 @@ from dsonode.net.peerinfo import (
     public_key_from_peer_id,
     public_key_from_peer_id_bytes,
 )
+from dsonode.identity import public_key_bytes
 
 # ----------------------------------------------------------------------------------------
 # Pure helpers

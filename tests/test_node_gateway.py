@@ -11,8 +11,8 @@ import pytest
 
 from dsonode.api.testing import NodeProcess
 from dsonode.cli import build_parser
+from dsonode.config.loader import ConfigError
 from dsonode.core.constants import DIM
-from dsonode.gateway.config import GatewayError
 
 TOKEN = "kill9-gateway-test-token-0123456789"
 
@@ -24,7 +24,7 @@ def _free_port(ip: str) -> int:
 
 
 def _run_config(tmp_path, *argv: str):
-    from dsonode.api.cli import run_config
+    from dsonode.node.cli import run_config
 
     args = build_parser().parse_args(["run", "--data-dir", str(tmp_path / "d"), *argv])
     return run_config(args)
@@ -36,7 +36,7 @@ def test_gateway_flag_and_config_reach_the_node_config(tmp_path, monkeypatch):
     cfg = _run_config(tmp_path, "--gateway-listen", "127.0.0.1:0").gateway
     assert (cfg.host, cfg.port, cfg.token) == ("127.0.0.1", 0, None)
     # Beyond loopback without a token: refused before anything loads.
-    with pytest.raises(GatewayError, match="without a token"):
+    with pytest.raises(ConfigError, match=r"gateway\.listen: .*without a token"):
         _run_config(tmp_path, "--gateway-listen", "0.0.0.0:8080")
     monkeypatch.setenv("DSONODE_GATEWAY_TOKEN", TOKEN)
     assert _run_config(tmp_path, "--gateway-listen", "127.0.0.1:9").gateway.token == TOKEN

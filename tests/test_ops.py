@@ -172,16 +172,18 @@ def test_metrics_listen_refused(text, match):
 
 
 def test_config_refuses_non_loopback_metrics_unless_allowed():
+    from dsonode.node.node import node_config  # the composition root: imports torch
+
     with pytest.raises(ConfigError, match=r"metrics\.listen.*not a loopback"):
         config_from_mapping({"metrics": {"enabled": True, "listen": "0.0.0.0:9464"}}, env={})
     cfg = config_from_mapping(
         {"metrics": {"enabled": True, "listen": "0.0.0.0:9464", "allow_non_loopback": True}},
         env={},
     )
-    node = cfg.node_config()
+    node = node_config(cfg)
     assert node.metrics_listen == "0.0.0.0:9464" and node.metrics_allow_non_loopback
     off = config_from_mapping({"node": {"log_format": "json", "log_level": "DEBUG"}}, env={})
-    node = off.node_config()
+    node = node_config(off)
     assert node.metrics_listen is None
     assert (node.log_format, node.log_level) == ("json", "DEBUG")
 

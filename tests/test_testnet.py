@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from netutil import wait_until
 
-from dsonode.consensus import reputation_score
 from dsonode.core import aggregate, bitdelta
+from dsonode.core.consensus import reputation_score
 from dsonode.store import Store
 from dsonode.testnet import Testnet, free_ports, plan_testnet
 from dsonode.testnet.plan import host_ip

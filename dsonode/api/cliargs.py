@@ -4,7 +4,7 @@
 `--socket` (overrides it) and `--timeout`; `node_socket` / `node_client` resolve them. Used by
 `search`/`add`/`stats` (dsonode.api.cli), `status`/`peers` (dsonode.ops.cli), `mcp` and
 `ingest`. Building the arguments imports nothing heavy (tests/test_cli.py): `dsonode.node` is
-light at import time, and the client is imported only when a command runs.
+, and the client is imported only when a command runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dsonode.argtypes import bounded_float
+from dsonode.config.paths import default_data_dir, socket_path
 
 if TYPE_CHECKING:
     from dsonode.api.client import Client
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
     """`--data-dir DIR` (default None: resolved to $DSONODE_DATA_DIR or ~/.dsonode when used)."""
-    from dsonode.node import default_data_dir
-
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -53,8 +52,6 @@ def add_node_args(
 
 def node_socket(args: argparse.Namespace) -> Path:
     """The socket named by `add_node_args`' arguments: --socket, else DATA_DIR/dsonode.sock."""
-    from dsonode.node import default_data_dir, socket_path
-
     if args.socket is not None:
         return args.socket.expanduser()
     return socket_path(args.data_dir or default_data_dir())

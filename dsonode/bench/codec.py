@@ -14,7 +14,7 @@ and the median of the per-round ratios, because this machine is shared and noisy
   index does).
 
 Fidelity: ``cos_mean``/``cos_min`` between each vector and its decoded code, and the rejected
-variant of DESIGN.md ("1-bit deltas between neighbouring dimensions", decoded as a running
+variant (ARCHITECTURE.md "The pure core": "1-bit deltas between neighbouring dimensions", decoded as a running
 sum) as ``rejected_neighbour_delta_cos_mean``.
 """
 

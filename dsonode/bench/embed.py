@@ -170,8 +170,8 @@ def head_kernels(emb, texts: list[str], repeats: int) -> dict:
     kernels = {"float32": (emb.head, torch.float32)}
     bf16 = copy.deepcopy(emb.head).to(torch.bfloat16)
     kernels["bfloat16"] = (bf16, torch.bfloat16)
-    if emb._run_head is not emb.head:
-        kernels["int8_limbs"] = (emb._run_head, torch.float32)
+    if emb.head_runner is not emb.head:
+        kernels["int8_limbs"] = (emb.head_runner, torch.float32)
     out: dict[str, dict] = {}
     with torch.inference_mode():
         ref = emb.head(base)

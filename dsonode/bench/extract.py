@@ -111,8 +111,8 @@ def score_lessons(groups, lessons) -> dict[str, Any]:
 
 
 def cmd_bench_extract(args) -> int:
+    from dsonode.api.ingest import load_rollouts
     from dsonode.embed import get_embedder
-    from dsonode.extract.cli import load_rollouts
     from dsonode.extract.offline import OfflineExtractor
     from dsonode.extract.rollouts import group_rollouts
 

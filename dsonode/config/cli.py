@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-KEY_FILE_NAME = "node.key"  # dsonode.node.KEY_FILE_NAME / dsonode.identity.KEY_FILE_NAME
+from dsonode.config.paths import CONFIG_FILE_NAME, KEY_FILE_NAME
+
 #: Domain separation for the deterministic testnet keys (`--testnet-key-seed`).
 TESTNET_KEY_DOMAIN = b"dso/testnet-key/1"
 MAX_PEERS_ON_COMMAND_LINE = 64
@@ -78,8 +79,8 @@ def seeded_testnet_key(seed: str) -> Any:
 
 
 def peer_id_of_key(key: Any) -> str:
+    from dsonode.core.peerinfo import peer_id_from_public_key
     from dsonode.identity import public_key_bytes
-    from dsonode.net.peerinfo import peer_id_from_public_key
 
     return peer_id_from_public_key(public_key_bytes(key))
 
@@ -108,7 +109,7 @@ def _write_private(path: Path, data: bytes) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
-    from dsonode.config.loader import CONFIG_FILE_NAME, config_from_mapping, render_template
+    from dsonode.config.loader import config_from_mapping, render_template
     from dsonode.identity import create_key, load_key
 
     data_dir = args.data_dir.expanduser().resolve()

@@ -7,7 +7,7 @@ loader, the environment overrides, `dsonode config check` and the commented temp
 Rules, all enforced before the node opens anything:
 * every error names its key (`net.listen: not a multiaddr: ...`), or the environment
   variable it came from; unknown sections and keys are errors with a did-you-mean;
-* numbers are bounded; multiaddrs are validated by `dsonode.net.peerinfo` (loopback only
+* numbers are bounded; multiaddrs are validated by `dsonode.core.peerinfo` (loopback only
   unless `net.allow_non_loopback = true`);
 * relative paths are resolved against the directory of the config file; `node.data_dir = ""`
   means that directory (without a file: $DSONODE_DATA_DIR, else ~/.dsonode);
@@ -24,33 +24,32 @@ import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from dsonode.core.attacks import ATTACKS as _NODE_ATTACKS
+from dsonode.config.listen import MetricsError, parse_metrics_listen
+from dsonode.config.paths import SOCKET_NAME, default_data_dir
+from dsonode.config.settings import (
+    ENV_NAMES,
+    ENV_PREFIX,
+    SECTION_DOCS,
+    SETTINGS,
+    WEIGHTED_METHODS,
+    Setting,
+    setting,
+)
 from dsonode.core.errors import DsoError
-from dsonode.net.peerinfo import PeerAddrError, parse_multiaddr, public_key_from_peer_id
-from dsonode.node import SOCKET_NAME, default_data_dir
+from dsonode.core.peerinfo import PeerAddr, PeerAddrError, parse_multiaddr, public_key_from_peer_id
+from dsonode.gateway.config import GatewayConfig, GatewayError
 
-ENV_PREFIX = "DSONODE_"
-CONFIG_FILE_NAME = "dsonode.toml"
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_BOOTSTRAP_PEERS = 64
 MAX_WEIGHTED_PEERS = 10_000
 MAX_STR_CHARS = 4096
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
-
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# Mirrors dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule);
-# tests/test_config.py checks they stay in step.
-CONSENSUS_METHODS = ("median", "trimmed_mean", "geometric_median")
-WEIGHTED_METHODS = ("median", "geometric_median")
-#: "none" plus every attack of dsonode.core.attacks (what each does is described there).
-ATTACKS = ("none", *_NODE_ATTACKS)
 
 
 class ConfigError(DsoError, ValueError):
@@ -61,143 +60,6 @@ class ConfigError(DsoError, ValueError):
         self.source = source
         where = f" (from ${source})" if source else ""
         super().__init__(f"{key}{where}: {message}")
-
-
-# ----------------------------------------------------------------------------------------
-# The specification of every setting
-
-
-@dataclass(frozen=True)
-class Setting:
-    section: str
-    key: str
-    kind: str  # str | bool | int | float | choice | path | multiaddr | peers | committee | weights
-    default: Any
-    doc: str
-    lo: float | None = None
-    hi: float | None = None
-    choices: tuple[str, ...] = ()
-
-    @property
-    def name(self) -> str:
-        return f"{self.section}.{self.key}"
-
-    @property
-    def env(self) -> str:
-        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
-
-
-def _s(section: str, key: str, kind: str, default: Any, doc: str, **kw: Any) -> Setting:
-    return Setting(section, key, kind, default, doc, **kw)
-
-
-SECTION_DOCS = {
-    "node": "The node itself: where it keeps its data, how it logs, which model it runs.",
-    "net": "libp2p (TCP, Noise, yamux) and GossipSub. Multiaddrs: /ip4|ip6/<ip>/tcp/<port>.",
-    "consensus": "How the submissions for one experience become its consensus code.",
-    "api": "The local JSON-RPC retrieval socket (Unix socket, mode 0600).",
-    "gateway": "The HTTP gateway (`dsonode gateway`): OpenAI embeddings, Cohere/Jina rerank.",
-    "metrics": "Prometheus metrics over HTTP.",
-    "testnet": "Test networks only. A Byzantine node is an ordinary node with an attack set here.",
-}
-
-SPEC: tuple[Setting, ...] = (
-    # [node]
-    _s("node", "data_dir", "path", "", 'data directory; "" = the directory of this file'),
-    _s("node", "log_format", "choice", "text", "log lines as text or JSON", choices=LOG_FORMATS),
-    _s("node", "log_level", "choice", "INFO", "least severe level logged", choices=LOG_LEVELS),
-    _s("node", "encoder", "path", "", 'local Hugging Face encoder folder; "" = packaged MiniLM'),
-    _s("node", "head", "path", "", 'trained head (.safetensors); "" = the seeded default'),
-    _s("node", "device", "str", "auto", "auto, cpu or cuda[:N]"),
-    _s("node", "threads", "int", 0, "torch CPU threads; 0 = torch's default", lo=0, hi=256),
-    _s("node", "cpu_threads", "int", 2, "worker threads for embedding/search/commits", lo=1, hi=64),
-    # [net]
-    _s("net", "enabled", "bool", True, "join the network (false: serve the local socket only)"),
-    _s("net", "listen", "multiaddr", "/ip4/127.0.0.1/tcp/4001", "libp2p listen multiaddr"),
-    _s("net", "bootstrap", "peers", [], "peers to keep connected: /ip4/.../tcp/N/p2p/<peer id>"),
-    _s("net", "allow_non_loopback", "bool", False, "allow addresses beyond 127.0.0.0/8 and ::1"),
-    _s("net", "max_connections", "int", 64, "open libp2p connections", lo=1, hi=10_000),
-    _s("net", "max_connections_per_peer", "int", 2, "connections per peer", lo=1, hi=8),
-    _s("net", "dial_timeout_s", "float", 5.0, "seconds per dial attempt", lo=0.1, hi=120),
-    _s("net", "redial_initial_s", "float", 0.5, "first redial backoff", lo=0.01, hi=3600),
-    _s("net", "redial_max_s", "float", 30.0, "longest redial backoff", lo=0.01, hi=3600),
-    _s("net", "gossip_degree", "int", 4, "GossipSub mesh degree D", lo=1, hi=64),
-    _s("net", "gossip_degree_low", "int", 2, "GossipSub D_low", lo=1, hi=64),
-    _s("net", "gossip_degree_high", "int", 8, "GossipSub D_high", lo=1, hi=64),
-    _s("net", "gossip_heartbeat_s", "int", 1, "GossipSub heartbeat (whole seconds)", lo=1, hi=60),
-    _s("net", "batch_max_items", "int", 128, "items per gossip message", lo=1, hi=256),
-    _s(
-        "net",
-        "batch_max_bytes",
-        "int",
-        63488,
-        "bytes per gossip batch (<= 64 KiB minus envelope)",
-        lo=256,
-        hi=65536,
-    ),
-    _s("net", "batch_linger_s", "float", 0.02, "wait for a part-full batch", lo=0, hi=5),
-    _s("net", "max_publish_per_s", "float", 10.0, "gossip messages published/s", lo=0.1, hi=1000),
-    _s("net", "publish_burst", "int", 5, "burst of the publish pacer", lo=1, hi=1000),
-    _s("net", "outbox_max_items", "int", 20_000, "items waiting to publish", lo=1, hi=1_000_000),
-    _s(
-        "net",
-        "sync_interval_s",
-        "float",
-        60.0,
-        "catch-up: pull from each connected peer this often (and on connecting)",
-        lo=1,
-        hi=86_400,
-    ),
-    # [consensus]
-    _s("consensus", "method", "choice", "median", "robust estimator", choices=CONSENSUS_METHODS),
-    _s("consensus", "quorum", "int", 3, "accepted submissions to confirm", lo=1, hi=1000),
-    _s(
-        "consensus",
-        "committee",
-        "committee",
-        7,
-        'expected submitters per experience (1..1000), or "all" (small networks)',
-        lo=1,
-        hi=1000,
-    ),
-    _s(
-        "consensus",
-        "weights",
-        "weights",
-        {},
-        "per-peer weights, peer id = weight in (0, 1e6]; absent peers weigh 1 (median and "
-        "geometric_median only)",
-        lo=0,
-        hi=1e6,
-    ),
-    # [api]
-    _s("api", "socket", "path", "", 'socket path; "" = <data_dir>/dsonode.sock'),
-    _s("api", "max_connections", "int", 64, "open socket connections", lo=1, hi=4096),
-    _s("api", "idle_timeout_s", "float", 300.0, "close idle connections", lo=0.1, hi=86_400),
-    _s("api", "feedback_weight", "float", 0.1, "feedback weight in ranking; 0 = off", lo=0, hi=1),
-    # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
-    _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),
-    _s("gateway", "listen", "str", "127.0.0.1:8080", "HOST:PORT ([IPv6]:PORT)"),
-    _s("gateway", "token", "str", "", 'bearer token; "" = $DSONODE_GATEWAY_TOKEN or none'),
-    _s("gateway", "max_body_bytes", "int", 2 * 1024 * 1024, "request body", lo=1024, hi=2**26),
-    _s("gateway", "request_timeout_s", "float", 60.0, "per request", lo=0.1, hi=3600),
-    _s("gateway", "max_batch_texts", "int", 64, "texts per encoder batch", lo=1, hi=4096),
-    _s("gateway", "max_wait_ms", "float", 2.0, "wait to fill a batch", lo=0, hi=1000),
-    _s("gateway", "max_pending_texts", "int", 8192, "queued texts", lo=1, hi=1_000_000),
-    # [metrics]
-    _s("metrics", "enabled", "bool", False, "serve Prometheus metrics"),
-    _s("metrics", "listen", "str", "127.0.0.1:9464", "HOST:PORT; loopback unless allowed below"),
-    _s("metrics", "allow_non_loopback", "bool", False, "let metrics.listen be a non-loopback IP"),
-    # [testnet]
-    _s("testnet", "enabled", "bool", False, "this node is part of a test network"),
-    _s("testnet", "attack", "choice", "none", "poison own submissions", choices=ATTACKS),
-    _s("testnet", "attack_scale", "float", 1.0, "strength of the attack", lo=0, hi=100),
-)
-
-SETTINGS: dict[str, dict[str, Setting]] = {}
-for _setting in SPEC:
-    SETTINGS.setdefault(_setting.section, {})[_setting.key] = _setting
-ENV_NAMES = {s.env: s for s in SPEC}
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
@@ -212,81 +74,81 @@ def _did_you_mean(word: str, options: list[str]) -> str:
 @dataclass(frozen=True)
 class NodeSection:
     data_dir: Path
-    log_format: str = "text"
-    log_level: str = "INFO"
-    encoder: Path | None = None
-    head: Path | None = None
-    device: str = "auto"
-    threads: int | None = None
-    cpu_threads: int = 2
+    log_format: str
+    log_level: str
+    encoder: Path | None
+    head: Path | None
+    device: str
+    threads: int | None
+    cpu_threads: int
 
 
 @dataclass(frozen=True)
 class NetSection:
-    enabled: bool = True
-    listen: str = "/ip4/127.0.0.1/tcp/4001"
-    bootstrap: tuple[str, ...] = ()
-    allow_non_loopback: bool = False
-    max_connections: int = 64
-    max_connections_per_peer: int = 2
-    dial_timeout_s: float = 5.0
-    redial_initial_s: float = 0.5
-    redial_max_s: float = 30.0
-    gossip_degree: int = 4
-    gossip_degree_low: int = 2
-    gossip_degree_high: int = 8
-    gossip_heartbeat_s: int = 1
-    batch_max_items: int = 128
-    batch_max_bytes: int = 63488
-    batch_linger_s: float = 0.02
-    max_publish_per_s: float = 10.0
-    publish_burst: int = 5
-    outbox_max_items: int = 20_000
-    sync_interval_s: float = 60.0
+    enabled: bool
+    listen: str
+    bootstrap: tuple[str, ...]
+    allow_non_loopback: bool
+    max_connections: int
+    max_connections_per_peer: int
+    dial_timeout_s: float
+    redial_initial_s: float
+    redial_max_s: float
+    gossip_degree: int
+    gossip_degree_low: int
+    gossip_degree_high: int
+    gossip_heartbeat_s: int
+    batch_max_items: int
+    batch_max_bytes: int
+    batch_linger_s: float
+    max_publish_per_s: float
+    publish_burst: int
+    outbox_max_items: int
+    sync_interval_s: float
 
 
 @dataclass(frozen=True)
 class ConsensusSection:
-    method: str = "median"
-    quorum: int = 3
-    committee: int | None = 7  # None = "all"
-    weights: Mapping[str, float] = field(default_factory=dict)
+    method: str
+    quorum: int
+    committee: int | None
+    weights: Mapping[str, float]
 
 
 @dataclass(frozen=True)
 class ApiSection:
     socket: Path
-    max_connections: int = 64
-    idle_timeout_s: float = 300.0
-    feedback_weight: float = 0.1  # dsonode.core.feedback: similarity + w * damped median
+    max_connections: int
+    idle_timeout_s: float
+    feedback_weight: float
 
 
 @dataclass(frozen=True)
 class GatewaySection:
-    enabled: bool = False
-    listen: str = "127.0.0.1:8080"
-    token: str | None = None
-    max_body_bytes: int = 2 * 1024 * 1024
-    request_timeout_s: float = 60.0
-    max_batch_texts: int = 64
-    max_wait_ms: float = 2.0
-    max_pending_texts: int = 8192
+    enabled: bool
+    listen: str
+    token: str | None
+    max_body_bytes: int
+    request_timeout_s: float
+    max_batch_texts: int
+    max_wait_ms: float
+    max_pending_texts: int
 
 
 @dataclass(frozen=True)
 class MetricsSection:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 9464
-    allow_non_loopback: bool = False
+    enabled: bool
+    host: str
+    port: int
+    allow_non_loopback: bool
 
 
 @dataclass(frozen=True)
 class TestnetSection:
     __test__ = False  # not a pytest test class despite the name
-    enabled: bool = False
-    attack: str = "none"
-    attack_scale: float = 1.0
+    enabled: bool
+    attack: str
+    attack_scale: float
 
 
 @dataclass(frozen=True)
@@ -305,43 +167,14 @@ class Config:
 
     # -- adapters to the classes that consume the settings (imported lazily: heavy) --
 
-    def host_config(self) -> Any:
-        from dsonode.net.host import HostConfig
-
-        return HostConfig(
-            listen=self.net.listen,
-            max_connections=self.net.max_connections,
-            max_connections_per_peer=self.net.max_connections_per_peer,
-            dial_timeout_s=self.net.dial_timeout_s,
-            allow_non_loopback=self.net.allow_non_loopback,
-        )
-
-    def gossip_config(self) -> Any:
-        from dsonode.net.gossip import GossipConfig
-
-        return GossipConfig(
-            degree=self.net.gossip_degree,
-            degree_low=self.net.gossip_degree_low,
-            degree_high=self.net.gossip_degree_high,
-            heartbeat_interval_s=self.net.gossip_heartbeat_s,
-            batch_max_items=self.net.batch_max_items,
-            batch_max_bytes=self.net.batch_max_bytes,
-            batch_linger_s=self.net.batch_linger_s,
-            max_publish_per_s=self.net.max_publish_per_s,
-            publish_burst=self.net.publish_burst,
-            outbox_max_items=self.net.outbox_max_items,
-        )
-
-    def bootstrap_addrs(self) -> list[Any]:
-        """The bootstrap peers as `dsonode.net.peerinfo.PeerAddr` (what the dialer takes)."""
+    def bootstrap_addrs(self) -> list[PeerAddr]:
+        """The bootstrap peers as `dsonode.core.peerinfo.PeerAddr` (what the dialer takes)."""
         return [
             parse_multiaddr(a, allow_non_loopback=self.net.allow_non_loopback, require_peer_id=True)
             for a in self.net.bootstrap
         ]
 
-    def gateway_config(self) -> Any:
-        from dsonode.gateway.config import GatewayConfig
-
+    def gateway_config(self) -> GatewayConfig:
         return GatewayConfig.from_mapping(_gateway_mapping(self.gateway))
 
     @property
@@ -351,54 +184,6 @@ class Config:
             return None
         return self.testnet.attack
 
-    def node_config(self) -> Any:
-        """A `dsonode.node.NodeConfig`; its network fields are filled when that class has them."""
-        import dataclasses
-
-        from dsonode.node import NodeConfig
-
-        network = {
-            "listen": self.net.listen if self.net.enabled else None,
-            "peers": self.net.bootstrap if self.net.enabled else (),
-            "byzantine_attack": self.byzantine_attack,
-            "attack_scale": self.testnet.attack_scale,
-            "allow_non_loopback": self.net.allow_non_loopback,
-            "p2p_max_connections": self.net.max_connections,
-            "p2p_max_connections_per_peer": self.net.max_connections_per_peer,
-            "dial_timeout_s": self.net.dial_timeout_s,
-            "redial_initial_s": self.net.redial_initial_s,
-            "redial_max_s": self.net.redial_max_s,
-            "gossip": self.gossip_config(),
-            "consensus_method": self.consensus.method,
-            "consensus_weights": self.consensus.weights,
-            "committee": self.consensus.committee,
-            "sync_interval_s": self.net.sync_interval_s,
-            "socket": self.api.socket,
-            "gateway": self.gateway_config() if self.gateway.enabled else None,
-        }
-        names = {f.name for f in dataclasses.fields(NodeConfig)}
-        return NodeConfig(
-            **{k: v for k, v in network.items() if k in names},
-            data_dir=self.node.data_dir,
-            encoder=None if self.node.encoder is None else str(self.node.encoder),
-            head=None if self.node.head is None else str(self.node.head),
-            device=self.node.device,
-            threads=self.node.threads,
-            max_connections=self.api.max_connections,
-            idle_timeout=self.api.idle_timeout_s,
-            feedback_weight=self.api.feedback_weight,
-            quorum=self.consensus.quorum,
-            cpu_threads=self.node.cpu_threads,
-            metrics_listen=(
-                _join_hostport(self.metrics.host, self.metrics.port)
-                if self.metrics.enabled
-                else None
-            ),
-            metrics_allow_non_loopback=self.metrics.allow_non_loopback,
-            log_format=self.node.log_format,
-            log_level=self.node.log_level,
-        )
-
     def to_toml_dict(self) -> dict[str, dict[str, Any]]:
         """The effective settings as plain TOML values (paths absolute, secrets masked)."""
         out: dict[str, dict[str, Any]] = {}
@@ -407,7 +192,7 @@ class Config:
             table: dict[str, Any] = {}
             for key in settings:
                 if section == "metrics" and key == "listen":
-                    value: Any = _join_hostport(obj.host, obj.port)
+                    value: Any = join_hostport(obj.host, obj.port)
                 else:
                     value = getattr(obj, key)
                 if section == "gateway" and key == "token" and value:
@@ -427,7 +212,7 @@ class Config:
         return out
 
 
-def _join_hostport(host: str, port: int) -> str:
+def join_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -577,11 +362,15 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_config(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Load `path` (None: defaults only), apply `env` (default: os.environ), validate."""
+    """Load `path` (None: defaults only), apply `env` (default: os.environ), then
+    `overrides` (dotted name -> value, e.g. the `dsonode run` flags), validate."""
     source = Path(path).expanduser().resolve() if path is not None else None
     data = read_toml(source) if source is not None else {}
-    return config_from_mapping(data, source=source, env=os.environ if env is None else env)
+    return config_from_mapping(
+        data, source=source, env=os.environ if env is None else env, overrides=overrides
+    )
 
 
 def config_from_mapping(
@@ -589,8 +378,10 @@ def config_from_mapping(
     *,
     source: Path | None = None,
     env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Validate a parsed TOML document (plus environment overrides) into a `Config`."""
+    """Validate a parsed TOML document, then environment overrides, then `overrides`
+    (dotted name -> TOML-typed value; command-line flags), into a `Config`."""
     values: dict[str, dict[str, Any]] = {
         sec: {k: s.default for k, s in keys.items()} for sec, keys in SETTINGS.items()
     }
@@ -632,6 +423,12 @@ def config_from_mapping(
                 raise
             raise ConfigError(exc.key, str(exc).split(": ", 1)[1], name) from None
         overridden.append(name)
+    for name, raw in (overrides or {}).items():
+        try:
+            s = setting(name)
+        except KeyError:
+            raise ConfigError(name, "unknown setting") from None
+        values[s.section][s.key] = _parse_value(s, raw)
     return _finish(values, source, tuple(overridden))
 
 
@@ -747,8 +544,6 @@ def _finish(
 def _parse_metrics_listen(
     text: str, allow_non_loopback: bool, fail: Callable[[str, str], ConfigError]
 ) -> tuple[str, int]:
-    from dsonode.ops.metrics import MetricsError, parse_metrics_listen
-
     try:
         return parse_metrics_listen(text, allow_non_loopback=allow_non_loopback)
     except MetricsError as exc:
@@ -757,8 +552,6 @@ def _parse_metrics_listen(
 
 def _check_gateway(g: GatewaySection, fail: Callable[[str, str], ConfigError]) -> None:
     """Run GatewayConfig's own validation, blaming the key each check is about."""
-    from dsonode.gateway.config import GatewayConfig, GatewayError
-
     try:
         GatewayConfig.from_mapping({"token": g.token} if g.token else {})
     except GatewayError as exc:

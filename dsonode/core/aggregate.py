@@ -5,7 +5,7 @@ returns an `AggregateResult`: the consensus direction (unit L2), which rows were
 each row's cosine to the consensus. `aggregate_codes` does the same on 964-byte BitDelta codes
 (decode, aggregate, re-encode), as the network does.
 
-The rule (DESIGN.md, "Aggregation")
+The rule (ARCHITECTURE.md "The pure core", Aggregation)
 -----------------------------------
 1. Every row is scaled to unit length first (``normalize=True``). Retrieval ranks by cosine, so
    a row's length carries no information; left alone it would let one row with a huge norm (or

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,6 +190,11 @@ class Embedder:
         self._search_encoder = None
 
     # ----------------------------------------------------------------- public API
+
+    @property
+    def head_runner(self) -> Any:
+        """What runs the head on the exact path: the int8 kernel, or the float32 head."""
+        return self._run_head
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the encoder sees it (special tokens included, after truncation)."""

@@ -77,7 +77,8 @@ class IntSignLinear(nn.Module):
             u = (u - q) * _BASE
         if n == 1:
             # One text (a query): matrix-vector products take torch's GEMV kernel, about 4x
-            # faster than one GEMM over the stacked limbs (measured).
+            # faster than one GEMM over the stacked limbs (measured). torch's only exact
+            # int8 GEMM on the CPU is the private _int_mm.
             acc = torch.cat([torch._int_mm(q, self.signs_t) for q in parts], dim=0)
         else:
             acc = torch._int_mm(torch.cat(parts, dim=0), self.signs_t)  # (limbs * n, out)

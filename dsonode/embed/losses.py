@@ -111,7 +111,7 @@ def bitdelta_loss(e: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Ten
         d = e - r,  a = mean_i |d_i|,  d_hat = a * sign(d)
         L_bitdelta = mean_b ||d_b - d_hat_b||^2
 
-    This is the codec of DESIGN.md (sign bits of e - r with the L2-optimal scale), so the
+    This is the codec of PROTOCOL.md 7.3 (sign bits of e - r with the L2-optimal scale), so the
     loss measures what a peer loses by sending a code instead of the float vector. The paper's
     eq. 6 (Var of neighbour differences e_i - e_{i-1}) belongs to the rejected "delta between
     dimensions" reading of BitDelta and is not used. For a unit vector with r = 0 the value is

@@ -7,28 +7,18 @@
   `/dso/sync/1.0.0` server (registered before the host runs);
 - every received batch goes through `Pipeline` (size, envelope, duplicates, per-peer rate,
   schema, signature, clock skew; penalties and graylist) on the event loop, then the
-  accepted items are stored in one worker thread (`_ingest`):
-  * a submission outside its author's committee draw (dsonode.core.committee) is ignored;
-  * a new `experience` is stored; if this node is in the experience's committee and has no
-    submission for it yet, it embeds the text itself on the exact path (`embed_query(text)`,
-    never the search path), signs its own `submission`, stores it and publishes it;
-  * every new `submission` of our space triggers a recomputation of that experience's
-    consensus (`dsonode.consensus.compute_consensus`, with the configured method, weights
-    and committee filter): the record is stored, the index is updated, and the authors'
-    reputation moves by the verdicts that changed;
+  accepted items go to the node's library in one worker thread (`Library.accept_items`:
+  committee filter, store, our own submission for new experiences, consensus recomputed,
+  index and reputation updated; see dsonode/library/library.py), and what it returns (our
+  new submissions) is published;
 - catch-up: `_sync_loop` pulls from every connected peer (dialled or inbound) as soon as the
   connection appears and then every `sync_interval_s` (jittered), one exchange per peer at a
-  time and at most `sync_concurrency` at once; what arrives goes through `_ingest` exactly
+  time and at most `sync_concurrency` at once; what arrives goes to the library exactly
   like gossip. A peer whose exchange fails with a WireError (bad frame, wrong answer,
   invalid items) is penalised in the pipeline like invalid gossip; timeouts and broken
   streams are not;
-- `publish_local(raws)` is the hook the socket's `add_experience` calls (from its worker
-  thread) to publish the experience and our submission; `own_vector` is applied to the
-  vector of that submission (so a Byzantine node poisons it too).
-
-Testnet only: `byzantine_attack` poisons this node's own submissions (see `poison` and
-dsonode/core/attacks.py for every attack; `ipm` reads the others' submissions it holds for
-the experience, `mimic` the nearest other experience in its index, `alie_collude` the id).
+- `publish_local(raws)` is the library's publisher (attached in `run`): what the node
+  itself adds (experiences, our submissions, votes) is published from any worker thread.
 """
 
 from __future__ import annotations
@@ -38,44 +28,28 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import multiaddr
-import numpy as np
 import trio
 from libp2p.peer.id import ID
 
-from dsonode.consensus import (
-    apply_reputation,
-    compute_consensus,
-    previous_verdicts,
-    reputation_deltas,
-)
-from dsonode.core import attacks, bitdelta, committee, wire
-from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
+from dsonode.config.settings import default
+from dsonode.core import wire
 from dsonode.core.errors import DsoError, SyncTimeoutError, WireError
+from dsonode.core.peerinfo import parse_multiaddr, peer_id_from_public_key
+from dsonode.library import Library
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
-from dsonode.net.peerinfo import parse_multiaddr, peer_id_from_public_key, public_key_from_peer_id
 from dsonode.net.pipeline import PENALTY, Pipeline, PipelineConfig, reason_of
 from dsonode.net.sync import SyncConfig, SyncServer, SyncTransportError, sync_with
 
 log = logging.getLogger("dsonode.net.daemon")
 
-#: Every attack of `dsonode bench byzantine` (and the colluding ALIE); see dsonode.core.attacks.
-ATTACKS = attacks.ATTACKS
 #: Peers a node may be configured to dial.
 MAX_PEERS = 256
-ALIE_STEP = attacks.ALIE_STEP
-attack_direction = attacks.attack_direction
-#: Submissions of others an `ipm` attacker averages into its estimate of the honest mean.
-IPM_MAX_ROWS = 64
-#: How often the estimate of the network size (committee threshold) is refreshed.
-NETWORK_SIZE_REFRESH_S = 30.0
 
 
 class DaemonError(DsoError):
@@ -86,23 +60,14 @@ class DaemonError(DsoError):
 class DaemonConfig:
     listen: str
     peers: tuple[str, ...] = ()
-    quorum: int = 3
-    byzantine_attack: str | None = None
-    attack_scale: float = 1.0
-    allow_non_loopback: bool = False
-    max_connections: int = 64
-    max_connections_per_peer: int = 2
-    dial_timeout_s: float = 5.0
-    redial_initial_s: float = 0.2
-    redial_max_s: float = 5.0
-    #: Consensus estimator (dsonode.core.aggregate.METHODS minus "mean") and per-peer weights
-    #: (base58 peer id -> weight; absent peers weigh 1).
-    method: str = "median"
-    weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    #: Expected submitters per experience (dsonode.core.committee); None = everyone.
-    committee: int | None = 7
+    allow_non_loopback: bool = default("net.allow_non_loopback")
+    max_connections: int = default("net.max_connections")
+    max_connections_per_peer: int = default("net.max_connections_per_peer")
+    dial_timeout_s: float = default("net.dial_timeout_s")
+    redial_initial_s: float = default("net.redial_initial_s")
+    redial_max_s: float = default("net.redial_max_s")
     #: Catch-up: pull from each connected peer this often (and at once on connection).
-    sync_interval_s: float = 60.0
+    sync_interval_s: float = default("net.sync_interval_s")
     sync_concurrency: int = 2
     #: A new connection's first pull waits this long at most for the peer to join our mesh.
     sync_mesh_wait_s: float = 10.0
@@ -125,25 +90,6 @@ class DaemonConfig:
                 )
             except DsoError as exc:
                 raise DaemonError(f"--peer {peer[:80]!r}: {exc}") from None
-        if self.byzantine_attack is not None and self.byzantine_attack not in ATTACKS:
-            raise DaemonError(f"--byzantine-attack must be one of {', '.join(ATTACKS)}")
-        if not 0 <= self.attack_scale <= 100:
-            raise DaemonError("attack_scale must be 0..100")
-        if not 1 <= self.quorum <= 1000:
-            raise DaemonError("quorum must be 1..1000")
-        if self.method not in METHODS or self.method == "mean":
-            raise DaemonError("consensus method must be median, trimmed_mean or geometric_median")
-        if self.weights and self.method not in WEIGHTED_METHODS:
-            raise DaemonError("consensus weights need method median or geometric_median")
-        for peer, weight in self.weights.items():
-            try:
-                public_key_from_peer_id(peer)
-            except DsoError as exc:
-                raise DaemonError(f"consensus.weights.{peer[:60]}: {exc}") from None
-            if not 0 < float(weight) <= 1e6:
-                raise DaemonError(f"consensus.weights.{peer}: weight must be in (0, 1e6]")
-        if self.committee is not None and not 1 <= self.committee <= 1000:
-            raise DaemonError('consensus committee must be 1..1000 or None ("all")')
         if not 0.01 <= self.redial_initial_s <= self.redial_max_s <= 3600:
             raise DaemonError("need 0.01 <= redial_initial_s <= redial_max_s <= 3600")
         if not 0.1 <= self.dial_timeout_s <= 120:
@@ -164,50 +110,17 @@ class DaemonConfig:
             allow_non_loopback=self.allow_non_loopback,
         )
 
-    def author_weights(self) -> dict[bytes, float]:
-        """The weights keyed by author public key (the form submissions carry)."""
-        return {public_key_from_peer_id(p): float(w) for p, w in self.weights.items()}
-
-
-def poison(
-    vector: np.ndarray,
-    attack: str,
-    rng: np.random.Generator,
-    scale: float = 1.0,
-    direction: np.ndarray | None = None,
-    **context: Any,
-) -> np.ndarray:
-    """What a Byzantine node submits instead of the unit vector `vector` (testnet only).
-
-    `dsonode.core.attacks.poison` (every attack and what it does is described there), with
-    its errors raised as DaemonError; `context` carries experience_id / honest / sibling.
-    """
-    try:
-        return attacks.poison(vector, attack, rng, scale, direction, **context)
-    except attacks.AttackError as exc:
-        raise DaemonError(str(exc)) from None
-
 
 class NetDaemon:
-    def __init__(
-        self,
-        config: DaemonConfig,
-        *,
-        store: Any,
-        index: Any,
-        service: Any,
-        embedder: Any,
-        key: Any,
-    ) -> None:
+    def __init__(self, config: DaemonConfig, *, library: Library) -> None:
         self.config = config
-        self.store = store
-        self.index = index
-        self.service = service
-        self.embedder = embedder
-        self.key = key
-        self.space_id = bytes.fromhex(embedder.space_id)
-        self.author = service.author
-        self.pipeline = Pipeline(config.pipeline, is_stored=self._is_stored)
+        self.library = library
+        self.store = library.store
+        self.key = library.key
+        self.space_id = library.space_id
+        self.author = library.author
+        library.attach_publisher(self.publish_local)
+        self.pipeline = Pipeline(config.pipeline, is_stored=library.holds)
         self.host: Any = None
         self.gossip: Gossip | None = None
         self.dialer: Dialer | None = None
@@ -215,21 +128,8 @@ class NetDaemon:
         self.topic: str | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._ingest_limiter = trio.CapacityLimiter(1)
-        self._rng = np.random.default_rng()
-        self._attack_direction = attack_direction(self.author)
-        self._weights = config.author_weights()
-        self._network_size = 1
-        self._network_size_at = -float("inf")
         self._lock = threading.Lock()  # counters below, written from worker threads
-        self.counters = {
-            "experiences_stored": 0,
-            "submissions_stored": 0,
-            "own_submissions": 0,
-            "not_in_committee": 0,
-            "committee_ignored": 0,
-            "consensus_updates": 0,
-            "published_local": 0,
-        }
+        self.counters = {"published_local": 0}
         #: Catch-up counters (event loop only).
         self.sync_stats: dict[str, Any] = {
             "runs": 0,
@@ -278,7 +178,7 @@ class NetDaemon:
             self.topic = await self.gossip.join(self.space_id)
             self._token = trio.lowlevel.current_trio_token()
             repaired = await trio.to_thread.run_sync(
-                self.repair_pending, limiter=self._ingest_limiter
+                self.library.repair_pending, limiter=self._ingest_limiter
             )
             self._submit(repaired)
             nursery.start_soon(self.dialer.run)
@@ -317,96 +217,7 @@ class NetDaemon:
         with self._lock:
             self.counters["published_local"] += len(raws)
 
-    def own_vector(self, vector: np.ndarray, experience: Any = None) -> np.ndarray:
-        """The vector this node submits for its own embedding `vector`: poisoned on a
-        Byzantine testnet node (for gossiped and locally added experiences alike).
-
-        `experience` (a wire.Experience or store record with `id`, `text`, `domain`) gives
-        the attacks that need it their context; without it (or before any other submission
-        or sibling is known) `alie_collude` cannot run and `ipm` / `mimic` use only `vector`.
-        """
-        attack = self.config.byzantine_attack
-        if attack is None:
-            return vector
-        context: dict[str, Any] = {}
-        if experience is not None:
-            context["experience_id"] = experience.id
-            if attack in attacks.NEEDS_HONEST:
-                context["honest"] = self._seen_vectors(experience.id)
-            if attack in attacks.NEEDS_SIBLING:
-                context["sibling"] = self._sibling_vector(experience, vector)
-        elif attack == "alie_collude":
-            attack = "alie"  # no experience id to collude on: the key's own direction
-        return poison(
-            vector, attack, self._rng, self.config.attack_scale, self._attack_direction, **context
-        )
-
-    def _seen_vectors(self, experience_id: bytes) -> np.ndarray | None:
-        """Decoded codes of the others' submissions for an experience held so far (ipm)."""
-        codes = [
-            s.code
-            for s in self.store.get_submissions(experience_id, self.space_id)
-            if s.author != self.author
-        ][:IPM_MAX_ROWS]
-        if not codes:
-            return None
-        packed = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), -1)
-        rows = bitdelta.decode(packed, ref=self.embedder.reference).astype(np.float64)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-    def _sibling_vector(self, experience: Any, vector: np.ndarray) -> np.ndarray | None:
-        """The exact embedding of the nearest other experience this node holds (mimic)."""
-        with self.service._index_lock:
-            hits = self.index.search(np.asarray(vector, dtype=np.float32), k=3)
-        for exp_id, _score in hits:
-            if exp_id == experience.id:
-                continue
-            other = self.store.get_experience(exp_id)
-            if other is not None:
-                with self._lock:
-                    self.counters["mimic_targets"] = self.counters.get("mimic_targets", 0) + 1
-                return self.service._embed_one(other.text)  # exact path, as honest nodes do
-        return None
-
-    # -- committee sampling (dsonode.core.committee)
-
-    def network_size(self) -> int:
-        """Estimated nodes in the space: distinct submission authors known, plus us (worker
-        thread; refreshed at most every NETWORK_SIZE_REFRESH_S)."""
-        now = time.monotonic()
-        if now - self._network_size_at >= NETWORK_SIZE_REFRESH_S:
-            authors = {a for a, _ in self.store.iter_reputation()}
-            authors.add(self.author)
-            self._network_size = len(authors)
-            self._network_size_at = now
-        return self._network_size
-
-    def _in_own_committee(self, experience: wire.Experience) -> bool:
-        limit = committee.threshold(self.config.committee, self.network_size())
-        return committee.in_committee(experience.id, self.author, experience.author, limit)
-
-    def _eligible(self, experience_id: bytes, experience_author: bytes | None):
-        """author -> whether its submission for this experience counts (verifier's slack)."""
-        limit = committee.verify_threshold(self.config.committee, self.network_size())
-        return lambda author: committee.in_committee(
-            experience_id, author, experience_author, limit
-        )
-
     # -- receiving
-
-    def _is_stored(self, item: wire.Item) -> bool:
-        if isinstance(item, wire.Experience):
-            return self.store.has_experience(item.id)
-        if isinstance(item, wire.Submission):
-            return any(
-                s.author == item.author
-                for s in self.store.get_submissions(item.experience_id, item.space_id)
-            )
-        if isinstance(item, wire.Feedback):  # this vote or a newer one of its author
-            return self.store.holds_feedback(
-                item.experience_id, item.author, item.created, wire.item_hash(item)
-            )
-        return False
 
     def _prevalidate(self, origin: ID, data: bytes) -> tuple[bool, Any]:
         """In libp2p's validator, before the message is forwarded: only a message with no
@@ -437,141 +248,10 @@ class NetDaemon:
             self.gossip.graylist(origin)
         if out.accepted:
             outbound = await trio.to_thread.run_sync(
-                self._ingest, out.accepted, limiter=self._ingest_limiter
+                self.library.accept_items, out.accepted, limiter=self._ingest_limiter
             )
             self._submit(outbound)
         return not out.dropped_graylisted and out.penalty == 0
-
-    def _outside_committee(self, item: wire.Submission, batch: dict[bytes, bytes]) -> bool:
-        """A submission of our space whose author is outside its committee draw."""
-        if item.space_id != self.space_id or item.author == self.author:
-            return False
-        exp_author = batch.get(item.experience_id)
-        if exp_author is None:
-            exp = self.store.get_experience(item.experience_id)
-            exp_author = exp.author if exp is not None else None
-        return not self._eligible(item.experience_id, exp_author)(item.author)
-
-    def _ingest(
-        self, accepted: list[tuple[bytes, wire.Item]], report: dict[str, int] | None = None
-    ) -> list[bytes]:
-        """Worker thread: store, submit our own codes, recompute consensus. Returns what to
-        publish. Gossip and sync both come here (serialised by `_ingest_limiter`); `report`
-        (if given) receives the number of items newly stored."""
-        batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
-        kept: list[tuple[bytes, wire.Item]] = []
-        for raw, item in accepted:
-            if isinstance(item, wire.Submission) and self._outside_committee(item, batch_authors):
-                with self._lock:
-                    self.counters["committee_ignored"] += 1
-                continue
-            kept.append((raw, item))
-        raws = [r for r, _ in kept]
-        items = [i for _, i in kept]
-        new = self.store.put_items(raws, decoded=items) if kept else []
-        if report is not None:
-            report["stored"] = report.get("stored", 0) + sum(bool(n) for n in new)
-        outbound: list[bytes] = []
-        touched: dict[bytes, None] = {}
-        for item, is_new in zip(items, new, strict=True):
-            if not is_new:
-                continue
-            if isinstance(item, wire.Experience):
-                with self._lock:
-                    self.counters["experiences_stored"] += 1
-                own = self._own_submission(item)
-                if own is not None:
-                    outbound.append(own)
-                touched[item.id] = None
-            elif isinstance(item, wire.Submission):
-                with self._lock:
-                    self.counters["submissions_stored"] += 1
-                if item.space_id == self.space_id:
-                    touched[item.experience_id] = None
-            elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
-                with self._lock:
-                    self.counters["feedback_stored"] = self.counters.get("feedback_stored", 0) + 1
-        for exp_id in touched:
-            self.recompute(exp_id)
-        return outbound
-
-    def repair_pending(self) -> list[bytes]:
-        """Worker thread, at start: finish what a crash interrupted in `_ingest`. Every
-        experience the store marks pending (a new item committed, its consensus not yet) gets
-        our submission if it lacks one and we are in its committee, then its consensus
-        recomputed. Returns our new submissions, to publish."""
-        outbound: list[bytes] = []
-        pending = self.store.pending_ids()
-        for exp_id in pending:
-            rec = self.store.get_experience(exp_id)
-            if rec is not None:
-                own = self._own_submission(wire.decode_item(rec.raw))
-                if own is not None:
-                    outbound.append(own)
-            self.recompute(exp_id)
-        with self._lock:
-            self.counters["repaired_at_start"] = len(pending)
-        if pending:
-            log.info("recomputed %d pending consensus records at start", len(pending))
-        return outbound
-
-    def _own_submission(self, experience: wire.Experience) -> bytes | None:
-        """Embed (exact path), sign and store our submission unless we have one or are
-        outside the experience's committee."""
-        if self.service._own_code(experience.id) is not None:
-            return None
-        if not self._in_own_committee(experience):
-            with self._lock:
-                self.counters["not_in_committee"] += 1
-            return None
-        vector = self.own_vector(self.service._embed_one(experience.text), experience)
-        code = bitdelta.encode(vector, ref=self.embedder.reference)
-        submission = wire.make_submission(self.key, experience.id, self.space_id, code)
-        raw = wire.encode_item(submission)
-        with self.service._add_lock:
-            if self.service._own_code(experience.id) is not None:
-                return None
-            self.store.put_items([raw], decoded=[submission])
-        with self._lock:
-            self.counters["own_submissions"] += 1
-        return raw
-
-    def recompute(self, exp_id: bytes) -> None:
-        """Recompute and store one experience's consensus; update index and reputation."""
-        with self.service._add_lock:
-            exp = self.store.get_experience(exp_id)
-            if exp is None:  # submissions before their experience: wait for it (it marks
-                self.store.clear_pending([exp_id])  # the experience pending again)
-                return
-            now = wire.now_ms()
-            old = self.store.get_consensus(self.space_id, exp_id)
-            outcome = compute_consensus(
-                self.store.get_submissions(exp_id, self.space_id),
-                experience_id=exp_id,
-                space_id=self.space_id,
-                domain=exp.domain,
-                now_ms=now,
-                ref=self.embedder.reference,
-                quorum=self.config.quorum,
-                method=self.config.method,
-                weights=self._weights or None,
-                eligible=self._eligible(exp_id, exp.author),
-            )
-            if outcome is None:
-                self.store.clear_pending([exp_id])
-                return
-            record = outcome.record
-            self.store.put_consensus([record])
-            with self.service._index_lock:
-                self.index.add(
-                    [exp_id], [record.code], domains=[exp.domain], confirmed=[record.confirmed]
-                )
-            for author, delta in reputation_deltas(
-                previous_verdicts(old), outcome.verdicts
-            ).items():
-                self.store.update_reputation(author, lambda r, d=delta: apply_reputation(r, d, now))
-        with self._lock:
-            self.counters["consensus_updates"] += 1
 
     # -- catch-up (/dso/sync/1.0.0)
 
@@ -621,7 +301,7 @@ class NetDaemon:
             return set()
 
     def _sync_accept(self, raws: list[bytes]) -> tuple[int, int, Counter]:
-        """Worker thread (under the ingest limiter): verify like gossip, then `_ingest`."""
+        """Worker thread (under the ingest limiter): verify like gossip, then the library."""
         accepted: list[tuple[bytes, wire.Item]] = []
         rejected: Counter = Counter()
         now = wire.now_ms()
@@ -631,7 +311,7 @@ class NetDaemon:
             except WireError as exc:
                 rejected[reason_of(exc)] += 1
         report: dict[str, int] = {}
-        outbound = self._ingest(accepted, report) if accepted else []
+        outbound = self.library.accept_items(accepted, report) if accepted else []
         if outbound:
             trio.from_thread.run_sync(self._submit, outbound)
         stored = report.get("stored", 0)
@@ -730,13 +410,13 @@ class NetDaemon:
             "listen": listen_multiaddrs(self.host) if self.host else [],
             "connected": [p.to_base58() for p in connected_peers(self.host)] if self.host else [],
             "mesh_peers": len(gossip.mesh_peers(self.topic)) if gossip and self.topic else 0,
-            "byzantine_attack": self.config.byzantine_attack,
+            "byzantine_attack": self.library.attack,
             "consensus": {
-                "method": self.config.method,
-                "quorum": self.config.quorum,
-                "committee": self.config.committee,
-                "network_size": self._network_size,
-                "weighted_peers": len(self._weights),
+                "method": self.library.rules.method,
+                "quorum": self.library.rules.quorum,
+                "committee": self.library.rules.committee,
+                "network_size": self.library.network_size(),
+                "weighted_peers": len(self.library.rules.weights),
             },
             "pipeline": {
                 "accepted": self.pipeline.accepted_items,
@@ -759,7 +439,7 @@ class NetDaemon:
             except trio.RunFinishedError:
                 snap["running"] = False
         with self._lock:
-            snap["counters"] = dict(self.counters)
+            snap["counters"] = {**self.library.counters(), **self.counters}
         snap["reputation"] = {
             author.hex(): {**record, "peer_id": _peer_name(author)}
             for author, record in self.store.iter_reputation()

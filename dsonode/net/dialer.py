@@ -21,8 +21,9 @@ from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from dsonode.config.settings import default
+from dsonode.core.peerinfo import PeerAddr, PeerAddrError
 from dsonode.net.host import connected_peers
-from dsonode.net.peerinfo import PeerAddr, PeerAddrError
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Dialer:
         peers: Sequence[PeerAddr],
         policy: BackoffPolicy | None = None,
         check_interval_s: float = 0.5,
-        dial_timeout_s: float = 10.0,
+        dial_timeout_s: float = default("net.dial_timeout_s"),
         on_connected: Callable[[ID], None] | None = None,
     ) -> None:
         for p in peers:

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,6 +41,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from dsonode.config.settings import default
 from dsonode.core import wire
 from dsonode.core.constants import MAX_BATCH_BYTES
 from dsonode.core.errors import DsoError, WireError
@@ -92,22 +93,24 @@ def space_of_topic(topic: str) -> bytes:
 class GossipConfig:
     """GossipSub and pacing settings. Defaults suit a testnet of 3-20 nodes on 2 cores."""
 
-    degree: int = 4
-    degree_low: int = 2
-    degree_high: int = 8
-    heartbeat_interval_s: int = 1  # py-libp2p types it int; the default is 120
+    degree: int = default("net.gossip_degree")
+    degree_low: int = default("net.gossip_degree_low")
+    degree_high: int = default("net.gossip_degree_high")
+    #: py-libp2p types it int; its own default is 120
+    heartbeat_interval_s: int = default("net.gossip_heartbeat_s")
     gossip_window: int = 3
     gossip_history: int = 5
     seen_ttl_s: int = 120
     max_message_bytes: int = MAX_BATCH_BYTES
-    batch_max_items: int = 128
-    batch_max_bytes: int = MAX_BATCH_BYTES - 2048  # room for the envelope, never over
-    batch_linger_s: float = 0.02  # wait this long for a part-full batch to fill
-    max_publish_per_s: float = 10.0  # see README: every message costs CPU at every node
-    publish_burst: int = 5
+    batch_max_items: int = default("net.batch_max_items")
+    batch_max_bytes: int = default("net.batch_max_bytes")  # room for the envelope
+    batch_linger_s: float = default("net.batch_linger_s")  # wait for a part-full batch
+    #: see README: every message costs CPU at every node
+    max_publish_per_s: float = default("net.max_publish_per_s")
+    publish_burst: int = default("net.publish_burst")
     queue_high_water: int = 8  # libp2p drops at 32 RPCs per peer; stay well below
     backpressure_timeout_s: float = 5.0
-    outbox_max_items: int = 20_000
+    outbox_max_items: int = default("net.outbox_max_items")
     inbox_max_messages: int = 1024
     origin_max_msgs_per_s: float = 50.0
     origin_burst: int = 200  # a new peer is sent the whole message cache window at once
@@ -477,6 +480,16 @@ class Gossip:
         return topic
 
     # -- publishing
+
+    @contextlib.contextmanager
+    def publish_rate(self, per_s: float, burst: int) -> Iterator[None]:
+        """Publish at another pace inside the block (benchmarks of unbatched messages)."""
+        saved = self._publish_bucket
+        self._publish_bucket = TokenBucket(per_s, burst, time.monotonic())
+        try:
+            yield
+        finally:
+            self._publish_bucket = saved
 
     def submit(self, topic: str, payload: bytes) -> bool:
         """Queue one payload for the topic; False (counted) if the outbox is full."""

@@ -27,14 +27,15 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from dsonode.identity import private_key_bytes, public_key_bytes
-from dsonode.net.peerinfo import (
+from dsonode.config.settings import default
+from dsonode.core.peerinfo import (
     PeerAddr,
     PeerAddrError,
     parse_multiaddr,
     peer_id_bytes_from_public_key,
     public_key_from_peer_id_bytes,
 )
+from dsonode.identity import private_key_bytes, public_key_bytes
 
 #: The only protocols this host offers; tests check the negotiated ones against these.
 SECURITY_PROTOCOLS = (str(NOISE_PROTOCOL_ID),)
@@ -47,12 +48,12 @@ MAX_CONNECTIONS_LIMIT = 10_000
 class HostConfig:
     """What the host listens on and how many connections it tolerates."""
 
-    listen: str = "/ip4/127.0.0.1/tcp/0"
-    max_connections: int = 64
-    max_connections_per_peer: int = 2
-    dial_timeout_s: float = 5.0
+    listen: str = "/ip4/127.0.0.1/tcp/0"  # any free port (tests); nodes pass net.listen
+    max_connections: int = default("net.max_connections")
+    max_connections_per_peer: int = default("net.max_connections_per_peer")
+    dial_timeout_s: float = default("net.dial_timeout_s")
     upgrade_timeout_s: float = 10.0
-    allow_non_loopback: bool = False
+    allow_non_loopback: bool = default("net.allow_non_loopback")
 
     def __post_init__(self) -> None:
         parse_multiaddr(

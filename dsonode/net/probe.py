@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p.peer.id import ID
 
 from dsonode.core.errors import DsoError
+from dsonode.core.peerinfo import parse_multiaddr
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig, topic_for_space
 from dsonode.net.host import (
@@ -46,7 +47,6 @@ from dsonode.net.host import (
     listen_multiaddrs,
     negotiated_protocols,
 )
-from dsonode.net.peerinfo import parse_multiaddr
 
 HEADER = struct.Struct(">QQ")
 MAX_ITEMS_PER_MSG = 256

@@ -38,9 +38,9 @@ from libp2p.peer.peerinfo import PeerInfo
 from dsonode.core import sync as core
 from dsonode.core.constants import CODE_BYTES
 from dsonode.core.errors import DsoError
+from dsonode.core.peerinfo import parse_multiaddr
 from dsonode.core.wire import encode_item, make_experience, make_submission, now_ms
 from dsonode.net.host import HostConfig, build_host, listen_multiaddrs
-from dsonode.net.peerinfo import parse_multiaddr
 from dsonode.net.sync import PROTOCOL, SyncConfig, SyncServer, read_message, sync_with
 from dsonode.store.lmdb_store import Store
 

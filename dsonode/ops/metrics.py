@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import socket as _socket
 import threading
@@ -27,53 +26,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dsonode.core.errors import DsoError
+from dsonode.config.listen import DEFAULT_LISTEN, MetricsError, parse_metrics_listen
+
+__all__ = ["DEFAULT_LISTEN", "MetricsError", "NodeMetrics", "bind_tcp", "parse_metrics_listen"]
 
 log = logging.getLogger("dsonode.ops.metrics")
 
-DEFAULT_LISTEN = "127.0.0.1:9464"
 #: Socket request latency buckets (seconds): health answers in well under a millisecond,
 #: a search in ~20 ms, an add (embedding + two LMDB commits) in tens of ms, a busy node slower.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-class MetricsError(DsoError, ValueError):
-    """The metrics endpoint cannot be configured or started (the message says why)."""
-
-
-# ----------------------------------------------------------------------------------------
-# Where to listen (pure)
-
-
-def parse_metrics_listen(text: str, *, allow_non_loopback: bool = False) -> tuple[str, int]:
-    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port); loopback only unless allowed.
-
-    HOST must be an IP address or `localhost` (a name could resolve anywhere). Port 0 asks
-    the OS for a free port (the node prints the one it got).
-    """
-    if not isinstance(text, str) or not text or len(text) > 300:
-        raise MetricsError(f"metrics listen address must look like {DEFAULT_LISTEN}, got {text!r}")
-    if text.startswith("["):
-        host, sep, port_s = text[1:].partition("]:")
-    else:
-        host, sep, port_s = text.rpartition(":")
-        if ":" in host:
-            raise MetricsError(f"write IPv6 addresses in brackets, e.g. [::1]:9464 (got {text!r})")
-    if not sep or not host or not port_s.isdigit() or len(port_s) > 5 or int(port_s) > 65535:
-        raise MetricsError(f"metrics listen address must look like {DEFAULT_LISTEN}, got {text!r}")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise MetricsError(f"metrics listen host must be an IP address, got {host!r}") from None
-    if not addr.is_loopback and not allow_non_loopback:
-        raise MetricsError(
-            f"refusing to serve metrics on {host}: not a loopback address (metrics describe "
-            "this node's peers and traffic; set metrics.allow_non_loopback = true or pass "
-            "--metrics-allow-non-loopback to expose them beyond this machine)"
-        )
-    return str(addr), int(port_s)
 
 
 def bind_tcp(host: str, port: int, backlog: int = 16) -> _socket.socket:

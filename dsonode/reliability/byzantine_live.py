@@ -288,7 +288,7 @@ def measure(
     before: dict[int, dict[str, dict[str, Any]]],
 ) -> dict[str, Any]:
     """Quality, detection and reputation of one configuration (see the module docstring)."""
-    from dsonode.consensus import reputation_score
+    from dsonode.core.consensus import reputation_score
 
     byz = {bytes.fromhex(lt.nodes[i].author) for i in lt.attackers()}
     vs_honest: list[float] = []

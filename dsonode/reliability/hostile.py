@@ -52,10 +52,10 @@ from libp2p.utils.varint import encode_uvarint
 from dsonode.core import wire
 from dsonode.core.constants import MAX_BATCH_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError, WireError
+from dsonode.core.peerinfo import parse_multiaddr
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import GOSSIP_PROTOCOLS, Gossip, GossipConfig, topic_for_space
 from dsonode.net.host import HostConfig, build_host, connected_peers
-from dsonode.net.peerinfo import parse_multiaddr
 
 MODES = ("flood", "replay", "forge", "oversize")
 #: Default messages per second per mode (each sent to every connected peer).

@@ -330,8 +330,8 @@ def check_consensus_offline(
     data_dir: Path, quorum: int = 3, method: str = "median", committee_size: int | None = 7
 ) -> ConsensusCheck:
     """With the node dead: the store opens clean, items verify, consensus is consistent."""
-    from dsonode.consensus import compute_consensus
     from dsonode.core import committee, wire
+    from dsonode.core.consensus import compute_consensus
     from dsonode.identity import load_key, public_key_bytes
     from dsonode.store import Store
 
@@ -439,8 +439,8 @@ def _peer_addr(data_dir: Path, ip: str) -> tuple[str, str]:
     """(listen multiaddr, full peer multiaddr) of the node that will run on data_dir."""
     import socket
 
+    from dsonode.core.peerinfo import peer_id_from_public_key
     from dsonode.identity import load_or_create_key, public_key_bytes
-    from dsonode.net.peerinfo import peer_id_from_public_key
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     peer_id = peer_id_from_public_key(public_key_bytes(load_or_create_key(data_dir / "node.key")))

@@ -60,13 +60,14 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 import msgpack
 
+from dsonode.core.consensus import ConsensusRecord
 from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
@@ -146,20 +147,6 @@ class FeedbackRecord:
     @property
     def value(self) -> float:
         return (self.score - 1000) / 1000
-
-
-@dataclass(frozen=True)
-class ConsensusRecord:
-    """The consensus code of one experience in one space and how it was reached."""
-
-    space_id: bytes
-    experience_id: bytes
-    code: bytes
-    count: int
-    confirmed: bool
-    domain: str
-    stats: dict[str, Any] = field(default_factory=dict)
-    updated: int = 0
 
 
 def _pack(obj: Any) -> bytes:

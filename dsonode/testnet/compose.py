@@ -67,7 +67,7 @@ def services_from_compose(compose: dict[str, Any], root: Path) -> list[ServiceSp
         except OSError as exc:
             raise PlanError(f"{name}: {cfg_path}: {exc.strerror or exc}") from None
         loaded[name] = cfg
-        from dsonode.net.peerinfo import parse_multiaddr
+        from dsonode.core.peerinfo import parse_multiaddr
 
         port = parse_multiaddr(cfg.net.listen, allow_non_loopback=True, allow_port_zero=True).port
         for net in (svc.get("networks") or {}).values():

@@ -65,7 +65,7 @@ class TestnetPlan:
 
     def with_relays(self, links: Mapping[tuple[int, int], str]) -> TestnetPlan:
         """This plan with node i dialling node j through `links[(i, j)]` (loopback only)."""
-        from dsonode.net.peerinfo import PeerAddrError, parse_multiaddr
+        from dsonode.core.peerinfo import PeerAddrError, parse_multiaddr
 
         out = []
         for (i, j), addr in sorted(links.items()):

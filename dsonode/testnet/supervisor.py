@@ -184,8 +184,8 @@ class Testnet:
 
     def prepare(self) -> list[NodeHandle]:
         """Create every node's directory and identity, so all peer ids are known up front."""
+        from dsonode.core.peerinfo import peer_id_from_public_key
         from dsonode.identity import load_or_create_key, public_key_bytes
-        from dsonode.net.peerinfo import peer_id_from_public_key
 
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.nodes = []

@@ -97,7 +97,7 @@ def chunked_embed(
 #: a submit_rollouts request stays under the socket's 1 MiB line with room for the envelope
 CHUNK_BYTES = 900 * 1024
 CHUNK_ROLLOUTS = 200
-CHUNK_STEPS = 5_000  # the node takes up to dsonode.extract.ingest.MAX_SUBMIT_STEPS
+CHUNK_STEPS = 5_000  # the node takes up to dsonode.api.rollouts.MAX_SUBMIT_STEPS
 
 
 def rollout_object(r: Rollout) -> dict[str, Any]:
@@ -267,9 +267,9 @@ def _submit(args: argparse.Namespace, groups: list[Group], summary: dict[str, An
 
 def _extract_here(args, groups: list[Group], llm: Any, summary: dict[str, Any], err) -> None:
     """--dry-run: the extractor in this process, nothing stored anywhere."""
+    from dsonode.api.rollouts import lesson_row
     from dsonode.core import wire
     from dsonode.embed import get_embedder
-    from dsonode.extract.ingest import lesson_row
 
     with _progress(err, args.json) as bar:
         n_steps = sum(len(r.steps()) for g in groups for r in g.rollouts)

@@ -1,25 +1,29 @@
-"""`submit_rollouts` inside the node: rollouts in, signed experiences stored and published.
+"""The socket method `submit_rollouts`: rollouts in, signed experiences stored and published.
 
 `submit_rollouts(service, params)` runs in one of the socket server's worker threads. It checks
 every rollout (a bad one is reported by its index, never fatal), groups them by task, runs the
 extractor (the offline one with the node's encoder by default; the LLM one when the request
 names a server or the node's environment does: $DSONODE_LLM_BASE_URL and $DSONODE_LLM_MODEL)
 and hands each lesson, signed with its provenance, to the same code path as `add_experience`
-(`RetrievalService._store_experience`: embed, sign the submission, store, index, publish).
+(`RetrievalService.add_signed`, then `Library.add_experience`: embed, sign the submission,
+store, index, publish).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from dsonode.api.jsonrpc import MAX_QUERY_BYTES, InvalidParams, SearchParams, SubmitRolloutsParams
+from dsonode.core import wire
 from dsonode.core.errors import WireError
+from dsonode.extract.llm import ChatClient, Existing, LLMConfig, LLMError, LLMExtractor
+from dsonode.extract.offline import Lesson, OfflineExtractor, provenance_of
+from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
 
-#: steps embedded per encoder call; the node's embed lock is taken per chunk, so a search
-#: waits for at most one chunk, not for a whole extraction
-EMBED_CHUNK = 64
+if TYPE_CHECKING:  # the service imports this module
+    from dsonode.api.service import RetrievalService
+
 #: retrieved experiences shown to the LLM per task
 RETRIEVE_K = 5
 #: sources listed per lesson in a reply (their count is always given)
@@ -29,21 +33,7 @@ MAX_REPLY_SOURCES = 16
 MAX_SUBMIT_STEPS = 20_000
 
 
-def _locked_embed(service: Any):
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        parts = []
-        for start in range(0, len(texts), EMBED_CHUNK):
-            with service._embed_lock:
-                parts.append(service.embedder.encode_base(list(texts[start : start + EMBED_CHUNK])))
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 1), dtype=np.float32)
-
-    return embed
-
-
-def _retriever(service: Any):
-    from dsonode.api.jsonrpc import MAX_QUERY_BYTES, SearchParams
-    from dsonode.extract.llm import Existing
-
+def _retriever(service: RetrievalService) -> Callable[[str, int], list[Existing]]:
     def retrieve(task_text: str, k: int) -> list[Existing]:
         query = task_text.encode("utf-8", "replace")[:MAX_QUERY_BYTES].decode("utf-8", "ignore")
         if not query.strip():
@@ -54,17 +44,14 @@ def _retriever(service: Any):
     return retrieve
 
 
-def _llm_config(params: Any):
-    from dsonode.api.jsonrpc import InvalidParams
-    from dsonode.extract.llm import LLMConfig, LLMError
-
+def _llm_config(params: SubmitRolloutsParams) -> LLMConfig | None:
     try:
         return LLMConfig.from_env(base_url=params.llm_base_url, model=params.llm_model)
     except LLMError as exc:
         raise InvalidParams("llm", f"is rejected: {exc}") from None
 
 
-def lesson_row(lesson: Any, exp_id: bytes) -> dict[str, Any]:
+def lesson_row(lesson: Lesson, exp_id: bytes) -> dict[str, Any]:
     return {
         "id": exp_id.hex(),
         "text": lesson.text,
@@ -81,11 +68,7 @@ def lesson_row(lesson: Any, exp_id: bytes) -> dict[str, Any]:
     }
 
 
-def submit_rollouts(service: Any, params: Any) -> dict[str, Any]:
-    from dsonode.core import wire
-    from dsonode.extract.offline import OfflineExtractor, provenance_of
-    from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
-
+def submit_rollouts(service: RetrievalService, params: SubmitRolloutsParams) -> dict[str, Any]:
     rollouts = []
     bad = []
     for i, obj in enumerate(params.rollouts):
@@ -96,18 +79,14 @@ def submit_rollouts(service: Any, params: Any) -> dict[str, Any]:
     groups, skipped = group_rollouts(rollouts)
     steps = sum(len(r.steps()) for g in groups for r in g.rollouts)
     if steps > MAX_SUBMIT_STEPS:
-        from dsonode.api.jsonrpc import InvalidParams
-
         raise InvalidParams(
             "rollouts", f"hold {steps} steps, the limit is {MAX_SUBMIT_STEPS}: send fewer a call"
         )
     llm = _llm_config(params)
-    embed = _locked_embed(service)
+    embed = service.library.embed_base
     if llm is None:
         result = OfflineExtractor(embed).extract(groups)
     else:
-        from dsonode.extract.llm import ChatClient, LLMExtractor
-
         with ChatClient(llm) as chat:
             result = LLMExtractor(chat, embed, _retriever(service), k=RETRIEVE_K).extract(groups)
 
@@ -117,7 +96,7 @@ def submit_rollouts(service: Any, params: Any) -> dict[str, Any]:
     for lesson in result.lessons:
         try:
             experience = wire.make_experience(
-                service.key,
+                service.library.key,
                 lesson.domain,
                 lesson.text,
                 tags=lesson.tags,
@@ -129,7 +108,7 @@ def submit_rollouts(service: Any, params: Any) -> dict[str, Any]:
         if params.dry_run:
             new = service.store.get_experience(experience.id) is None
         else:
-            new = bool(service._store_experience(experience)["new"])
+            new = bool(service.add_signed(experience)["new"])
         if new:
             added.append(lesson_row(lesson, experience.id))
         else:

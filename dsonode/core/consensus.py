@@ -1,10 +1,10 @@
 """The consensus engine: stored submissions of one (experience, space) -> a ConsensusRecord.
 
-Pure apart from the record type it returns (no I/O): the daemon reads the submissions from
+Pure (no I/O): the daemon reads the submissions from
 the store, calls `compute_consensus`, writes the record, updates the index, and applies
 `reputation_deltas` to the authors' reputation records with `apply_reputation`.
 
-Rules (DESIGN.md "Aggregation"):
+Rules (ARCHITECTURE.md "The pure core", Aggregation):
 - only submissions of this experience in this space count; one per author, the first one
   (smallest `created`, ties broken by the signed bytes) wins; at most `max_submitters`
   authors (the earliest ones) take part, so one experience costs bounded work;
@@ -26,7 +26,7 @@ with every accepted submission and falling towards 0 with every rejected one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,11 +34,11 @@ import numpy as np
 from dsonode.core.aggregate import DEFAULT_QUORUM, aggregate_codes
 from dsonode.core.constants import CODE_BYTES
 from dsonode.core.errors import AggregateError
-from dsonode.store.lmdb_store import ConsensusRecord
 
 __all__ = [
     "MAX_SUBMITTERS",
     "ConsensusOutcome",
+    "ConsensusRecord",
     "SubmissionLike",
     "apply_reputation",
     "compute_consensus",
@@ -46,8 +46,22 @@ __all__ = [
     "reputation_score",
 ]
 
-#: Authors taken into one consensus (the sampled committee of DESIGN.md is 7 by default).
+#: Authors taken into one consensus (the committee of PROTOCOL.md 16 is 7 by default).
 MAX_SUBMITTERS = 64
+
+
+@dataclass(frozen=True)
+class ConsensusRecord:
+    """The consensus code of one experience in one space and how it was reached."""
+
+    space_id: bytes
+    experience_id: bytes
+    code: bytes
+    count: int
+    confirmed: bool
+    domain: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    updated: int = 0
 
 
 class SubmissionLike(Protocol):

@@ -1,0 +1,344 @@
+"""Every setting of a node, declared once: section, key, kind, default, bounds, help, flag.
+
+This table is the single source. The TOML loader and the environment overrides
+(dsonode.config.loader), the `dsonode run` flags (dsonode.node.cli), the commented file that
+`dsonode init` writes, and the defaults of the runtime objects (`NodeConfig`, `DaemonConfig`,
+`HostConfig`, `GossipConfig`, `GatewayConfig`: each takes `default("section.key")`) are all
+derived from it; no default is written anywhere else. To add a setting, add a row here and
+read it where it is used (ARCHITECTURE.md "Adding a setting").
+
+Pure: imports only the core (lists of methods and attacks) and the gateway's configuration
+class, whose field defaults are the `[gateway]` ones (the gateway also runs on its own, as
+`dsonode gateway`, and validates the same values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dsonode.core.aggregate import DEFAULT_QUORUM, METHODS
+from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
+from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
+from dsonode.core.constants import MAX_BATCH_BYTES
+from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
+
+ENV_PREFIX = "DSONODE_"
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule).
+CONSENSUS_METHODS = tuple(m for m in METHODS if m != "mean")
+WEIGHTED_METHODS = tuple(m for m in _WEIGHTED if m in CONSENSUS_METHODS)
+#: "none" plus every attack of dsonode.core.attacks (what each does is described there).
+ATTACKS = ("none", *NODE_ATTACKS)
+
+
+# ----------------------------------------------------------------------------------------
+# The specification of every setting
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    kind: str  # str | bool | int | float | choice | path | multiaddr | peers | committee | weights
+    default: Any
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    #: The `dsonode run` flag that overrides it ("" = none); `enables` names a bool setting
+    #: that giving the flag turns on (e.g. --listen turns on net.enabled).
+    flag: str = ""
+    enables: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
+
+
+def _s(section: str, key: str, kind: str, default: Any, doc: str, **kw: Any) -> Setting:
+    return Setting(section, key, kind, default, doc, **kw)
+
+
+SECTION_DOCS = {
+    "node": "The node itself: where it keeps its data, how it logs, which model it runs.",
+    "net": "libp2p (TCP, Noise, yamux) and GossipSub. Multiaddrs: /ip4|ip6/<ip>/tcp/<port>.",
+    "consensus": "How the submissions for one experience become its consensus code.",
+    "api": "The local JSON-RPC retrieval socket (Unix socket, mode 0600).",
+    "gateway": "The HTTP gateway (`dsonode gateway`): OpenAI embeddings, Cohere/Jina rerank.",
+    "metrics": "Prometheus metrics over HTTP.",
+    "testnet": "Test networks only. A Byzantine node is an ordinary node with an attack set here.",
+}
+
+SPEC: tuple[Setting, ...] = (
+    # [node]
+    _s("node", "data_dir", "path", "", 'data directory; "" = the directory of this file'),
+    _s(
+        "node",
+        "log_format",
+        "choice",
+        "text",
+        "log lines as text or JSON",
+        choices=LOG_FORMATS,
+        flag="--log-format",
+    ),
+    _s(
+        "node",
+        "log_level",
+        "choice",
+        "INFO",
+        "least severe level logged",
+        choices=LOG_LEVELS,
+        flag="--log-level",
+    ),
+    _s(
+        "node",
+        "encoder",
+        "path",
+        "",
+        'local Hugging Face encoder folder; "" = packaged MiniLM',
+        flag="--encoder",
+    ),
+    _s(
+        "node",
+        "head",
+        "path",
+        "",
+        'trained head (.safetensors); "" = the seeded default',
+        flag="--head",
+    ),
+    _s("node", "device", "str", "auto", "auto, cpu or cuda[:N]", flag="--device"),
+    _s(
+        "node",
+        "threads",
+        "int",
+        0,
+        "torch CPU threads; 0 = torch's default",
+        lo=0,
+        hi=256,
+        flag="--threads",
+    ),
+    _s("node", "cpu_threads", "int", 2, "worker threads for embedding/search/commits", lo=1, hi=64),
+    # [net]
+    _s("net", "enabled", "bool", True, "join the network (false: serve the local socket only)"),
+    _s(
+        "net",
+        "listen",
+        "multiaddr",
+        "/ip4/127.0.0.1/tcp/4001",
+        "libp2p listen multiaddr",
+        flag="--listen",
+        enables="net.enabled",
+    ),
+    _s(
+        "net",
+        "bootstrap",
+        "peers",
+        [],
+        "peers to keep connected: /ip4/.../tcp/N/p2p/<peer id>",
+        flag="--peer",
+    ),
+    _s("net", "allow_non_loopback", "bool", False, "allow addresses beyond 127.0.0.0/8 and ::1"),
+    _s("net", "max_connections", "int", 64, "open libp2p connections", lo=1, hi=10_000),
+    _s("net", "max_connections_per_peer", "int", 2, "connections per peer", lo=1, hi=8),
+    _s("net", "dial_timeout_s", "float", 5.0, "seconds per dial attempt", lo=0.1, hi=120),
+    _s("net", "redial_initial_s", "float", 0.2, "first redial backoff", lo=0.01, hi=3600),
+    _s("net", "redial_max_s", "float", 5.0, "longest redial backoff", lo=0.01, hi=3600),
+    _s("net", "gossip_degree", "int", 4, "GossipSub mesh degree D", lo=1, hi=64),
+    _s("net", "gossip_degree_low", "int", 2, "GossipSub D_low", lo=1, hi=64),
+    _s("net", "gossip_degree_high", "int", 8, "GossipSub D_high", lo=1, hi=64),
+    _s("net", "gossip_heartbeat_s", "int", 1, "GossipSub heartbeat (whole seconds)", lo=1, hi=60),
+    _s("net", "batch_max_items", "int", 128, "items per gossip message", lo=1, hi=256),
+    _s(
+        "net",
+        "batch_max_bytes",
+        "int",
+        MAX_BATCH_BYTES - 2048,
+        "bytes per gossip batch (<= 64 KiB minus envelope)",
+        lo=256,
+        hi=65536,
+    ),
+    _s("net", "batch_linger_s", "float", 0.02, "wait for a part-full batch", lo=0, hi=5),
+    _s("net", "max_publish_per_s", "float", 10.0, "gossip messages published/s", lo=0.1, hi=1000),
+    _s("net", "publish_burst", "int", 5, "burst of the publish pacer", lo=1, hi=1000),
+    _s("net", "outbox_max_items", "int", 20_000, "items waiting to publish", lo=1, hi=1_000_000),
+    _s(
+        "net",
+        "sync_interval_s",
+        "float",
+        60.0,
+        "catch-up: pull from each connected peer this often (and on connecting)",
+        lo=1,
+        hi=86_400,
+        flag="--sync-interval",
+    ),
+    # [consensus]
+    _s("consensus", "method", "choice", "median", "robust estimator", choices=CONSENSUS_METHODS),
+    _s(
+        "consensus",
+        "quorum",
+        "int",
+        DEFAULT_QUORUM,
+        "accepted submissions to confirm",
+        lo=1,
+        hi=1000,
+    ),
+    _s(
+        "consensus",
+        "committee",
+        "committee",
+        7,
+        'expected submitters per experience (1..1000), or "all" (small networks)',
+        lo=1,
+        hi=1000,
+        flag="--committee",
+    ),
+    _s(
+        "consensus",
+        "weights",
+        "weights",
+        {},
+        "per-peer weights, peer id = weight in (0, 1e6]; absent peers weigh 1 (median and "
+        "geometric_median only)",
+        lo=0,
+        hi=1e6,
+    ),
+    # [api]
+    _s("api", "socket", "path", "", 'socket path; "" = <data_dir>/dsonode.sock'),
+    _s(
+        "api",
+        "max_connections",
+        "int",
+        64,
+        "open socket connections",
+        lo=1,
+        hi=4096,
+        flag="--max-connections",
+    ),
+    _s(
+        "api",
+        "idle_timeout_s",
+        "float",
+        300.0,
+        "close idle connections",
+        lo=0.1,
+        hi=86_400,
+        flag="--idle-timeout",
+    ),
+    _s("api", "feedback_weight", "float", 0.1, "feedback weight in ranking; 0 = off", lo=0, hi=1),
+    # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
+    _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),
+    _s(
+        "gateway",
+        "listen",
+        "str",
+        f"{_GW.host}:{_GW.port}",
+        "HOST:PORT ([IPv6]:PORT)",
+        flag="--gateway-listen",
+        enables="gateway.enabled",
+    ),
+    _s("gateway", "token", "str", "", 'bearer token; "" = $DSONODE_GATEWAY_TOKEN or none'),
+    _s("gateway", "max_body_bytes", "int", _GW.max_body_bytes, "request body", lo=1024, hi=2**26),
+    _s(
+        "gateway",
+        "request_timeout_s",
+        "float",
+        _GW.request_timeout_s,
+        "per request",
+        lo=0.1,
+        hi=3600,
+    ),
+    _s(
+        "gateway",
+        "max_batch_texts",
+        "int",
+        _GW.max_batch_texts,
+        "texts per encoder batch",
+        lo=1,
+        hi=4096,
+    ),
+    _s("gateway", "max_wait_ms", "float", _GW.max_wait_ms, "wait to fill a batch", lo=0, hi=1000),
+    _s(
+        "gateway",
+        "max_pending_texts",
+        "int",
+        _GW.max_pending_texts,
+        "queued texts",
+        lo=1,
+        hi=1_000_000,
+    ),
+    # [metrics]
+    _s("metrics", "enabled", "bool", False, "serve Prometheus metrics"),
+    _s(
+        "metrics",
+        "listen",
+        "str",
+        "127.0.0.1:9464",
+        "HOST:PORT; loopback unless allowed below",
+        flag="--metrics-listen",
+        enables="metrics.enabled",
+    ),
+    _s(
+        "metrics",
+        "allow_non_loopback",
+        "bool",
+        False,
+        "let metrics.listen be a non-loopback IP",
+        flag="--metrics-allow-non-loopback",
+    ),
+    # [testnet]
+    _s("testnet", "enabled", "bool", False, "this node is part of a test network"),
+    _s(
+        "testnet",
+        "attack",
+        "choice",
+        "none",
+        "TESTNET ONLY: poison own submissions",
+        choices=ATTACKS,
+        flag="--byzantine-attack",
+        enables="testnet.enabled",
+    ),
+    _s(
+        "testnet",
+        "attack_scale",
+        "float",
+        1.0,
+        "TESTNET ONLY: strength of the attack",
+        lo=0,
+        hi=100,
+        flag="--attack-scale",
+    ),
+)
+
+SETTINGS: dict[str, dict[str, Setting]] = {}
+for _setting in SPEC:
+    SETTINGS.setdefault(_setting.section, {})[_setting.key] = _setting
+ENV_NAMES = {s.env: s for s in SPEC}
+
+
+def setting(name: str) -> Setting:
+    """The declaration of a setting by dotted name ("net.dial_timeout_s")."""
+    section, _, key = name.partition(".")
+    try:
+        return SETTINGS[section][key]
+    except KeyError:
+        raise KeyError(f"no setting {name!r}") from None
+
+
+def default(name: str) -> Any:
+    """A setting's default, in the form the runtime objects take (a list becomes a tuple,
+    a table a dict, "" for an optional path None)."""
+    s = setting(name)
+    if isinstance(s.default, list):
+        return tuple(s.default)
+    if isinstance(s.default, dict):
+        return dict(s.default)
+    if s.kind == "path" and s.default == "":
+        return None
+    return s.default

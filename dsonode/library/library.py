@@ -1,0 +1,500 @@
+"""The node's library: the one owner of every write to its experiences, codes and consensus.
+
+The socket service, the network daemon and extraction all change the library through the
+public methods here; nothing else takes its locks or writes its store and index
+(ARCHITECTURE.md "One owner per operation"). Every method blocks (embedding, LMDB commits), so
+callers run them in worker threads.
+
+Locks, always taken in this order when nested:
+- `_write_lock` makes each write operation's check-then-write atomic (is there a submission
+  of ours yet? a consensus?), and serialises consensus recomputations;
+- `_index_lock` guards the code index (not thread-safe) for reads and writes;
+- `_embed_lock` guards the embedder (one torch model and tokenizer); it is never held while
+  waiting for another lock.
+LMDB serialises its own transactions (see dsonode.store).
+
+Publishing: what a local write produces (our experience, our submission, our vote) goes to
+`publisher`, a thread-safe callable the network daemon attaches (`attach_publisher`); without
+a network nothing is published. Items accepted from peers return what to publish instead,
+because the daemon that called publishes them on its own event loop.
+
+Our own vectors pass through `policy` before they become codes: honest (the identity) on
+every real node; a Byzantine strategy (dsonode.library.byzantine) only on a testnet node,
+injected by the composition root.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dsonode.core import bitdelta, committee, wire
+from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
+from dsonode.core.consensus import (
+    ConsensusRecord,
+    apply_reputation,
+    compute_consensus,
+    previous_verdicts,
+    reputation_deltas,
+)
+from dsonode.core.errors import DsoError
+from dsonode.core.peerinfo import public_key_from_peer_id
+from dsonode.identity import public_key_bytes
+from dsonode.store import CodeIndex, ExperienceRecord, Store
+
+log = logging.getLogger("dsonode.library")
+
+#: How often the estimate of the network size (committee threshold) is refreshed.
+NETWORK_SIZE_REFRESH_S = 30.0
+#: Texts embedded per encoder call in `embed_base`: the embed lock is taken per chunk, so a
+#: search waits for at most one chunk, not for a whole extraction.
+EMBED_CHUNK = 64
+
+Publisher = Callable[[list[bytes]], None]
+
+
+class Embedder(Protocol):
+    """What the library needs of dsonode.embed.Embedder."""
+
+    space_id: str
+    reference: np.ndarray | None
+
+    def embed_query(self, text: str, *, for_search: bool = False) -> np.ndarray: ...
+
+    def encode_base(self, texts: list[str]) -> np.ndarray: ...
+
+
+class VectorPolicy(Protocol):
+    """What this node submits for its own exact embedding `vector` of `experience`."""
+
+    #: The testnet attack it runs (None: honest).
+    attack: str | None
+
+    def vector(self, vector: np.ndarray, experience: wire.Experience | None) -> np.ndarray: ...
+
+
+class HonestPolicy:
+    """Every real node: submit the embedding itself."""
+
+    attack = None
+
+    def vector(self, vector: np.ndarray, experience: wire.Experience | None) -> np.ndarray:
+        return vector
+
+
+@dataclass(frozen=True)
+class ConsensusRules:
+    """How submissions become a consensus ([consensus] settings, validated by dsonode.config)."""
+
+    quorum: int
+    method: str
+    committee: int | None  # expected submitters per experience; None = everyone
+    #: author public key -> weight (absent authors weigh 1); empty = unweighted.
+    weights: Mapping[bytes, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.quorum <= 1000:
+            raise LibraryError("quorum must be 1..1000")
+        if self.method not in METHODS or self.method == "mean":
+            raise LibraryError("consensus method must be median, trimmed_mean or geometric_median")
+        if self.weights and self.method not in WEIGHTED_METHODS:
+            raise LibraryError("consensus weights need method median or geometric_median")
+        for author, weight in self.weights.items():
+            if len(author) != 32 or not 0 < float(weight) <= 1e6:
+                raise LibraryError(f"consensus weight of {author.hex()}: must be in (0, 1e6]")
+        if self.committee is not None and not 1 <= self.committee <= 1000:
+            raise LibraryError('consensus committee must be 1..1000 or None ("all")')
+
+    @classmethod
+    def from_peer_weights(
+        cls, *, quorum: int, method: str, committee: int | None, weights: Mapping[str, float]
+    ) -> ConsensusRules:
+        """Rules whose weights are keyed by base58 peer id (as the configuration has them)."""
+        by_author: dict[bytes, float] = {}
+        for peer, weight in weights.items():
+            try:
+                by_author[public_key_from_peer_id(peer)] = float(weight)
+            except DsoError as exc:
+                raise LibraryError(f"consensus.weights.{peer[:60]}: {exc}") from None
+        return cls(quorum, method, committee, MappingProxyType(by_author))
+
+
+class LibraryError(DsoError):
+    """The library's settings are invalid (the message names the setting)."""
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    """The result of adding one of our experiences."""
+
+    experience: ExperienceRecord
+    consensus: ConsensusRecord | None
+    new: bool
+
+
+class Library:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        index: CodeIndex,
+        embedder: Embedder,
+        key: Ed25519PrivateKey,
+        rules: ConsensusRules,
+        policy: VectorPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.embedder = embedder
+        self.key = key
+        self.rules = rules
+        self.policy: VectorPolicy = policy if policy is not None else HonestPolicy()
+        self.author = public_key_bytes(key)
+        self.space_id = bytes.fromhex(embedder.space_id)
+        self.publisher: Publisher | None = None
+        self._write_lock = threading.RLock()
+        self._index_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._counters: Counter[str] = Counter()
+        self._network_size = 1
+        self._network_size_at = -float("inf")
+
+    # ---- wiring ------------------------------------------------------------------------------
+
+    @property
+    def attack(self) -> str | None:
+        """The testnet attack this node runs, or None (shown by `stats`)."""
+        return self.policy.attack
+
+    def attach_publisher(self, publisher: Publisher | None) -> None:
+        """Where our new local items go (the network daemon's thread-safe publish)."""
+        self.publisher = publisher
+
+    def _publish(self, raws: list[bytes]) -> None:
+        if self.publisher is not None and raws:
+            self.publisher(raws)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the counters `stats` shows."""
+        with self._counter_lock:
+            self._counters[name] += n
+
+    def counters(self) -> dict[str, int]:
+        """What the library did since start (for `stats` and metrics)."""
+        with self._counter_lock:
+            return dict(self._counters)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def embed(self, text: str, *, for_search: bool = False) -> np.ndarray:
+        """One text's 7680-d unit vector. `for_search` takes the embedder's low-latency path,
+        whose vector stays on this node; anything that becomes a code takes the exact one."""
+        with self._embed_lock:
+            return self.embedder.embed_query(text, for_search=for_search)
+
+    def embed_base(self, texts: Sequence[str]) -> np.ndarray:
+        """The encoder's own vectors (before the head) of many texts, in chunks."""
+        parts = []
+        for start in range(0, len(texts), EMBED_CHUNK):
+            with self._embed_lock:
+                parts.append(self.embedder.encode_base(list(texts[start : start + EMBED_CHUNK])))
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 1), dtype=np.float32)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        domain: str | None = None,
+        confirmed_only: bool = False,
+        min_score: float | None = None,
+    ) -> list[tuple[bytes, float]]:
+        """(experience id, similarity) of the k nearest consensus codes in our space."""
+        with self._index_lock:
+            hits = self.index.search(
+                vector, k, domain=domain, confirmed_only=confirmed_only, min_score=min_score
+            )
+        return [(bytes(i), float(s)) for i, s in hits]
+
+    def indexed(self) -> int:
+        return len(self.index)
+
+    def confirmed(self) -> int:
+        return self.index.confirmed_count()
+
+    def own_code(self, exp_id: bytes) -> bytes | None:
+        """The code this node submitted for an experience in its space, if any."""
+        for sub in self.store.get_submissions(exp_id, self.space_id):
+            if sub.author == self.author:
+                return sub.code
+        return None
+
+    def holds(self, item: wire.Item) -> bool:
+        """Whether this item (or, for a vote, a newer one of its author) is stored already."""
+        if isinstance(item, wire.Experience):
+            return self.store.has_experience(item.id)
+        if isinstance(item, wire.Submission):
+            return any(
+                s.author == item.author
+                for s in self.store.get_submissions(item.experience_id, item.space_id)
+            )
+        if isinstance(item, wire.Feedback):
+            return self.store.holds_feedback(
+                item.experience_id, item.author, item.created, wire.item_hash(item)
+            )
+        return False
+
+    def network_size(self) -> int:
+        """Estimated nodes in the space: distinct submission authors known, plus us
+        (refreshed at most every NETWORK_SIZE_REFRESH_S)."""
+        now = time.monotonic()
+        if now - self._network_size_at >= NETWORK_SIZE_REFRESH_S:
+            authors = {a for a, _ in self.store.iter_reputation()}
+            authors.add(self.author)
+            self._network_size = len(authors)
+            self._network_size_at = now
+        return self._network_size
+
+    def seen_codes(self, exp_id: bytes, limit: int) -> list[bytes]:
+        """Codes of the others' submissions for an experience held so far (at most `limit`)."""
+        return [
+            s.code
+            for s in self.store.get_submissions(exp_id, self.space_id)
+            if s.author != self.author
+        ][:limit]
+
+    def nearest_other(self, exp_id: bytes, vector: np.ndarray) -> ExperienceRecord | None:
+        """The stored experience nearest to `vector` other than `exp_id`, if any."""
+        for other_id, _score in self.search(np.asarray(vector, dtype=np.float32), 3):
+            if other_id == exp_id:
+                continue
+            other = self.store.get_experience(other_id)
+            if other is not None:
+                return other
+        return None
+
+    # ---- committee sampling (dsonode.core.committee) ------------------------------------------
+
+    def in_own_committee(self, experience: wire.Experience) -> bool:
+        limit = committee.threshold(self.rules.committee, self.network_size())
+        return committee.in_committee(experience.id, self.author, experience.author, limit)
+
+    def eligible(self, exp_id: bytes, exp_author: bytes | None) -> Callable[[bytes], bool]:
+        """author -> whether its submission for this experience counts (verifier's slack)."""
+        limit = committee.verify_threshold(self.rules.committee, self.network_size())
+        return lambda author: committee.in_committee(exp_id, author, exp_author, limit)
+
+    def outside_committee(self, item: wire.Submission, batch: Mapping[bytes, bytes]) -> bool:
+        """A submission of our space whose author is outside its committee draw (`batch`
+        maps experience ids arriving alongside to their authors)."""
+        if item.space_id != self.space_id or item.author == self.author:
+            return False
+        exp_author = batch.get(item.experience_id)
+        if exp_author is None:
+            exp = self.store.get_experience(item.experience_id)
+            exp_author = exp.author if exp is not None else None
+        return not self.eligible(item.experience_id, exp_author)(item.author)
+
+    # ---- writes: our own items -----------------------------------------------------------------
+
+    def _own_code_of(self, experience: wire.Experience) -> bytes:
+        vector = self.policy.vector(self.embed(experience.text), experience)
+        return bitdelta.encode(vector, ref=self.embedder.reference)
+
+    def add_experience(self, experience: wire.Experience) -> AddOutcome:
+        """Store one of our signed experiences with our submission of its code, index it and
+        publish both.
+
+        Idempotent: the same experience again duplicates nothing. The consensus (our code,
+        unconfirmed until a quorum) is written in the same transaction as the items, and only
+        if there is none yet: a crash never leaves an acknowledged add without its consensus,
+        and an existing consensus (from peers) stays (the store marks the experience pending
+        and the daemon recomputes it). Returns once everything is committed (LMDB syncs on
+        commit), so a reply means the item survives a crash.
+        """
+        code = None
+        if self.own_code(experience.id) is None:  # else known already: skip the embedding
+            code = self._own_code_of(experience)
+        publish: list[bytes] = []
+        with self._write_lock:
+            mine = self.own_code(experience.id)
+            if mine is not None or code is None:
+                code = mine  # the first submission wins; keep the index consistent
+            assert code is not None  # submissions are never deleted
+            had_consensus = self.store.get_consensus(self.space_id, experience.id) is not None
+            fresh = ConsensusRecord(
+                space_id=self.space_id,
+                experience_id=experience.id,
+                code=code,
+                count=1,
+                confirmed=self.rules.quorum <= 1,
+                domain=experience.domain,
+                updated=wire.now_ms(),
+            )
+            raws = [wire.encode_item(experience)]
+            decoded: list[wire.Item] = [experience]
+            if mine is None:
+                submission = wire.make_submission(self.key, experience.id, self.space_id, code)
+                raws.append(wire.encode_item(submission))
+                decoded.append(submission)
+            new = self.store.put_items(raws, decoded=decoded, consensus_if_absent=[fresh])
+            if mine is None and any(new):
+                publish = raws
+            consensus = self.store.get_consensus(self.space_id, experience.id)
+            if not had_consensus and consensus is not None:
+                self._index([experience.id], [consensus])
+        self._publish(publish)
+        stored = self.store.get_experience(experience.id)
+        assert stored is not None  # committed above; experiences are never deleted
+        return AddOutcome(stored, consensus, bool(new[0]))
+
+    def record_feedback(self, exp_id: bytes, value: float) -> tuple[wire.Feedback, bool]:
+        """Sign this node's vote on a stored experience, store it, publish it.
+
+        A second vote replaces the first (one vote per author, PROTOCOL.md 7.5): its
+        `created` is made later than the stored one's even within the same millisecond.
+        Returns the vote and whether it was new.
+        """
+        with self._write_lock:
+            created = wire.now_ms()
+            for vote in self.store.get_feedback(exp_id):
+                if vote.author == self.author:
+                    created = max(created, vote.created + 1)
+            item = wire.make_feedback(self.key, exp_id, value, created=created)
+            raw = wire.encode_item(item)
+            new = bool(self.store.put_items([raw], decoded=[item])[0])
+        if new:
+            self._publish([raw])
+        return item, new
+
+    def own_submission(self, experience: wire.Experience) -> bytes | None:
+        """Embed (exact path), sign and store our submission for a peer's experience unless
+        we have one or are outside its committee. Returns it encoded, to publish."""
+        if self.own_code(experience.id) is not None:
+            return None
+        if not self.in_own_committee(experience):
+            self.count("not_in_committee")
+            return None
+        code = self._own_code_of(experience)
+        submission = wire.make_submission(self.key, experience.id, self.space_id, code)
+        raw = wire.encode_item(submission)
+        with self._write_lock:
+            if self.own_code(experience.id) is not None:
+                return None
+            self.store.put_items([raw], decoded=[submission])
+        self.count("own_submissions")
+        return raw
+
+    # ---- writes: peers' items ------------------------------------------------------------------
+
+    def accept_items(
+        self,
+        accepted: Sequence[tuple[bytes, wire.Item]],
+        report: dict[str, int] | None = None,
+    ) -> list[bytes]:
+        """Store verified items from peers (gossip or sync), submit our own codes for new
+        experiences, recompute the touched consensus. Returns what to publish; `report`
+        (if given) receives the number of items newly stored."""
+        batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
+        kept: list[tuple[bytes, wire.Item]] = []
+        for raw, item in accepted:
+            if isinstance(item, wire.Submission) and self.outside_committee(item, batch_authors):
+                self.count("committee_ignored")
+                continue
+            kept.append((raw, item))
+        items = [i for _, i in kept]
+        new = self.store.put_items([r for r, _ in kept], decoded=items) if kept else []
+        if report is not None:
+            report["stored"] = report.get("stored", 0) + sum(bool(n) for n in new)
+        outbound: list[bytes] = []
+        touched: dict[bytes, None] = {}
+        for item, is_new in zip(items, new, strict=True):
+            if not is_new:
+                continue
+            if isinstance(item, wire.Experience):
+                self.count("experiences_stored")
+                own = self.own_submission(item)
+                if own is not None:
+                    outbound.append(own)
+                touched[item.id] = None
+            elif isinstance(item, wire.Submission):
+                self.count("submissions_stored")
+                if item.space_id == self.space_id:
+                    touched[item.experience_id] = None
+            elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
+                self.count("feedback_stored")
+        for exp_id in touched:
+            self.recompute(exp_id)
+        return outbound
+
+    def repair_pending(self) -> list[bytes]:
+        """At start: finish what a crash interrupted in `accept_items`. Every experience the
+        store marks pending (a new item committed, its consensus not yet) gets our submission
+        if it lacks one and we are in its committee, then its consensus recomputed. Returns
+        our new submissions, to publish."""
+        outbound: list[bytes] = []
+        pending = self.store.pending_ids()
+        for exp_id in pending:
+            rec = self.store.get_experience(exp_id)
+            if rec is not None:
+                item = wire.decode_item(rec.raw)
+                assert isinstance(item, wire.Experience)
+                own = self.own_submission(item)
+                if own is not None:
+                    outbound.append(own)
+            self.recompute(exp_id)
+        self.count("repaired_at_start", len(pending))
+        if pending:
+            log.info("recomputed %d pending consensus records at start", len(pending))
+        return outbound
+
+    def recompute(self, exp_id: bytes) -> None:
+        """Recompute and store one experience's consensus; update index and reputation."""
+        with self._write_lock:
+            exp = self.store.get_experience(exp_id)
+            if exp is None:  # submissions before their experience: wait for it (it marks
+                self.store.clear_pending([exp_id])  # the experience pending again)
+                return
+            now = wire.now_ms()
+            old = self.store.get_consensus(self.space_id, exp_id)
+            outcome = compute_consensus(
+                self.store.get_submissions(exp_id, self.space_id),
+                experience_id=exp_id,
+                space_id=self.space_id,
+                domain=exp.domain,
+                now_ms=now,
+                ref=self.embedder.reference,
+                quorum=self.rules.quorum,
+                method=self.rules.method,
+                weights=self.rules.weights or None,
+                eligible=self.eligible(exp_id, exp.author),
+            )
+            if outcome is None:
+                self.store.clear_pending([exp_id])
+                return
+            self.store.put_consensus([outcome.record])
+            self._index([exp_id], [outcome.record])
+            for author, delta in reputation_deltas(
+                previous_verdicts(old), outcome.verdicts
+            ).items():
+                self.store.update_reputation(author, lambda r, d=delta: apply_reputation(r, d, now))
+        self.count("consensus_updates")
+
+    def _index(self, ids: Iterable[bytes], records: Sequence[ConsensusRecord]) -> None:
+        with self._index_lock:
+            self.index.add(
+                list(ids),
+                [r.code for r in records],
+                domains=[r.domain for r in records],
+                confirmed=[r.confirmed for r in records],
+            )

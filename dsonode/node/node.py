@@ -1,0 +1,336 @@
+"""The composition root: one node = store + embedder + index + identity + servers, one nursery.
+
+`run_node(config)` opens everything in order (fast checks first, so a second node on the
+same data directory fails in milliseconds instead of after loading the model), serves the
+retrieval socket in one trio nursery, and on SIGTERM/SIGINT cancels the nursery, waits for
+in-flight work (threads are not cancellable mid-commit), removes the socket and closes the
+store. A SIGKILL skips all that; LMDB commits are durable and the index is rebuilt from LMDB
+at the next start, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TextIO
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dsonode.api.server import RpcServer, ServerLimits, prepare_socket_path
+from dsonode.api.service import RetrievalService
+from dsonode.config.loader import Config, join_hostport
+from dsonode.config.paths import (
+    KEY_FILE_NAME,
+    LOCK_FILE_NAME,
+    SOCKET_NAME,
+    STORE_DIR_NAME,
+)
+from dsonode.config.settings import default
+from dsonode.core.errors import DsoError
+from dsonode.dirlock import release_lock, take_lock
+from dsonode.embed import Embedder, get_embedder
+from dsonode.gateway.app import serve_gateway
+from dsonode.gateway.config import GatewayConfig
+from dsonode.identity import load_or_create_key
+from dsonode.library import ConsensusRules, Library
+from dsonode.library.byzantine import ByzantinePolicy
+from dsonode.net.daemon import DaemonConfig, NetDaemon
+from dsonode.net.gossip import GossipConfig
+from dsonode.ops.logs import setup_logging
+from dsonode.ops.metrics import MetricsServer, NodeMetrics, bind_tcp, parse_metrics_listen
+from dsonode.store import CodeIndex, Store
+
+log = logging.getLogger("dsonode.node")
+
+
+class NodeError(DsoError):
+    """The node cannot start (see the message)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `Node` needs, flat. Built from the loaded settings by `node_config(cfg)`;
+    every default is the declared one (dsonode.config.settings)."""
+
+    data_dir: Path
+    encoder: str | None = default("node.encoder")  # None = the packaged MiniLM
+    head: str | None = default("node.head")  # None = the seeded default head
+    device: str = default("node.device")
+    threads: int | None = default("node.threads") or None
+    max_connections: int = default("api.max_connections")
+    idle_timeout: float = default("api.idle_timeout_s")
+    quorum: int = default("consensus.quorum")
+    cpu_threads: int = default("node.cpu_threads")
+    feedback_weight: float = default("api.feedback_weight")
+    # Networking (dsonode.net.daemon): off unless `listen` is set.
+    listen: str | None = None
+    peers: tuple[str, ...] = default("net.bootstrap")
+    byzantine_attack: str | None = None  # testnet only: poison our own submissions
+    attack_scale: float = default("testnet.attack_scale")
+    allow_non_loopback: bool = default("net.allow_non_loopback")
+    p2p_max_connections: int = default("net.max_connections")
+    p2p_max_connections_per_peer: int = default("net.max_connections_per_peer")
+    dial_timeout_s: float = default("net.dial_timeout_s")
+    redial_initial_s: float = default("net.redial_initial_s")
+    redial_max_s: float = default("net.redial_max_s")
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    consensus_method: str = default("consensus.method")
+    #: {base58 peer id: weight}; empty = all weigh 1
+    consensus_weights: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType(default("consensus.weights"))
+    )
+    committee: int | None = default("consensus.committee")  # None = everyone submits
+    sync_interval_s: float = default("net.sync_interval_s")
+    socket: Path | None = None  # the retrieval socket; None = <data_dir>/dsonode.sock
+    # Operations (dsonode.ops): Prometheus metrics over HTTP when `metrics_listen` is set.
+    metrics_listen: str | None = None  # HOST:PORT, loopback unless explicitly allowed
+    metrics_allow_non_loopback: bool = default("metrics.allow_non_loopback")
+    log_format: str = default("node.log_format")
+    log_level: str = default("node.log_level")
+    # The HTTP gateway (dsonode.gateway) over the node's own model: None = off.
+    gateway: GatewayConfig | None = None
+
+
+def gossip_config(cfg: Config) -> GossipConfig:
+    net = cfg.net
+    return GossipConfig(
+        degree=net.gossip_degree,
+        degree_low=net.gossip_degree_low,
+        degree_high=net.gossip_degree_high,
+        heartbeat_interval_s=net.gossip_heartbeat_s,
+        batch_max_items=net.batch_max_items,
+        batch_max_bytes=net.batch_max_bytes,
+        batch_linger_s=net.batch_linger_s,
+        max_publish_per_s=net.max_publish_per_s,
+        publish_burst=net.publish_burst,
+        outbox_max_items=net.outbox_max_items,
+    )
+
+
+def node_config(cfg: Config) -> NodeConfig:
+    """The `NodeConfig` of loaded settings (file, environment and flags)."""
+    net_on = cfg.net.enabled
+    metrics = cfg.metrics
+    return NodeConfig(
+        data_dir=cfg.node.data_dir,
+        encoder=None if cfg.node.encoder is None else str(cfg.node.encoder),
+        head=None if cfg.node.head is None else str(cfg.node.head),
+        device=cfg.node.device,
+        threads=cfg.node.threads,
+        max_connections=cfg.api.max_connections,
+        idle_timeout=cfg.api.idle_timeout_s,
+        quorum=cfg.consensus.quorum,
+        cpu_threads=cfg.node.cpu_threads,
+        feedback_weight=cfg.api.feedback_weight,
+        listen=cfg.net.listen if net_on else None,
+        peers=cfg.net.bootstrap if net_on else (),
+        byzantine_attack=cfg.byzantine_attack,
+        attack_scale=cfg.testnet.attack_scale,
+        allow_non_loopback=cfg.net.allow_non_loopback,
+        p2p_max_connections=cfg.net.max_connections,
+        p2p_max_connections_per_peer=cfg.net.max_connections_per_peer,
+        dial_timeout_s=cfg.net.dial_timeout_s,
+        redial_initial_s=cfg.net.redial_initial_s,
+        redial_max_s=cfg.net.redial_max_s,
+        gossip=gossip_config(cfg),
+        consensus_method=cfg.consensus.method,
+        consensus_weights=cfg.consensus.weights,
+        committee=cfg.consensus.committee,
+        sync_interval_s=cfg.net.sync_interval_s,
+        socket=cfg.api.socket,
+        metrics_listen=join_hostport(metrics.host, metrics.port) if metrics.enabled else None,
+        metrics_allow_non_loopback=metrics.allow_non_loopback,
+        log_format=cfg.node.log_format,
+        log_level=cfg.node.log_level,
+        gateway=cfg.gateway_config() if cfg.gateway.enabled else None,
+    )
+
+
+class Node:
+    """The node's parts, opened in `open()` and closed in `close()` (also on errors)."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.data_dir = Path(config.data_dir).expanduser().resolve()
+        self.socket_path = (
+            Path(config.socket).expanduser().resolve()
+            if config.socket is not None
+            else self.data_dir / SOCKET_NAME
+        )
+        self.store: Store | None = None
+        self.index: CodeIndex | None = None
+        self.embedder: Embedder | None = None
+        self.key: Ed25519PrivateKey | None = None
+        self.library: Library | None = None
+        self.service: RetrievalService | None = None
+        self.server: RpcServer | None = None
+        self.daemon: NetDaemon | None = None
+        self.metrics: MetricsServer | None = None
+        self._metrics_sock: socket.socket | None = None
+        self._lock_fd: int | None = None
+
+    def open(self, say: Callable[[str], None] = lambda s: None) -> None:
+        config = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            # Cheap checks first: a live node on this socket, then the store's directory lock.
+            prepare_socket_path(self.socket_path)
+            self._lock_fd = take_lock(
+                self.data_dir / LOCK_FILE_NAME,
+                lambda: NodeError(f"another node is running on {self.data_dir}"),
+            )
+            if config.metrics_listen is not None:  # a bad or busy address fails fast
+                host, port = parse_metrics_listen(
+                    config.metrics_listen, allow_non_loopback=config.metrics_allow_non_loopback
+                )
+                self._metrics_sock = bind_tcp(host, port)
+            if config.gateway is not None:  # a bad setting fails before the model loads
+                config.gateway.validate()
+            rules = consensus_rules(config)
+            daemon_settings = daemon_config(config) if config.listen is not None else None
+            self.key = load_or_create_key(self.data_dir / KEY_FILE_NAME)
+
+            say("loading the embedding model")
+            self.embedder = get_embedder(config.encoder, config.head, config.device, config.threads)
+            self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
+            prev = self.store.previous_space_id
+            if prev is not None and prev.hex() != self.embedder.space_id:
+                log.warning(
+                    "the store was last used with space %s; now serving space %s (the other "
+                    "space's data is kept apart)",
+                    prev.hex(),
+                    self.embedder.space_id,
+                )
+            say("building the index from the store")
+            self.index = CodeIndex.from_store(
+                self.store, self.embedder.space_id, ref=self.embedder.reference
+            )
+            self.library = Library(
+                store=self.store,
+                index=self.index,
+                embedder=self.embedder,
+                key=self.key,
+                rules=rules,
+            )
+            if config.byzantine_attack is not None:  # testnet only (the config refuses it else)
+                self.library.policy = ByzantinePolicy(
+                    self.library, config.byzantine_attack, config.attack_scale
+                )
+            self.service = RetrievalService(self.library, feedback_weight=config.feedback_weight)
+            self.server = RpcServer(
+                self.service.handlers(config.cpu_threads),
+                ServerLimits(
+                    max_connections=config.max_connections, idle_timeout=config.idle_timeout
+                ),
+            )
+            self.service.server = self.server
+            if daemon_settings is not None:
+                self.daemon = NetDaemon(daemon_settings, library=self.library)
+                self.service.network = self.daemon
+            if self._metrics_sock is not None:
+                node_metrics = NodeMetrics(self.service, self.daemon)
+                self.server.observe = node_metrics.observe_request
+                self.metrics = MetricsServer(node_metrics, self._metrics_sock)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
+            self._metrics_sock = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        release_lock(self._lock_fd)
+        self._lock_fd = None
+
+    async def serve(self, ready: Callable[[Path], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT (or cancellation); `ready(socket_path)` once listening."""
+        assert self.server is not None and self.embedder is not None, "open() first"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            if self.daemon is not None:
+                await nursery.start(self.daemon.run)
+            if self.metrics is not None:
+                await nursery.start(self.metrics.serve)
+            gateway = self.config.gateway
+            if gateway is not None:  # same model, same process: no second load
+                url = await nursery.start(serve_gateway, self.embedder, gateway)
+                log.info("gateway on %s (auth %s)", url, "on" if gateway.token else "off")
+            await nursery.start(self.server.serve_unix, self.socket_path)
+            if ready is not None:
+                ready(self.socket_path)
+
+
+async def _cancel_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def consensus_rules(config: NodeConfig) -> ConsensusRules:
+    """The library's consensus rules of a node (validates them)."""
+    return ConsensusRules.from_peer_weights(
+        quorum=config.quorum,
+        method=config.consensus_method,
+        committee=config.committee,
+        weights=config.consensus_weights,
+    )
+
+
+def daemon_config(config: NodeConfig) -> DaemonConfig:
+    """The `DaemonConfig` of a node with `listen` set (validates it)."""
+    assert config.listen is not None
+    return DaemonConfig(
+        listen=config.listen,
+        peers=tuple(config.peers),
+        allow_non_loopback=config.allow_non_loopback,
+        max_connections=config.p2p_max_connections,
+        max_connections_per_peer=config.p2p_max_connections_per_peer,
+        dial_timeout_s=config.dial_timeout_s,
+        redial_initial_s=config.redial_initial_s,
+        redial_max_s=config.redial_max_s,
+        gossip=config.gossip,
+        sync_interval_s=config.sync_interval_s,
+    )
+
+
+def run_node(config: NodeConfig, out: TextIO | None = None) -> int:
+    """Open, serve until a signal, close. Prints the socket path once it accepts requests."""
+    stream = out or sys.stdout
+    setup_logging(config.log_format, config.log_level)
+
+    def say(msg: str) -> None:
+        if config.log_format == "json":  # stderr carries JSON lines only
+            log.info(msg)
+        else:
+            print(f"dsonode: {msg}", file=sys.stderr, flush=True)
+
+    def ready(path: Path) -> None:
+        print(f"dsonode: serving retrieval on {path}", file=stream, flush=True)
+
+    node = Node(config)
+    node.open(say)
+    try:
+        assert node.embedder is not None and node.library is not None
+        say(
+            f"space {node.embedder.space_id[:16]}..., {node.library.indexed()} items indexed, "
+            f"author {node.library.author.hex()[:16]}..."
+        )
+        if node.metrics is not None:
+            say(f"metrics on http://{node.metrics.address}/metrics")
+        trio.run(node.serve, ready)
+    finally:
+        node.close()
+    say("stopped")
+    return 0
