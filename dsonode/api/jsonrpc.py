@@ -75,12 +75,6 @@ class RpcError(DsoError):
         self.message = message
         self.data = data
 
-    def to_error_object(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
-
 
 class InvalidParams(RpcError):
     def __init__(self, param: str, problem: str):

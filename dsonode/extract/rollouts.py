@@ -75,10 +75,6 @@ class Rollout:
     meta: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0  # 1-based line number in its file (0 when not from a file)
 
-    @property
-    def is_chat(self) -> bool:
-        return not isinstance(self.response, str)
-
     def steps(self) -> list[str]:
         return split_steps(self.response)
 
