@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from dsonode.api.ingest import load_rollouts
 from dsonode.core.wire import MAX_TEXT_BYTES
 from dsonode.extract.offline import MAX_LESSON_WORDS, OfflineExtractor
-from dsonode.extract.rollouts import group_rollouts
+from dsonode.extract.rollouts import Group, group_rollouts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rollouts"
 
@@ -45,6 +47,30 @@ def test_lessons_come_from_successful_rollouts(math_groups, extractor):
     assert [(x.text, x.sources) for x in again.lessons] == [
         (x.text, x.sources) for x in result.lessons
     ]
+
+
+def _with_rewards(groups: list[Group], reward) -> list[Group]:
+    return [
+        dataclasses.replace(
+            g, rollouts=tuple(dataclasses.replace(r, reward=reward(r.reward)) for r in g.rollouts)
+        )
+        for g in groups
+    ]
+
+
+def test_huge_rewards_yield_what_the_same_rewards_scaled_down_yield(math_groups, extractor):
+    """Finite rewards whose float mean overflows (sample rewards are 0 or 1; several 1.7e308
+    sum to inf) give the lessons of the same rewards scaled down, without a numpy warning."""
+    groups = math_groups[:8]
+    assert any(g.rewards.count(1.0) >= 2 for g in groups)  # their sum overflows below
+    assert any(g.rewards.count(0.0) >= 2 for g in groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shift in (0.0, -1.0):  # rewards in {0, 1.7e308}, then in {-1.7e308, 0}
+            huge = extractor.extract(_with_rewards(groups, lambda r, s=shift: (r + s) * 1.7e308))
+            small = extractor.extract(_with_rewards(groups, lambda r, s=shift: (r + s) * 1.7))
+            assert huge.lessons, "no lessons from the huge rewards"
+            assert huge == small
 
 
 def test_ingest_dry_run(capsys):

@@ -10,7 +10,9 @@ success (retried), a 500 and a timeout (the group fails, the others go on), a cu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,29 @@ def test_extract_over_http(groups, embed, server, caplog):
     # the API key is sent (Authorization) but never logged nor shown
     assert SECRET not in caplog.text
     assert SECRET not in repr(_config(server))
+
+
+def test_huge_rewards_name_the_same_winners(groups, embed, server):
+    """Rewards whose float mean overflows (1.7e308 at least twice) give the lessons and the
+    provenance that the same rewards scaled down give, without a numpy warning."""
+    group = groups[0]  # the clean answer: one add
+    assert group.rewards.count(1.0) >= 2
+
+    def extract(scale: float):
+        rollouts = tuple(dataclasses.replace(r, reward=r.reward * scale) for r in group.rollouts)
+        with ChatClient(_config(server)) as chat:
+            return LLMExtractor(chat, embed, retrieve).extract(
+                [dataclasses.replace(group, rollouts=rollouts)]
+            )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge, small = extract(1.7e308), extract(1.7)
+    assert [x.op for x in huge.lessons] == ["add"]
+    assert [s.rollout for s in huge.lessons[0].sources] == [
+        i for i, r in enumerate(group.rewards) if r == 1.0
+    ]
+    assert huge == small
 
 
 def test_response_size_is_bounded(server):

@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import trio
 
 from dsonode.api import jsonrpc as j
+from dsonode.api.server import RpcServer
 from dsonode.core.constants import DIM
 
 
@@ -145,6 +147,74 @@ def test_batches():
     assert error_code(parse_one(b"[]")) == j.INVALID_REQUEST
     too_many = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "health"} for i in range(65)])
     assert error_code(parse_one(too_many.encode())) == j.INVALID_REQUEST
+
+
+def test_notification_with_positional_params_is_neither_run_nor_answered():
+    msg = j.parse_message(b'{"jsonrpc":"2.0","method":"health","params":[1]}')
+    assert msg.items == [] and msg.dropped == 1
+    assert j.encode_reply([], msg.is_batch) is None
+    # the same request with an id is answered with -32602, as before
+    item = parse_one(b'{"jsonrpc":"2.0","id":5,"method":"health","params":[1]}')
+    assert error_code(item) == j.INVALID_PARAMS and item["id"] == 5
+
+
+def test_batch_of_notifications_yields_nothing_to_answer():
+    msg = j.parse_message(
+        b'[{"jsonrpc":"2.0","method":"search","params":{"query":"bread","k":2}},'
+        b'{"jsonrpc":"2.0","method":"search","params":[2]}]'
+    )
+    assert msg.is_batch and msg.dropped == 1
+    assert msg.items == [
+        j.Request("search", {"query": "bread", "k": 2}, id=None, is_notification=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"foo": "boo"},  # JSON-RPC 2.0 section 6 example: answered -32600, id null
+        {"jsonrpc": "2.0", "method": 1, "params": "bar"},  # section 7 example: same
+        {"method": "health"},
+        {"jsonrpc": "2.0", "method": "health", "params": "x"},
+    ],
+)
+def test_object_that_is_no_request_is_answered_even_without_id(obj):
+    item = parse_one(json.dumps(obj).encode())
+    assert error_code(item) == j.INVALID_REQUEST and item["id"] is None
+
+
+def test_server_never_answers_a_notification():
+    """RpcServer.handle_line (no I/O): bad, unknown or failing notifications get no reply."""
+    calls: list[str] = []
+
+    async def ok(params):
+        calls.append("ok")
+        return {"status": "ok"}
+
+    async def broken(params):
+        calls.append("broken")
+        raise RuntimeError("bug")
+
+    server = RpcServer({name: ok for name in j.METHODS} | {"stats": broken})
+    silent = [
+        b'{"jsonrpc":"2.0","method":"health","params":[1]}',
+        b'{"jsonrpc":"2.0","method":"no_such_method"}',
+        b'{"jsonrpc":"2.0","method":"search","params":{"k":"x"}}',
+        b'{"jsonrpc":"2.0","method":"stats"}',
+        b'{"jsonrpc":"2.0","method":"health"}',
+        b'[{"jsonrpc":"2.0","method":"search","params":{"query":"bread","k":2}},'
+        b'{"jsonrpc":"2.0","method":"search","params":[2]}]',
+    ]
+    assert [trio.run(server.handle_line, line) for line in silent] == [None] * len(silent)
+    assert calls == ["broken", "ok", "ok"]  # only the valid notifications ran
+    assert server.errors == 5  # params [1] twice, unknown method, bad k, the failing handler
+    # a batch mixing a request and notifications answers the request alone
+    mixed = trio.run(
+        server.handle_line,
+        b'[{"jsonrpc":"2.0","method":"health","params":[1]},{"jsonrpc":"2.0","id":1,'
+        b'"method":"health"},{"jsonrpc":"2.0","method":"nope"}]',
+    )
+    assert json.loads(mixed) == [{"jsonrpc": "2.0", "id": 1, "result": {"status": "ok"}}]
 
 
 def test_encode_reply():

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import json
+import warnings
 
-from dsonode.extract.rollouts import group_rollouts, parse_lines, split_steps
+import pytest
+
+from dsonode.extract.rollouts import (
+    REWARD_EPS,
+    group_rollouts,
+    parse_lines,
+    reward_labels,
+    split_steps,
+)
 
 
 def _line(**kw):
@@ -66,3 +75,37 @@ def test_split_steps_text_and_chat():
 def test_oversized_fields_are_rejected():
     res = parse_lines([_line(prompt="x" * 40_000), _line(meta=[1])])
     assert [e.line for e in res.errors] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("rewards", "labels"),
+    [
+        ([1.0, 0.0, 1.0, 1.0, 0.0], [1, -1, 1, 1, -1]),
+        ([1.7e308, 1.7e308, 0.0], [1, 1, -1]),  # the float sum is inf
+        ([-1.7e308, -1.7e308, 0.0], [-1, -1, 1]),
+        ([1.7e308, -1.7e308, 1.7e308], [1, -1, 1]),  # max - min is inf
+        ([0.1, 0.2, 0.3], [-1, 0, 1]),  # the float mean 0.20000000000000004 is not "at"
+        ([5e-324, 0.0], [0, 0]),  # within REWARD_EPS of the mean: neither side
+        ([1.0, 1.0 + 2 * REWARD_EPS, 1.0 - 2 * REWARD_EPS], [0, 1, -1]),
+    ],
+)
+def test_reward_labels_are_exact_and_never_overflow(rewards, labels):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reward_labels(rewards) == labels
+
+
+def test_huge_rewards_label_like_the_same_rewards_scaled_down():
+    """A group's labels do not depend on the scale of its rewards (2**-1000 is exact)."""
+    huge = [1.7e308, 1.6e308, 1.7e308, -2e307, 3e307, -1.7e308]
+    small = [r * 2.0**-1000 for r in huge]
+    assert [s * 2.0**1000 for s in small] == huge
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reward_labels(huge) == reward_labels(small) == [1, 1, 1, -1, -1, -1]
+
+
+def test_huge_rewards_are_parsed_and_grouped():
+    lines = [_line(task_id="h", reward=r) for r in (1.7e308, 1.7e308, -1.7e308)]
+    groups, skipped = group_rollouts(parse_lines(lines).rollouts)
+    assert not skipped and groups[0].labels() == [1, 1, -1]

@@ -307,6 +307,33 @@ def test_notifications_get_no_reply_and_batches_work(node):
     assert json.loads(lines[1])["id"] == "z"
 
 
+def test_bad_notifications_get_no_reply_on_a_live_connection(node):
+    """Notifications with bad params are never answered; the next request's reply comes first."""
+    silent = (
+        b'{"jsonrpc":"2.0","method":"health","params":[1]}\n'
+        + b'[{"jsonrpc":"2.0","method":"search","params":{"query":"bread","k":2}},'
+        + b'{"jsonrpc":"2.0","method":"search","params":[2]}]\n'
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(node.socket_path))
+        s.sendall(silent + req("after", "health"))
+        data = bytearray()
+        while not data.endswith(b"\n") and len(data) < 1024 * 1024:  # bounded in bytes and time
+            chunk = s.recv(65536)
+            assert chunk, "connection closed before the reply"
+            data += chunk
+        # replies come in request order: any answer to the notifications would be read first
+        lines = bytes(data).splitlines()
+        assert len(lines) == 1, lines
+        reply = json.loads(lines[0])
+        assert reply["id"] == "after" and reply["result"]["status"] == "ok"
+        s.settimeout(1.0)  # nothing else may follow
+        with pytest.raises(TimeoutError):
+            stray = s.recv(65536)
+            pytest.fail(f"stray reply: {stray!r}")
+
+
 def test_idle_connection_is_closed_and_the_client_reconnects(node):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(60)  # the node runs with --idle-timeout 2

@@ -147,7 +147,6 @@ def test_reopen_keeps_everything(tmp_path, keys):
     with Store(path, space_id=SPACE_A.hex()) as store:
         store.put_items([wire.encode_item(exp), wire.encode_item(sub)])
         store.put_consensus([cons])
-        store.put_peer(b"peer-1", {"addr": "/ip4/127.0.0.2/tcp/4001"})
         store.update_reputation(
             b"peer-1", lambda old: {"score": (old or {"score": 0})["score"] + 1}
         )
@@ -160,10 +159,37 @@ def test_reopen_keeps_everything(tmp_path, keys):
         assert got.code == sub.code
         assert got.domain == "code"  # looked up from the experience
         assert got.stats == {"mad": 0.1}
-        assert store.get_peer(b"peer-1") == {"addr": "/ip4/127.0.0.2/tcp/4001"}
         assert store.get_reputation(b"peer-1") == {"score": 2}
         assert [p for p, _ in store.iter_reputation()] == [b"peer-1"]
         assert store.get_submissions(exp.id, SPACE_A)[0].raw == wire.encode_item(sub)
+
+
+def test_a_store_with_the_old_peers_database_still_opens(tmp_path, keys):
+    """Earlier releases created a "peers" database; such a store opens, read-write and
+    read-only, and that database is left as it was."""
+    path = tmp_path / "s"
+    exp = _exp(keys[0], 3)
+    with Store(path, space_id=SPACE_A) as store:
+        store.put_items([wire.encode_item(exp)])
+    env = lmdb.open(str(path), max_dbs=16)
+    peers = env.open_db(b"peers")
+    with env.begin(write=True) as txn:
+        txn.put(b"peer-1", msgpack.packb({"addr": "/ip4/127.0.0.2/tcp/4001"}), db=peers)
+    env.close()
+    with Store(path, space_id=SPACE_A) as store:
+        assert store.get_experience(exp.id) is not None
+        assert "peers" not in store.counts()
+        store.update_reputation(b"peer-1", lambda old: {"score": 1})
+    with Store(path, readonly=True) as ro:
+        assert ro.get_experience(exp.id) is not None
+        assert ro.get_reputation(b"peer-1") == {"score": 1}
+    env = lmdb.open(str(path), max_dbs=16, readonly=True)
+    try:
+        with env.begin() as txn:
+            raw = txn.get(b"peer-1", db=env.open_db(b"peers", txn=txn, create=False))
+        assert msgpack.unpackb(raw) == {"addr": "/ip4/127.0.0.2/tcp/4001"}
+    finally:
+        env.close()
 
 
 def test_another_space_keeps_data_apart(tmp_path, keys):
@@ -188,7 +214,7 @@ def test_directory_is_locked_while_open(tmp_path):
     with Store(path, readonly=True) as ro:
         assert ro.schema_version() == SCHEMA_VERSION
         with pytest.raises(StoreError, match="read-only"):
-            ro.put_peer(b"p", {})
+            ro.update_reputation(b"p", lambda old: {})
 
 
 def test_bad_arguments_are_typed_errors(tmp_path):
@@ -202,7 +228,7 @@ def test_bad_arguments_are_typed_errors(tmp_path):
         with pytest.raises(StoreError):
             store.put_consensus([ConsensusRecord(SPACE_A, b"\x01" * 32, b"x", 1, False, "")])
         with pytest.raises(StoreError):
-            store.put_peer(b"", {})
+            store.update_reputation(b"", lambda old: {})
 
 
 def test_iteration_by_time_pages_and_bounds(tmp_path, keys):

@@ -11,7 +11,11 @@ Decisions (documented in README, Usage > retrieval socket):
   ignored. A line longer than MAX_LINE_BYTES gets one error reply (id null, -32600) and the
   rest of that line is skipped up to the next newline; the connection stays usable.
 - Batches (JSON arrays) are supported, up to MAX_BATCH entries; an empty array is an invalid
-  request. Notifications (no "id" member) are executed but never answered.
+  request. A notification (a request object without an "id" member) is executed but never
+  answered, not even when its method is unknown or its params are bad (JSON-RPC 2.0, section
+  4.1); a batch of only notifications gets no reply at all (section 6). An object that is no
+  valid request object at all (no "jsonrpc": "2.0", no method string, params neither object
+  nor array, a bad "id") still gets the -32600 error with id null, as the spec's examples do.
 - Params must be by name (a JSON object); unknown names are rejected naming the param.
 - NaN/Infinity literals are not JSON and are rejected as parse errors.
 """
@@ -70,12 +74,6 @@ class RpcError(DsoError):
         self.code = code
         self.message = message
         self.data = data
-
-    def to_error_object(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
 
 
 class InvalidParams(RpcError):
@@ -173,6 +171,8 @@ class Message:
 
     items: list[Request | dict[str, Any]] = field(default_factory=list)
     is_batch: bool = False
+    #: Notifications refused while parsing: neither run nor answered (the server counts them).
+    dropped: int = 0
 
 
 def error_response(id_: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -216,8 +216,11 @@ def parse_message(line: bytes) -> Message | None:
                     )
                 ]
             )
-        return Message([_parse_request(o) for o in obj], is_batch=True)
-    return Message([_parse_request(obj)])
+        parsed = [_parse_request(o) for o in obj]
+        items = [p for p in parsed if p is not None]
+        return Message(items, is_batch=True, dropped=len(parsed) - len(items))
+    item = _parse_request(obj)
+    return Message([], dropped=1) if item is None else Message([item])
 
 
 def _valid_id(value: Any) -> bool:
@@ -236,9 +239,12 @@ def _valid_id(value: Any) -> bool:
     return True
 
 
-def _parse_request(obj: Any) -> Request | dict[str, Any]:
+def _parse_request(obj: Any) -> Request | dict[str, Any] | None:
+    """A request to run, an error to send, or None: a notification refused (never answered)."""
     if not isinstance(obj, dict):
         return error_response(None, INVALID_REQUEST, "invalid request: not a JSON object")
+    # Decided first: whatever goes wrong below, a notification is never answered, except when
+    # it is no request object at all (-32600, id null: the spec's own examples answer those).
     has_id = "id" in obj
     id_ = obj.get("id")
     if has_id and not _valid_id(id_):
@@ -260,6 +266,8 @@ def _parse_request(obj: Any) -> Request | dict[str, Any]:
     if isinstance(params, list):
         # Valid JSON-RPC, but every method here takes named params: answer with -32602.
         if params:
+            if not has_id:
+                return None  # a notification: not run, since it cannot be, and not answered
             return error_response(
                 id_,
                 INVALID_PARAMS,

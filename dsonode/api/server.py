@@ -157,6 +157,7 @@ class RpcServer:
         message = jsonrpc.parse_message(line)
         if message is None:
             return None
+        self.errors += message.dropped
         responses: list[dict[str, Any]] = []
         for item in message.items:
             if isinstance(item, dict):  # an error decided while parsing

@@ -97,9 +97,8 @@ def score_lessons(groups, lessons) -> dict[str, Any]:
     # A random step of a rollout rewarded above its group's mean:
     good_steps = all_steps = 0
     for g in annotated:
-        mean = statistics.fmean(g.rewards)
-        for r in g.rollouts:
-            if r.reward > mean:
+        for r, label in zip(g.rollouts, g.labels(), strict=True):
+            if label > 0:
                 all_steps += len(r.steps())
                 good_steps += len(r.meta.get("good_steps") or [])
     return {

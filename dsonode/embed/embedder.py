@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -409,11 +408,3 @@ def get_embedder(
         if key not in _CACHE:
             _CACHE[key] = Embedder(encoder, head, device=device, threads=threads)
         return _CACHE[key]
-
-
-def default_threads() -> int:
-    """Threads for torch's intra-op pool: the CPUs this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)

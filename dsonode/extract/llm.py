@@ -614,10 +614,8 @@ class LLMExtractor:
             existing = [(e, vecs[row + i]) for i, e in enumerate(res.existing)]
             row += len(res.existing)
             # provenance: the rollouts the model saw that did better than the group's mean
-            mean = float(np.mean(group.rewards))
-            winners = [
-                Source(group.task_id, i, -1) for i in res.shown if group.rollouts[i].reward > mean
-            ]
+            labels = group.labels()
+            winners = [Source(group.task_id, i, -1) for i in res.shown if labels[i] > 0]
             for op in res.ops:
                 if op.text is None:  # keep
                     continue

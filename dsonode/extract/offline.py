@@ -4,7 +4,8 @@ It does not write anything new: every lesson is a step that a successful rollout
 prefixed with the task's domain. For each group (rollouts of one task with different rewards):
 
 1. successful rollouts are those rewarded above the group's mean, failed ones below it
-   (the sign of the GRPO advantage); each rollout is split into steps (`split_steps`);
+   (the sign of the GRPO advantage, computed exactly by `reward_labels`: huge rewards cannot
+   overflow it); each rollout is split into steps (`split_steps`);
 2. every step of the batch is embedded once with the node's encoder (unit vectors);
 3. a step s of a successful rollout scores
        mean over the other successes S of max_{t in S} cos(s, t)
@@ -185,14 +186,13 @@ class OfflineExtractor:
         plans = []
         texts: list[str] = []
         for group in groups:
-            rewards = np.array(group.rewards, dtype=np.float64)
-            mean = rewards.mean()
+            labels = np.array(group.labels(), dtype=np.int64)
             per_rollout = []
             for r in group.rollouts:
                 steps = r.steps()
                 per_rollout.append((len(texts), len(steps)))
                 texts.extend(steps)
-            plans.append((group, rewards > mean, rewards < mean, per_rollout))
+            plans.append((group, labels > 0, labels < 0, per_rollout))
         vecs = self._embed(texts)
         owner = np.empty(len(texts), dtype=np.int64)  # global rollout number of each step
         label: list[int] = []  # per global rollout: +1 success, -1 failure, 0 at the mean

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from dsonode.core.errors import DsoError
@@ -35,6 +36,7 @@ __all__ = [
     "parse_line",
     "parse_lines",
     "parse_object",
+    "reward_labels",
     "split_steps",
 ]
 
@@ -73,10 +75,6 @@ class Rollout:
     meta: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0  # 1-based line number in its file (0 when not from a file)
 
-    @property
-    def is_chat(self) -> bool:
-        return not isinstance(self.response, str)
-
     def steps(self) -> list[str]:
         return split_steps(self.response)
 
@@ -108,6 +106,10 @@ class Group:
     @property
     def rewards(self) -> list[float]:
         return [r.reward for r in self.rollouts]
+
+    def labels(self) -> list[int]:
+        """Per rollout: +1 success, -1 failure, 0 at the mean (`reward_labels`)."""
+        return reward_labels(self.rewards)
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,22 @@ def group_rollouts(rollouts: Iterable[Rollout]) -> tuple[list[Group], list[Skipp
         else:
             groups.append(Group(task_id, members[0].domain, members[0].prompt, tuple(members)))
     return groups, skipped
+
+
+def reward_labels(rewards: Sequence[float]) -> list[int]:
+    """Per reward: +1 above the mean of `rewards` by more than REWARD_EPS, -1 below it by more,
+    0 within REWARD_EPS of it (the sign of the GRPO advantage).
+
+    Computed exactly on rationals, never with a float mean: the mean of finite rewards can
+    overflow (1.7e308 and 1.7e308 sum to inf, and then no rollout is above it), and a rounded
+    mean puts a reward that is at it (0.2 of 0.1, 0.2, 0.3) on one side or the other.
+    """
+    n = len(rewards)
+    exact = [Fraction(r) for r in rewards]  # raises on inf/NaN, which parsing refuses
+    total = sum(exact, Fraction(0))
+    tolerance = n * Fraction(REWARD_EPS)
+    # r - mean compared with +-eps, all multiplied by n: no division, no rounding
+    return [(x * n - total > tolerance) - (total - x * n > tolerance) for x in exact]
 
 
 # ------------------------------------------------------------------------------- steps

@@ -676,9 +676,6 @@ class Gossip:
     def mesh_peers(self, topic: str) -> set[ID]:
         return set(self.router.mesh.get(topic, set()))
 
-    def topic_peers(self, topic: str) -> set[ID]:
-        return set(self.pubsub.peer_topics.get(topic, set()))
-
     async def wait_for_mesh(self, topic: str, n: int, timeout_s: float) -> bool:
         """Wait (bounded) until at least `n` peers are in our mesh for `topic`."""
         with trio.move_on_after(timeout_s):

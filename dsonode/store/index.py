@@ -248,13 +248,6 @@ class CodeIndex:
             raise IndexInputError(f"{len(missing)} ids are not in the index")
         self.add(ids, codes, domains, confirmed)
 
-    def set_confirmed(self, exp_id: bytes, confirmed: bool = True) -> None:
-        row = self._row_of.get(exp_id)
-        if row is None:
-            raise IndexInputError("id is not in the index")
-        self._n_confirmed += int(confirmed) - int(self._confirmed[row])
-        self._confirmed[row] = confirmed
-
     def _domain_id(self, name: str | None) -> int:
         name = _NO_DOMAIN if name is None else name
         if not isinstance(name, str):

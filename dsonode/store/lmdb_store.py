@@ -1,4 +1,4 @@
-"""The node's LMDB store: every signed item it holds, consensus codes, peers and reputation.
+"""The node's LMDB store: every signed item it holds, consensus codes and reputation.
 
 One LMDB environment in the node's data directory (``<data_dir>/store``), named databases:
 
@@ -14,7 +14,6 @@ submissions     experience id + space id + author (96)       {raw, created, code
 sub_by_time     created ms (8, BE) + submission key (96)     b""
 consensus       space id (32) + experience id (32)           {code, count, confirmed, domain,
                                                              stats, updated}
-peers           peer id (bytes)                              any msgpack map (the caller's record)
 reputation      peer id (bytes)                              any msgpack map
 feedback        experience id + author (64)                  {raw, created, score, hash}: the
                                                              author's current vote only
@@ -27,6 +26,8 @@ one when it is newer by ``dsonode.core.feedback.supersedes`` (created, then item
 the old vote's bytes and time entry are deleted in the same transaction. ``feedback_agg`` is
 recomputed in that transaction too, so the aggregate is always that of the stored votes.
 A schema-1 store is migrated on open by creating the (empty) feedback databases.
+Stores written by earlier releases also hold a ``peers`` database that nothing ever used; it
+is left in the file and never opened (the schema version is unchanged: no data moved).
 
 Guarantees:
 - Writes are batched: ``put_items`` stores a whole batch in one write transaction.
@@ -87,7 +88,6 @@ _DB_NAMES = (
     b"submissions",
     b"sub_by_time",
     b"consensus",
-    b"peers",
     b"reputation",
     b"feedback",
     b"fb_by_time",
@@ -211,6 +211,8 @@ class Store:
             self._env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
+                # max_dbs bounds the databases this handle opens, not those in the file (an
+                # old store's unused "peers" database costs nothing); +2 spare
                 max_dbs=len(_DB_NAMES) + 2,
                 subdir=True,
                 readonly=readonly,
@@ -797,19 +799,7 @@ class Store:
             start = prefix + batch[-1].experience_id
             first = False
 
-    # ------------------------------------------------------------------- peers, reputation
-
-    def put_peer(self, peer_id: bytes, record: dict[str, Any]) -> None:
-        self._put_map("peers", peer_id, record)
-
-    def get_peer(self, peer_id: bytes) -> dict[str, Any] | None:
-        return self._get_map("peers", peer_id)
-
-    def iter_peers(self) -> list[tuple[bytes, dict[str, Any]]]:
-        return self._all_map("peers")
-
-    def put_reputation(self, peer_id: bytes, record: dict[str, Any]) -> None:
-        self._put_map("reputation", peer_id, record)
+    # ------------------------------------------------------------------------- reputation
 
     def get_reputation(self, peer_id: bytes) -> dict[str, Any] | None:
         return self._get_map("reputation", peer_id)
@@ -838,12 +828,6 @@ class Store:
         if not isinstance(peer_id, bytes | bytearray) or not 1 <= len(peer_id) <= 128:
             raise StoreError("peer id must be 1..128 bytes")
         return bytes(peer_id)
-
-    def _put_map(self, db_name: str, peer_id: bytes, record: dict[str, Any]) -> None:
-        if not isinstance(record, dict):
-            raise StoreError(f"{db_name} record must be a dict")
-        key, value = self._peer_key(peer_id), _pack(record)
-        self._write(lambda txn: txn.put(key, value, db=self._dbs[db_name]))
 
     def _get_map(self, db_name: str, peer_id: bytes) -> dict[str, Any] | None:
         key = self._peer_key(peer_id)
