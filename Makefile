@@ -24,11 +24,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check dsonode tests
 	$(BIN)/ruff format --check dsonode tests
+	$(BIN)/mypy dsonode
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check dsonode tests
 	$(BIN)/ruff format --check dsonode tests
+	$(BIN)/mypy dsonode
 
 clean-venv:
 	rm -rf $(VENV)

@@ -275,7 +275,12 @@ class RpcServer:
     # ---- the listener ----------------------------------------------------------------------
 
     async def serve_unix(
-        self, path: Path, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED
+        self,
+        path: Path,
+        *,
+        # libp2p depends on trio-typing, whose stale trio-stubs shadow trio's own annotations
+        # for mypy and lack TaskStatus (trio >= 0.22 exports it; the code is right at run time).
+        task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
     ) -> None:
         """Listen on `path` until cancelled; the socket file is removed on the way out."""
         listener = bind_unix_listener(path)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dsonode.bench.common import percentile
+from dsonode.bench.common import code_rows, percentile
 from dsonode.core.constants import DIM
 
 QUERY_TEXTS = [
@@ -53,7 +53,7 @@ def _synthetic_codes(
         DIM
     )
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return bitdelta.encode(vecs)
+    return code_rows(bitdelta.encode(vecs))
 
 
 def populate(data_dir: Path, space_id: str, n: int, seed: int = 0, chunk: int = 5000) -> None:

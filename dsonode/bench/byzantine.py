@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from dsonode.argtypes import bounded_int
-from dsonode.bench.common import report
+from dsonode.bench.common import code_rows, report
 from dsonode.core import bitdelta
 from dsonode.core.aggregate import aggregate, aggregate_codes
 from dsonode.core.constants import CODE_BYTES, DIM
@@ -201,7 +201,7 @@ def run(
     for j in range(experiences):
         rng = np.random.default_rng([seed, 2, j])
         honest_all = truth[j] + rng.standard_normal((submitters, DIM)) * sigma
-        codes_all = bitdelta.encode(honest_all.astype(np.float32))
+        codes_all = code_rows(bitdelta.encode(honest_all.astype(np.float32)))
         decoded_all = bitdelta.decode(codes_all).astype(np.float64)
         # The mimic target: the next experience of the same cluster.
         start = (j // CLUSTER_SIZE) * CLUSTER_SIZE
@@ -246,13 +246,14 @@ def run(
                 # (checked below); a matrix product over decoded blocks is much faster here.
                 tracker((*key, "codes")).add(bitdelta.decode(cres.code))
                 if key == ("clean", 0.0, "median"):
+                    assert cres.code is not None  # aggregate_codes always sets it
                     probe_codes[j] = np.frombuffer(cres.code, np.uint8)
                 for pipe, r in (("float", res), ("codes", cres)):
-                    acc = flags.setdefault((*key, pipe), [0, 0, 0])
+                    tally = flags.setdefault((*key, pipe), [0, 0, 0])
                     rejected = ~r.accepted
-                    acc[0] += int(rejected.sum())
-                    acc[1] += int((rejected & is_attacker).sum())
-                    acc[2] += int((rejected & ~is_attacker).sum())
+                    tally[0] += int(rejected.sum())
+                    tally[1] += int((rejected & is_attacker).sum())
+                    tally[2] += int((rejected & ~is_attacker).sum())
             for method in RAW_METHODS:
                 res = aggregate(x, method, reject=False)
                 tracker((attack, fr, method, "raw")).add(res.consensus)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dsonode.bench.common import add_common_args, report
+from dsonode.bench.common import add_common_args, code_rows, report
 from dsonode.core import bitdelta
 from dsonode.core.constants import CODE_BYTES, DIM, FLOAT32_BYTES
 from dsonode.core.errors import DsoError
@@ -118,7 +118,7 @@ def run(args) -> int:
     x = random_unit_vectors(n, args.seed)
     signs = x >= 0
     signs_out = np.empty_like(signs)
-    codes = bitdelta.encode(x)
+    codes = code_rows(bitdelta.encode(x))
     rescore_codes = codes[: min(n, RESCORE_CODES)]
     query = random_unit_vectors(1, args.seed + 1)[0]
     query_bits = bitdelta.sign_bits(query)
@@ -163,7 +163,10 @@ def run(args) -> int:
     hamming_check = bool(
         np.array_equal(
             bitdelta.hamming(query_bits, codes),
-            np.unpackbits(codes[:, 4:] ^ np.frombuffer(query_bits, np.uint8), axis=1).sum(1),
+            np.unpackbits(
+                np.bitwise_xor(codes[:, 4:], np.frombuffer(query_bits, np.uint8), dtype=np.uint8),
+                axis=1,
+            ).sum(1),
         )
     )
 

@@ -11,7 +11,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def code_rows(out: bytes | np.ndarray) -> np.ndarray:
+    """bitdelta.encode / sign_bits of a matrix: the uint8 (n, k) array (bytes come back only
+    for a single vector, which the benchmarks never pass where they want rows)."""
+    import numpy as np  # lazily: the CLI imports this module to register commands
+
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"expected a matrix of codes, got {type(out).__name__}")
+    return out
 
 
 def add_common_args(parser) -> None:

@@ -14,7 +14,9 @@ import math
 import re
 import statistics
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,8 +181,8 @@ def head_kernels(emb, texts: list[str], repeats: int) -> dict:
             x1, x64 = base[:1].to(dtype), base.to(dtype)
             got = fn(x64).float()
             out[name] = {
-                "batch1_ms": median_time(lambda f=fn, x=x1: f(x), repeats * 4) * 1000,
-                "batch64_ms_per_text": median_time(lambda f=fn, x=x64: f(x), repeats) * 1000 / 64,
+                "batch1_ms": median_time(partial(fn, x1), repeats * 4) * 1000,
+                "batch64_ms_per_text": median_time(partial(fn, x64), repeats) * 1000 / 64,
                 "sign_flip_rate_vs_float32": float(((got >= 0) != (ref >= 0)).float().mean()),
                 "min_cosine_vs_float32": float(
                     torch.nn.functional.cosine_similarity(got, ref, dim=1).min()
@@ -264,7 +266,7 @@ def run(data: Path, limit_docs: int | None, threads: int | None, repeats: int = 
 
     per_query = {name: ndcg_recall_at_k(r, q_ids, qrels, k) for name, r in systems.items()}
     enc_ndcg, enc_recall = per_query["encoder"]
-    quality = {}
+    quality: dict[str, dict[str, Any]] = {}
     for name, (nd, rc) in per_query.items():
         lo, hi = paired_bootstrap(nd, enc_ndcg)
         rlo, rhi = paired_bootstrap(rc, enc_recall)

@@ -92,7 +92,9 @@ class GatewayProcess:
 
     def _readline(self, timeout: float) -> str:
         box: list[str] = []
-        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        stdout = self.proc.stdout
+        assert stdout is not None  # started with stdout=PIPE
+        t = threading.Thread(target=lambda: box.append(stdout.readline()), daemon=True)
         t.start()
         t.join(timeout)
         return box[0] if box else ""

@@ -288,9 +288,9 @@ def run_bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             }
         reports = []
         for i, w in enumerate(workers):
-            path = work / f"report{i + 1}.json"
-            w.ask({"cmd": "report", "file": str(path)}, "reported", 60)
-            reports.append(json.loads(path.read_text()))
+            report_path = work / f"report{i + 1}.json"
+            w.ask({"cmd": "report", "file": str(report_path)}, "reported", 60)
+            reports.append(json.loads(report_path.read_text()))
     finally:
         for w in workers:
             w.stop()

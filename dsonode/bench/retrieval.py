@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from dsonode.bench.common import percentile, report
+from dsonode.bench.common import code_rows, percentile, report
 from dsonode.core.constants import BITS_BYTES, DIM, SCALE_BYTES
 
 LATENT = 384
@@ -151,7 +151,7 @@ def bench_faiss(codes: np.ndarray, queries: np.ndarray, prefix: bool, n_q: int) 
     index = faiss.IndexBinaryFlat(nbits)
     for s in range(0, len(bits), 65536):
         index.add(np.ascontiguousarray(bits[s : s + 65536]))
-    qbits = bitdelta.sign_bits(queries[:n_q])[:, : nbits // 8]
+    qbits = code_rows(bitdelta.sign_bits(queries[:n_q]))[:, : nbits // 8]
     out: dict[str, Any] = {}
     default = faiss.omp_get_max_threads()
     for threads in sorted({1, min(2, default)}):
@@ -162,7 +162,6 @@ def bench_faiss(codes: np.ndarray, queries: np.ndarray, prefix: bool, n_q: int) 
     _, found = index.search(qbits, 10)
     out["p50_ms"] = min(v for k, v in out.items() if k.startswith("p50_ms_"))
     out["found"] = found
-    index = None
     return out
 
 
@@ -176,7 +175,7 @@ def bench_ingest(n_items: int, codes: np.ndarray, seed: int) -> dict[str, Any]:
     key = Ed25519PrivateKey.from_private_bytes(seed.to_bytes(32, "big"))
     space = bytes(32)
     t0 = time.perf_counter()
-    items = []
+    items: list[wire.Item] = []
     for i in range(n_items // 2):
         exp = wire.make_experience(key, "bench", f"synthetic lesson {i} of the benchmark")
         sub = wire.make_submission(key, exp.id, space, codes[i % len(codes)].tobytes())
@@ -339,7 +338,9 @@ def run(args) -> int:
             f" per cluster, spread {CLUSTER_SPREAD}, query noise {QUERY_NOISE}), seed {args.seed}"
         ),
     }
-    index = codes = None
+    # Drop the index and codes (about 100 MB) before the socket run; a lambda above closes
+    # over `index`, so rebinding (not del) is what frees it.
+    index = codes = None  # type: ignore[assignment]
     if args.socket:
         result.update(_socket(args.socket_queries))
     else:

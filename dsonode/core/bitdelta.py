@@ -216,7 +216,7 @@ def _bits_operand(value: Any, name: str, widths: dict[int, int], *, matrix: bool
 
 
 def _encode_block(
-    d: np.ndarray, scale_out: np.ndarray | None, bits_out: np.ndarray, work: dict
+    d: np.ndarray, scale_out: np.ndarray | None, bits_out: np.ndarray, work: dict[str, np.ndarray]
 ) -> None:
     """Scale (if scale_out is given) and packed sign bits of the rows of `d`."""
     m = d.shape[0]
@@ -245,16 +245,18 @@ def _encode_rows(
     block = max(1, min(_ENCODE_BLOCK, n))  # one vector (a query) needs one row of buffers
     work = {
         "abs32": np.empty((block, DIM), np.float32),
-        "abs64": np.empty((block, DIM), np.float64) if x.dtype == np.float64 else None,
         "signs": np.empty((block, DIM), np.bool_),
-        "diff": np.empty((block, DIM), x.dtype) if ref is not None else None,
     }
+    if x.dtype == np.float64:  # d keeps x's dtype (diff below has it too)
+        work["abs64"] = np.empty((block, DIM), np.float64)
+    # x - ref of one block (only with a reference vector)
+    diff = np.empty((block, DIM), x.dtype) if ref is not None else None
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, n, block):
             stop = min(start + block, n)
             d = x[start:stop]
-            if ref is not None:
-                d = np.subtract(d, ref, out=work["diff"][: stop - start])
+            if ref is not None and diff is not None:  # both or neither
+                d = np.subtract(d, ref, out=diff[: stop - start])
             _encode_block(
                 d,
                 None if scale_out is None else scale_out[start:stop],

@@ -40,7 +40,7 @@ from dsonode.core.errors import (
     VersionError,
     WireError,
 )
-from dsonode.core.wire import WIRE_VERSION, item_hash, parse_msgpack
+from dsonode.core.wire import WIRE_VERSION, ParseLimits, item_hash, parse_msgpack
 
 __all__ = [
     "BUCKET_DIGEST_DOMAIN",
@@ -103,7 +103,7 @@ _KINDS = {
     KIND_ITEMS_REQUEST: 3,
     KIND_ITEMS: 4,
 }
-_PARSE_LIMITS = {
+_PARSE_LIMITS: ParseLimits = {
     "max_str_len": 64,  # kind strings only
     "max_bin_len": MAX_ITEM_BYTES,
     "max_array_len": MAX_BUCKETS,

@@ -21,7 +21,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -126,11 +126,22 @@ FEEDBACK_SCORE_MAX = 2 * FEEDBACK_SCORE_SCALE
 
 TOPIC_PREFIX = "/dso/1/space/"
 
+
 # Parser limits (§9.2 step 2), applied by the msgpack parser itself before it allocates anything
 # from a length the peer declared (an array header preallocates its slots). The same for items
 # and batches, so that an item handed to the batch decoder (or the reverse) reaches the kind
 # check. Maps and ext types are not part of the format at all.
-_PARSE_LIMITS = {
+class ParseLimits(TypedDict):
+    """msgpack.unpackb's length limits, named as its keyword arguments."""
+
+    max_str_len: int
+    max_bin_len: int
+    max_array_len: int
+    max_map_len: int
+    max_ext_len: int
+
+
+_PARSE_LIMITS: ParseLimits = {
     "max_str_len": MAX_TEXT_BYTES,
     "max_bin_len": MAX_ITEM_BYTES,
     "max_array_len": 256,
@@ -498,11 +509,32 @@ def make_experience(
     return item
 
 
+class Uint8Row(Protocol):
+    """One row of bitdelta.encode's (n, 964) uint8 matrix: a numpy array, which this module
+    takes without importing numpy (dtype and ndim are checked at run time)."""
+
+    def tobytes(self) -> bytes: ...
+
+
+def _code_bytes(code: bytes | bytearray | memoryview | Uint8Row) -> bytes:
+    if type(code) is bytes:
+        return code
+    if isinstance(code, bytearray | memoryview):
+        return bytes(code)
+    if (
+        not isinstance(code, bytes)  # a bytes subclass is refused below, as Submission would
+        and str(getattr(code, "dtype", "")) == "uint8"
+        and getattr(code, "ndim", 0) == 1
+    ):
+        return code.tobytes()
+    raise SchemaError(f"code must be bytes (msgpack bin), got {type(code).__name__}")
+
+
 def make_submission(
     private_key: Ed25519PrivateKey,
     experience_id: bytes,
     space_id: bytes | str,
-    code: bytes,
+    code: bytes | bytearray | memoryview | Uint8Row,
     created: int | None = None,
 ) -> Submission:
     """Sign one BitDelta code of an experience in a space. space_id: 32 bytes or 64 hex chars."""
@@ -512,10 +544,7 @@ def make_submission(
             space_id = bytes.fromhex(space_id)
         except ValueError as exc:
             raise SchemaError("space_id is not hex") from exc
-    if isinstance(code, bytearray | memoryview):
-        code = bytes(code)
-    elif str(getattr(code, "dtype", "")) == "uint8" and getattr(code, "ndim", 0) == 1:
-        code = code.tobytes()  # one row of bitdelta.encode's (n, 964) uint8 matrix
+    code = _code_bytes(code)
     created = now_ms() if created is None else created
     # Validate before signing (the signature is a placeholder until then).
     Submission(experience_id, space_id, code, author, created, bytes(SIG_BYTES))
@@ -573,7 +602,7 @@ def _parse(data: bytes) -> Any:
     return parse_msgpack(data, _PARSE_LIMITS)
 
 
-def parse_msgpack(data: bytes, limits: dict[str, int]) -> Any:
+def parse_msgpack(data: bytes, limits: ParseLimits) -> Any:
     """Exactly one msgpack object within `limits` (unpackb's max_*_len), or a typed WireError.
 
     Shared by every decoder of untrusted bytes (items, batches, sync messages): the limits
@@ -663,13 +692,15 @@ def decode_item(data: bytes, now_ms: int | None = None, *, check_signature: bool
                 f"{kind} body has {len(body)} fields, expected {_BODY_LEN[kind]} "
                 "(missing or extra field)"
             )
+        # One list: mypy rejects a positional argument after *body of unknown length.
+        fields = [*body, signature]
         item: Item
         if kind == KIND_EXPERIENCE:
-            item = Experience(*body, signature)
+            item = Experience(*fields)
         elif kind == KIND_SUBMISSION:
-            item = Submission(*body, signature)
+            item = Submission(*fields)
         else:
-            item = Feedback(*body, signature)
+            item = Feedback(*fields)
         if check_signature:
             verify_signature(item)
         if now_ms is not None and item.created > now_ms + MAX_CLOCK_SKEW_MS:

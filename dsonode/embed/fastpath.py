@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dsonode.embed.head import ProjectionHead
+
 #: Limb base: residuals of round() are in [-0.5, 0.5], times 254 stays within int8's +-127.
 _BASE = 254.0
 _LIMBS = 3
@@ -32,6 +34,10 @@ def sign_scale(weight: torch.Tensor) -> float | None:
 
 class IntSignLinear(nn.Module):
     """y = x @ (scale * S).T + bias, computed exactly with int8 limbs and int32 accumulation."""
+
+    # Buffers (register_buffer), declared so they type as tensors, not Tensor | Module.
+    signs_t: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, linear: nn.Linear, scale: float) -> None:
         super().__init__()
@@ -95,7 +101,7 @@ class IntSignLinear(nn.Module):
 class FastHead(nn.Module):
     """A ProjectionHead with fc2 swapped for its exact integer form (same function)."""
 
-    def __init__(self, head: nn.Module, fc2: IntSignLinear) -> None:
+    def __init__(self, head: ProjectionHead, fc2: IntSignLinear) -> None:
         super().__init__()
         self.fc1, self.act, self.ln1, self.ln2 = head.fc1, head.act, head.ln1, head.ln2
         self.fc2 = fc2
@@ -106,7 +112,7 @@ class FastHead(nn.Module):
         return nn.functional.normalize(z, p=2.0, dim=-1)
 
 
-def fast_head(head: nn.Module) -> nn.Module:
+def fast_head(head: ProjectionHead) -> nn.Module:
     """`head` evaluated with an integer fc2 when its weights allow it, else `head` itself."""
     fc2 = IntSignLinear.maybe_from(head.fc2)
     return FastHead(head, fc2) if fc2 is not None else head

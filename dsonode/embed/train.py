@@ -28,9 +28,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
@@ -284,7 +286,7 @@ def save_checkpoint(
     step: int,
     history: dict[str, list[float]],
     mined: np.ndarray | None,
-    state: dict[str, object],
+    state: Mapping[str, object],
 ) -> None:
     from safetensors.torch import save_file
 
@@ -301,7 +303,7 @@ def save_checkpoint(
     _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
@@ -326,9 +328,9 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
-        self._prev = None
+        self._prev: Callable[[int, FrameType | None], Any] | int | None = None
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -410,7 +412,7 @@ def _initial_head(cfg: TrainConfig, in_dim: int) -> tuple[ProjectionHead, str]:
 
 
 def _restore(
-    path: Path, expected: dict[str, object], index: PairIndex | None
+    path: Path, expected: dict[str, int | str], index: PairIndex | None
 ) -> tuple[ProjectionHead, int, dict[str, list[float]], np.ndarray | None, dict, str]:
     """Load a checkpoint and check it continues this very run (same stage, data, seed, ...)."""
     meta, tensors = load_checkpoint(path)
@@ -488,7 +490,7 @@ def train_head(
 
     torch.manual_seed(cfg.seed)
     # What a checkpoint must agree on to be continued (the rest may change between runs).
-    state: dict[str, object] = {
+    state: dict[str, int | str] = {
         "stage": cfg.stage,
         "seed": cfg.seed,
         "data_sha256": data.sha256,
@@ -580,12 +582,14 @@ def train_head(
         head.out_dim,
         getattr(embedder, "reference", None),
     )
+    first_loss = window_mean(losses, first=True)
+    final_loss = window_mean(losses, first=False)
     metadata: dict[str, object] = {
         "trainer": "dsonode head train",
         "stage": cfg.stage,
         "steps": step,
-        "final_loss": window_mean(losses, first=False),
-        "first_loss": window_mean(losses, first=True),
+        "final_loss": final_loss,
+        "first_loss": first_loss,
         "losses": components,
         "data_sha256": data.sha256,
         "data_records": n_examples,
@@ -612,8 +616,8 @@ def train_head(
         out=cfg.out,
         stage=cfg.stage,
         steps=step,
-        first_loss=float(metadata["first_loss"]),
-        final_loss=float(metadata["final_loss"]),
+        first_loss=first_loss,
+        final_loss=final_loss,
         history=list(losses),
         components=components,
         data_sha256=data.sha256,

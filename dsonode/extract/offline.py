@@ -238,8 +238,8 @@ class OfflineExtractor:
             start, n = per_rollout[i]
             return vecs[start : start + n]
 
-        succ = [i for i in np.flatnonzero(success) if per_rollout[i][1]]
-        fail = [i for i in np.flatnonzero(failure) if per_rollout[i][1]]
+        succ = [int(i) for i in np.flatnonzero(success) if per_rollout[i][1]]
+        fail = [int(i) for i in np.flatnonzero(failure) if per_rollout[i][1]]
         if not succ or not fail:
             return []
         scored: list[tuple[float, int, int]] = []

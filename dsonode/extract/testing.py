@@ -74,6 +74,8 @@ class RecordedLLMServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        if isinstance(host, bytes):  # typeshed allows it (AF_UNIX); a TCP server has a str
+            host = host.decode()
         return f"http://{host}:{port}/v1"
 
     def start(self) -> RecordedLLMServer:

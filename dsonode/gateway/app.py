@@ -124,7 +124,7 @@ class Gateway:
                 raise ApiError(400, "invalid Content-Length header", code="invalid_body")
             if int(declared) > drain_cap:
                 raise too_large
-        chunks = []
+        chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -350,7 +350,8 @@ async def serve_gateway(
     config: GatewayConfig,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    # See api/server.py serve_unix: libp2p's trio-typing stubs shadow trio's TaskStatus.
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
 ) -> None:
     """Serve until cancelled (or `shutdown_trigger` returns). Reports the base URL on start,
     e.g. "http://127.0.0.1:8080" (with the real port when config.port is 0)."""
@@ -367,8 +368,17 @@ async def serve_gateway(
     hc = _hypercorn_config(config)
     async with trio.open_nursery() as nursery:
 
-        async def serve_then_stop(task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve(app, hc, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        async def serve_then_stop(
+            task_status: trio.TaskStatus[list[str]],  # type: ignore[name-defined]
+        ) -> None:
+            # Starlette's ASGI types (MutableMapping scope) and hypercorn's (TypedDict scopes)
+            # describe the same protocol but do not unify for mypy.
+            await serve(
+                app,  # type: ignore[arg-type]
+                hc,
+                shutdown_trigger=shutdown_trigger,
+                task_status=task_status,
+            )
             nursery.cancel_scope.cancel()  # graceful shutdown done: stop the batcher too
 
         await nursery.start(batcher.run)

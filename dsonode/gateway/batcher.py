@@ -124,13 +124,18 @@ class MicroBatcher:
         for job in jobs:
             if job.error is not None:
                 raise job.error
-        vectors = [job.vectors for job in jobs]
+        vectors = [job.vectors for job in jobs if job.vectors is not None]
         counts = [c for job in jobs for c in job.token_counts or ()]
-        assert all(v is not None for v in vectors) and len(counts) == n
+        assert len(vectors) == len(jobs) and len(counts) == n
         out = vectors[0] if len(vectors) == 1 else np.concatenate(vectors)
         return out, counts
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        *,
+        # See api/server.py serve_unix: libp2p's trio-typing stubs shadow trio's TaskStatus.
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]
+    ) -> None:
         """The worker loop; run it in a nursery (`await nursery.start(batcher.run)`)."""
         self._running = True
         task_status.started()
@@ -143,6 +148,7 @@ class MicroBatcher:
                 size = len(first.texts)
                 deadline = trio.current_time() + self.max_wait_s
                 while size < self.max_batch_texts:
+                    job: _Job | None
                     try:
                         job = self._receive.receive_nowait()
                     except trio.WouldBlock:

@@ -21,6 +21,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pa
 from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -137,7 +138,9 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
         enable_upnp=False,
     )
     network = host.get_network()
-    network.auto_connector = _NoAutoConnector(  # type: ignore[attr-defined]
+    if not isinstance(network, Swarm):  # new_host builds a Swarm; the replacement needs one
+        raise RuntimeError(f"libp2p host has a {type(network).__name__}, not a Swarm")
+    network.auto_connector = _NoAutoConnector(
         swarm=network, auto_connect_interval=conn_config.auto_connect_interval
     )
     if host.get_id() != peer_id_of(private_key):  # our derivation and libp2p's must agree

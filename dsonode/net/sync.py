@@ -22,7 +22,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -32,7 +32,7 @@ from libp2p.peer.id import ID
 
 from dsonode.core import sync as core
 from dsonode.core.errors import DsoError, SyncError, SyncTimeoutError, WireError
-from dsonode.core.wire import decode_item, item_hash, now_ms
+from dsonode.core.wire import Item, decode_item, item_hash, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,63 @@ async def _reset(stream: INetStream) -> None:
 
 
 # --- The store as sync sees it --------------------------------------------------------------------
+# net does not import dsonode.store (ARCHITECTURE.md: the package graph): these Protocols say
+# what sync needs, and dsonode.store.Store provides it.
+
+
+#: Where an item is in the store: (kind, store key), as get_raw_items takes it.
+Location = tuple[str, bytes]
+
+
+class ExperienceRow(Protocol):
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+
+
+class SubmissionRow(Protocol):
+    @property
+    def experience_id(self) -> bytes: ...
+    @property
+    def space_id(self) -> bytes: ...
+    @property
+    def author(self) -> bytes: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+
+
+class FeedbackRow(Protocol):
+    @property
+    def experience_id(self) -> bytes: ...
+    @property
+    def author(self) -> bytes: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def item_hash(self) -> bytes: ...
+
+
+class SyncStore(Protocol):
+    """What sync reads (time-ordered items, raw bytes by key) and writes (verified items)."""
+
+    def iter_experiences_by_time(
+        self, since_ms: int = ..., until_ms: int | None = ...
+    ) -> Iterator[ExperienceRow]: ...
+    def iter_submissions_by_time(
+        self, since_ms: int = ..., until_ms: int | None = ...
+    ) -> Iterator[SubmissionRow]: ...
+    def iter_feedback_by_time(
+        self, since_ms: int = ..., until_ms: int | None = ...
+    ) -> Iterator[FeedbackRow]: ...
+    def get_raw_items(self, keys: Sequence[tuple[str, bytes]]) -> list[bytes | None]: ...
+    def put_items(
+        self, raw_items: Sequence[bytes], decoded: Sequence[Item] | None = ...
+    ) -> list[bool]: ...
 
 
 class StoreView:
@@ -121,12 +178,12 @@ class StoreView:
     Scope (PROTOCOL.md §12.3): every experience, plus the submissions of the asked space.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: SyncStore) -> None:
         self.store = store
 
     def entries(
         self, space_id: bytes, since_ms: int, until_ms: int
-    ) -> Iterator[tuple[int, bytes, tuple[str, bytes]]]:
+    ) -> Iterator[tuple[int, bytes, Location]]:
         """(created, item hash, (kind, store key)) of every item in scope and window."""
         for rec in self.store.iter_experiences_by_time(since_ms, until_ms):
             yield rec.created, item_hash(rec.raw), ("experience", rec.id)
@@ -146,14 +203,14 @@ class StoreView:
     def hashes(self, space_id: bytes, start_ms: int, end_ms: int) -> set[bytes]:
         return {h for _, h, _ in self.entries(space_id, start_ms, end_ms)}
 
-    def listing(self, req: core.HashesRequest) -> tuple[core.Hashes, dict[bytes, tuple]]:
+    def listing(self, req: core.HashesRequest) -> tuple[core.Hashes, dict[bytes, Location]]:
         """One page of hashes after req.after, and where their items are."""
         where = {h: loc for _, h, loc in self.entries(req.space_id, req.start_ms, req.end_ms)}
         after = sorted(h for h in where if h > req.after)
         page = after[: core.MAX_HASHES]
         return core.Hashes(tuple(page), len(after) > len(page)), {h: where[h] for h in page}
 
-    def raw_items(self, locations: Sequence[tuple[str, bytes] | None]) -> list[bytes | None]:
+    def raw_items(self, locations: Sequence[Location | None]) -> list[bytes | None]:
         known = [loc for loc in locations if loc is not None]
         found = iter(self.store.get_raw_items(known))
         return [None if loc is None else next(found) for loc in locations]
@@ -168,13 +225,13 @@ class ServerStats:
     refused: int = 0
     requests: int = 0
     items_sent: int = 0
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
 
 
 class SyncServer:
     """Answers /dso/sync/1.0.0 requests from `store`; register() before the host runs."""
 
-    def __init__(self, host: IHost, store: Any, config: SyncConfig | None = None) -> None:
+    def __init__(self, host: IHost, store: SyncStore, config: SyncConfig | None = None) -> None:
         self.host = host
         self.view = StoreView(store)
         self.config = config or SyncConfig()
@@ -210,7 +267,7 @@ class SyncServer:
 
     async def _serve(self, stream: INetStream) -> None:
         cfg = self.config
-        listed: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
+        listed: OrderedDict[bytes, Location] = OrderedDict()
         for _ in range(cfg.max_requests):
             # The whole next request, idle wait included, within idle_timeout_s.
             req = await read_message(stream, cfg.idle_timeout_s)
@@ -223,7 +280,9 @@ class SyncServer:
             await write_message(stream, resp, cfg.frame_timeout_s)
         raise SyncError(f"more than {cfg.max_requests} requests on one stream")
 
-    async def _answer(self, req: core.Message, listed: OrderedDict) -> core.Message:
+    async def _answer(
+        self, req: core.Message, listed: OrderedDict[bytes, Location]
+    ) -> core.Message:
         if isinstance(req, core.InventoryRequest):
             return await trio.to_thread.run_sync(self.view.inventory, req)
         if isinstance(req, core.HashesRequest):
@@ -255,7 +314,7 @@ class SyncReport:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
-    rejected: Counter = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -269,14 +328,16 @@ class SyncReport:
 
 
 #: accept(raw items) -> (stored, duplicates, rejected by error class). Runs in a thread.
-Accept = Callable[[list[bytes]], tuple[int, int, Counter]]
+Accept = Callable[[list[bytes]], tuple[int, int, Counter[str]]]
 
 
-def verify_and_store(store: Any, clock: Callable[[], int] = now_ms) -> Accept:
+def verify_and_store(store: SyncStore, clock: Callable[[], int] = now_ms) -> Accept:
     """Verify each item as if gossiped (decode_item with the local clock), store the valid."""
 
-    def accept(raws: list[bytes]) -> tuple[int, int, Counter]:
-        good, decoded, rejected = [], [], Counter()
+    def accept(raws: list[bytes]) -> tuple[int, int, Counter[str]]:
+        good: list[bytes] = []
+        decoded: list[Item] = []
+        rejected: Counter[str] = Counter()
         now = clock()
         for raw in raws:
             try:
@@ -293,7 +354,7 @@ def verify_and_store(store: Any, clock: Callable[[], int] = now_ms) -> Accept:
 async def sync_with(
     host: IHost,
     peer_id: ID,
-    store: Any,
+    store: SyncStore,
     space_id: bytes,
     *,
     config: SyncConfig | None = None,

@@ -225,17 +225,17 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
     )
 
     reps = net.get("reputation") or {}
-    fam = GaugeMetricFamily(
+    rep_fam = GaugeMetricFamily(
         "dsonode_reputation_submissions",
         "Submissions judged by consensus, summed over all authors, by verdict",
         labels=["verdict"],
     )
     for verdict in ("accepted", "rejected"):
-        fam.add_metric(
+        rep_fam.add_metric(
             [verdict],
             sum(float(_num(r.get(verdict)) or 0) for r in reps.values() if isinstance(r, Mapping)),
         )
-    yield fam
+    yield rep_fam
     yield gauge("dsonode_reputation_authors", "Authors with a reputation record", len(reps))
 
 

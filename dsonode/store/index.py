@@ -32,13 +32,23 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from dsonode.core import bitdelta
 from dsonode.core.constants import BITS_BYTES, CODE_BYTES, DIM, SCALE_BYTES
 from dsonode.core.errors import CodecError, DsoError
+
+if TYPE_CHECKING:
+    from dsonode.store.lmdb_store import ConsensusRecord, Store
+
+#: Codes as add() takes them: a uint8 (m, 964) array or m 964-byte strings (checked at run time).
+Codes: TypeAlias = "np.ndarray | Iterable[bytes | bytearray | memoryview]"
+#: A per-row argument: one value for every row, or one per row.
+Domains: TypeAlias = "str | Sequence[str] | None"
+Confirmed: TypeAlias = "bool | Sequence[bool] | np.ndarray"
 
 PREFIX_BITS = 1024
 _PREFIX_BYTES = PREFIX_BITS // 8
@@ -61,7 +71,7 @@ def asymmetric_scores(
     return np.asarray(bitdelta.asymmetric_scores(query, codes, ref=ref), dtype=np.float32)
 
 
-def _as_code_matrix(codes: Any) -> np.ndarray:
+def _as_code_matrix(codes: Codes) -> np.ndarray:
     if isinstance(codes, np.ndarray):
         arr = codes
     else:
@@ -173,9 +183,9 @@ class CodeIndex:
     def add(
         self,
         ids: Sequence[bytes],
-        codes: Any,
-        domains: str | Sequence[str] | None = None,
-        confirmed: bool | Sequence[bool] | np.ndarray = False,
+        codes: Codes,
+        domains: Domains = None,
+        confirmed: Confirmed = False,
     ) -> int:
         """Insert or replace rows (an id already indexed has its code and metadata replaced in
         place). ``codes``: uint8 (m, 964) or a sequence of 964-byte strings; ``domains`` one
@@ -241,7 +251,13 @@ class CodeIndex:
         self._n += fresh
         return fresh
 
-    def update(self, ids, codes, domains=None, confirmed=False) -> None:
+    def update(
+        self,
+        ids: Sequence[bytes],
+        codes: Codes,
+        domains: Domains = None,
+        confirmed: Confirmed = False,
+    ) -> None:
         """Replace the codes (and metadata) of ids that are already indexed."""
         missing = [i for i in ids if bytes(i) not in self._row_of]
         if missing:
@@ -263,7 +279,7 @@ class CodeIndex:
     # ------------------------------------------------------------------------ search
 
     @staticmethod
-    def _check_vector(vec: Any, what: str) -> np.ndarray:
+    def _check_vector(vec: npt.ArrayLike, what: str) -> np.ndarray:
         arr = np.asarray(vec, dtype=np.float32)
         if arr.shape != (DIM,):
             raise CodecError(f"{what} must have shape ({DIM},), got {arr.shape}")
@@ -273,7 +289,7 @@ class CodeIndex:
 
     def search(
         self,
-        query: Any,
+        query: npt.ArrayLike,
         k: int = 10,
         domain: str | None = None,
         confirmed_only: bool = False,
@@ -373,7 +389,7 @@ class CodeIndex:
     @classmethod
     def from_records(
         cls,
-        chunks: Iterable[Sequence[Any]],
+        chunks: Iterable[Sequence[ConsensusRecord]],
         total: int | None = None,
         progress: bool | None = None,
         **kwargs: Any,
@@ -414,7 +430,7 @@ class CodeIndex:
 
     @classmethod
     def from_store(
-        cls, store: Any, space_id: bytes | str, progress: bool | None = None, **kwargs: Any
+        cls, store: Store, space_id: bytes | str, progress: bool | None = None, **kwargs: Any
     ) -> CodeIndex:
         """Rebuild the index of one space from the store's consensus records."""
         total = store.count_consensus(space_id)

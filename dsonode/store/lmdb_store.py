@@ -63,7 +63,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import lmdb
 import msgpack
@@ -72,6 +72,7 @@ from dsonode.core.consensus import ConsensusRecord
 from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
+from dsonode.core.wire import Experience, Feedback, Item, Submission, decode_item, item_hash
 from dsonode.dirlock import release_lock, take_lock
 
 #: Bump when the on-disk layout changes; older stores are migrated, newer ones refused.
@@ -100,6 +101,12 @@ _TIME = struct.Struct(">Q")
 _PENDING = b"pending/"
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+if TYPE_CHECKING:
+    # Every transaction here is opened with buffers=False, so lmdb hands back bytes, never
+    # memoryview (lmdb's stub is generic over that choice).
+    _Txn: TypeAlias = lmdb.Transaction[bytes]
 
 
 class StoreError(DsoError):
@@ -273,10 +280,10 @@ class Store:
     def _init_meta(self, space: bytes | None) -> bytes | None:
         """Check the schema version, record the space; returns the previous space id."""
 
-        def read(txn: lmdb.Transaction) -> tuple[Any, Any, Any]:
+        def read(txn: _Txn) -> list[Any]:
             db = self._dbs["meta"]
             vals = [txn.get(k, db=db) for k in (b"schema_version", b"space_id", b"spaces")]
-            return tuple(None if v is None else _unpack(v) for v in vals)
+            return [None if v is None else _unpack(v) for v in vals]
 
         with self._lock, self.env.begin() as txn:
             version, prev_space_hex, spaces = read(txn)
@@ -300,7 +307,7 @@ class Store:
             return prev
         spaces = list(spaces) if isinstance(spaces, list) else []
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: _Txn) -> None:
             db = self._dbs["meta"]
             txn.put(b"schema_version", _pack(SCHEMA_VERSION), db=db)
             if space is not None:
@@ -314,7 +321,7 @@ class Store:
 
     # -------------------------------------------------------------------------- txn helpers
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _write(self, fn: Callable[[_Txn], T]) -> T:
         """Run fn in one write transaction; on MapFullError double the map and retry."""
         if self.readonly:
             raise StoreError("store is open read-only")
@@ -332,7 +339,7 @@ class Store:
                         raise StoreError(f"store map is full at {size} bytes") from None
                     self.env.set_mapsize(size * 2)
 
-    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _read(self, fn: Callable[[_Txn], T]) -> T:
         with self._lock, self.env.begin(buffers=False) as txn:
             return fn(txn)
 
@@ -350,7 +357,11 @@ class Store:
             return {name: txn.stat(db)["entries"] for name, db in self._dbs.items()}
 
     def schema_version(self) -> int:
-        return self._read(lambda txn: _unpack(txn.get(b"schema_version", db=self._dbs["meta"])))
+        raw = self._read(lambda txn: txn.get(b"schema_version", db=self._dbs["meta"]))
+        if raw is None:  # only a read-only open of a never-initialised store gets here
+            raise StoreError("store has no schema version")
+        version: int = _unpack(raw)
+        return version
 
     def known_spaces(self) -> list[bytes]:
         """Every space id this store has been opened with (oldest first)."""
@@ -362,7 +373,7 @@ class Store:
     def put_items(
         self,
         raw_items: Sequence[bytes],
-        decoded: Sequence[Any] | None = None,
+        decoded: Sequence[Item] | None = None,
         now_ms: int | None = None,
         consensus_if_absent: Sequence[ConsensusRecord] = (),
     ) -> list[bool]:
@@ -385,8 +396,6 @@ class Store:
         most one submission of that space is stored for the experience (the record's own: else
         others' submissions are missing from it and the daemon must recompute it).
         """
-        from dsonode.core import wire  # the wire module is optional until a put is made
-
         for r in raw_items:
             if not isinstance(r, bytes | bytearray | memoryview):
                 raise StoreError(f"items must be bytes, got {type(r).__name__}")
@@ -395,17 +404,17 @@ class Store:
             for r in raws:
                 if len(r) > MAX_ITEM_BYTES:
                     raise StoreError(f"item of {len(r)} bytes exceeds {MAX_ITEM_BYTES}")
-            items = [wire.decode_item(r, now_ms=now_ms) for r in raws]
+            items: list[object] = [decode_item(r, now_ms=now_ms) for r in raws]
         else:
             items = list(decoded)
             if len(items) != len(raws):
                 raise StoreError("decoded must have one entry per raw item")
-        rows = [self._item_row(item, raw, wire) for item, raw in zip(items, raws, strict=True)]
-        marks = [self._pending_of(item, wire) for item in items]
+        rows = [self._item_row(item, raw) for item, raw in zip(items, raws, strict=True)]
+        marks = [self._pending_of(item) for item in items]
         cons_rows = [self._consensus_row(r) for r in consensus_if_absent]
         meta = self._dbs["meta"]
 
-        def write(txn: lmdb.Transaction) -> list[bool]:
+        def write(txn: _Txn) -> list[bool]:
             flags = []
             voted: dict[bytes, None] = {}  # experiences whose feedback changed
             for db_name, key, value, time_db, time_key, vote in rows:
@@ -430,26 +439,26 @@ class Store:
                 flags.append(True)
             for exp_id in voted:
                 self._update_feedback_aggregate(txn, exp_id)
-            for key, value in cons_rows:
+            for key, cons in cons_rows:
                 if txn.get(key, db=self._dbs["consensus"]) is None:
-                    txn.put(key, self._consensus_value(txn, key, value), db=self._dbs["consensus"])
+                    txn.put(key, self._consensus_value(txn, key, cons), db=self._dbs["consensus"])
                     if self._submitters(txn, key[32:] + key[:32]) <= 1:
                         txn.delete(_PENDING + key[32:], db=meta)
             return flags
 
         return self._write(write)
 
-    def _pending_of(self, item: Any, wire: Any) -> bytes | None:
+    def _pending_of(self, item: object) -> bytes | None:
         """The experience a new item makes pending (None: no consensus of ours depends on it)."""
-        if isinstance(item, wire.Experience):
+        if isinstance(item, Experience):
             return item.id
-        if isinstance(item, wire.Submission) and (
+        if isinstance(item, Submission) and (
             self.space_id is None or item.space_id == self.space_id
         ):
             return item.experience_id
         return None
 
-    def _submitters(self, txn: lmdb.Transaction, prefix: bytes) -> int:
+    def _submitters(self, txn: _Txn, prefix: bytes) -> int:
         """Submissions stored under experience id + space id (counts up to 2 only)."""
         cur = txn.cursor(db=self._dbs["submissions"])
         n = 0
@@ -463,7 +472,7 @@ class Store:
     def pending_ids(self, limit: int = 1_000_000) -> list[bytes]:
         """Experiences whose consensus must be recomputed (see Guarantees), at most `limit`."""
 
-        def read(txn: lmdb.Transaction) -> list[bytes]:
+        def read(txn: _Txn) -> list[bytes]:
             cur = txn.cursor(db=self._dbs["meta"])
             out: list[bytes] = []
             if cur.set_range(_PENDING):
@@ -482,7 +491,7 @@ class Store:
         if keys:
             self._write(lambda txn: [txn.delete(k, db=self._dbs["meta"]) for k in keys])
 
-    def _update_feedback_aggregate(self, txn: lmdb.Transaction, exp_id: bytes) -> None:
+    def _update_feedback_aggregate(self, txn: _Txn, exp_id: bytes) -> None:
         """Inside a write txn: recompute feedback_agg[exp_id] from the stored votes."""
         agg = aggregate(_vote_of(k, v) for k, v in self._feedback_rows(txn, exp_id))
         db = self._dbs["feedback_agg"]
@@ -491,7 +500,7 @@ class Store:
         else:
             txn.put(exp_id, _pack({"votes": agg.votes, "median": agg.median}), db=db)
 
-    def _feedback_rows(self, txn: lmdb.Transaction, exp_id: bytes) -> list[tuple[bytes, bytes]]:
+    def _feedback_rows(self, txn: _Txn, exp_id: bytes) -> list[tuple[bytes, bytes]]:
         db = self._dbs.get("feedback")
         if db is None:  # read-only schema-1 store
             return []
@@ -505,10 +514,8 @@ class Store:
         return out
 
     @staticmethod
-    def _item_row(
-        item: Any, raw: bytes, wire: Any
-    ) -> tuple[str, bytes, bytes, str, bytes, Vote | None]:
-        if isinstance(item, wire.Experience):
+    def _item_row(item: object, raw: bytes) -> tuple[str, bytes, bytes, str, bytes, Vote | None]:
+        if isinstance(item, Experience):
             value = _pack(
                 {
                     "raw": raw,
@@ -521,13 +528,13 @@ class Store:
             )
             time_key = _TIME.pack(item.created) + item.id
             return "experiences", item.id, value, "exp_by_time", time_key, None
-        if isinstance(item, wire.Submission):
+        if isinstance(item, Submission):
             key = item.experience_id + item.space_id + item.author
             value = _pack({"raw": raw, "created": item.created, "code": item.code})
             return "submissions", key, value, "sub_by_time", _TIME.pack(item.created) + key, None
-        if isinstance(item, wire.Feedback):
+        if isinstance(item, Feedback):
             key = item.experience_id + item.author
-            digest = wire.item_hash(raw)
+            digest = item_hash(raw)
             value = _pack(
                 {"raw": raw, "created": item.created, "score": item.score, "hash": digest}
             )
@@ -549,7 +556,7 @@ class Store:
         keys = [_check_id(i, "experience id") for i in exp_ids]
         db = self._dbs["experiences"]
 
-        def read(txn: lmdb.Transaction) -> list[ExperienceRecord | None]:
+        def read(txn: _Txn) -> list[ExperienceRecord | None]:
             out = []
             for k in keys:
                 v = txn.get(k, db=db)
@@ -565,7 +572,7 @@ class Store:
         if "feedback" in self._dbs:
             dbs["feedback"] = self._dbs["feedback"]
 
-        def read(txn: lmdb.Transaction) -> list[bytes | None]:
+        def read(txn: _Txn) -> list[bytes | None]:
             out: list[bytes | None] = []
             for kind, key in keys:
                 if kind not in dbs:
@@ -631,7 +638,7 @@ class Store:
         if db is None:
             return [None] * len(keys)
 
-        def read(txn: lmdb.Transaction) -> list[Aggregate | None]:
+        def read(txn: _Txn) -> list[Aggregate | None]:
             out: list[Aggregate | None] = []
             for k in keys:
                 v = txn.get(k, db=db)
@@ -647,7 +654,14 @@ class Store:
 
         return self._read(read)
 
-    def _iter_by_time(self, db_name, since_ms, until_ms, limit, load) -> Iterator[Any]:
+    def _iter_by_time(
+        self,
+        db_name: str,
+        since_ms: int,
+        until_ms: int | None,
+        limit: int | None,
+        load: Callable[[Store, _Txn, bytes], R | None],
+    ) -> Iterator[R]:
         if since_ms < 0 or (until_ms is not None and until_ms < 0):
             raise StoreError("times must be >= 0")
         if limit is not None and limit < 0:
@@ -658,9 +672,11 @@ class Store:
         page = 256
         while remaining is None or remaining > 0:
 
-            def read(txn: lmdb.Transaction, start=start, after=after) -> list[tuple[bytes, Any]]:
+            def read(
+                txn: _Txn, start: bytes = start, after: bytes | None = after
+            ) -> list[tuple[bytes, R | None]]:
                 cur = txn.cursor(db=self._dbs[db_name])
-                out: list[tuple[bytes, Any]] = []
+                out: list[tuple[bytes, R | None]] = []
                 if not cur.set_range(start):
                     return out
                 for tkey, _ in cur:
@@ -693,7 +709,7 @@ class Store:
         if space_id is not None:
             prefix += _space_bytes(space_id)
 
-        def read(txn: lmdb.Transaction) -> list[SubmissionRecord]:
+        def read(txn: _Txn) -> list[SubmissionRecord]:
             cur = txn.cursor(db=self._dbs["submissions"])
             out = []
             if cur.set_range(prefix):
@@ -714,7 +730,7 @@ class Store:
         submissions with no other submission writer in between (the daemon's lock)."""
         rows = [self._consensus_row(r) for r in records]
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: _Txn) -> None:
             for key, value in rows:
                 txn.put(key, self._consensus_value(txn, key, value), db=self._dbs["consensus"])
                 txn.delete(_PENDING + key[32:], db=self._dbs["meta"])
@@ -739,7 +755,7 @@ class Store:
         }
         return bytes(r.space_id) + bytes(r.experience_id), value
 
-    def _consensus_value(self, txn: lmdb.Transaction, key: bytes, value: dict[str, Any]) -> bytes:
+    def _consensus_value(self, txn: _Txn, key: bytes, value: dict[str, Any]) -> bytes:
         if not value["domain"]:  # looked up so the index can filter by domain
             exp = txn.get(key[32:], db=self._dbs["experiences"])
             value = {**value, "domain": _unpack(exp)["domain"] if exp is not None else ""}
@@ -773,9 +789,9 @@ class Store:
         first = True
         while True:
 
-            def read(txn: lmdb.Transaction, start: bytes = start, first: bool = first):
+            def read(txn: _Txn, start: bytes = start, first: bool = first) -> list[ConsensusRecord]:
                 cur = txn.cursor(db=self._dbs["consensus"])
-                out = []
+                out: list[ConsensusRecord] = []
                 if not cur.set_range(start):
                     return out
                 if not first and cur.key() == start and not cur.next():
@@ -813,7 +829,7 @@ class Store:
         """Read-modify-write one reputation record atomically (fn gets the old record)."""
         key = self._peer_key(peer_id)
 
-        def write(txn: lmdb.Transaction) -> dict[str, Any]:
+        def write(txn: _Txn) -> dict[str, Any]:
             old = txn.get(key, db=self._dbs["reputation"])
             new = fn(None if old is None else _unpack(old))
             if not isinstance(new, dict):
@@ -835,7 +851,7 @@ class Store:
         return None if raw is None else _unpack(raw)
 
     def _all_map(self, db_name: str) -> list[tuple[bytes, dict[str, Any]]]:
-        def read(txn: lmdb.Transaction) -> list[tuple[bytes, dict[str, Any]]]:
+        def read(txn: _Txn) -> list[tuple[bytes, dict[str, Any]]]:
             return [(k, _unpack(v)) for k, v in txn.cursor(db=self._dbs[db_name])]
 
         return self._read(read)
@@ -917,16 +933,16 @@ def _fb_record(key: bytes, value: bytes) -> FeedbackRecord:
         raise StoreError(f"corrupt feedback record: {exc}") from exc
 
 
-def _fb_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> FeedbackRecord | None:
+def _fb_from_time(store: Store, txn: _Txn, tkey: bytes) -> FeedbackRecord | None:
     v = txn.get(tkey[8:], db=store._dbs["feedback"])
     return None if v is None else _fb_record(tkey[8:], v)
 
 
-def _exp_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> ExperienceRecord | None:
+def _exp_from_time(store: Store, txn: _Txn, tkey: bytes) -> ExperienceRecord | None:
     v = txn.get(tkey[8:], db=store._dbs["experiences"])
     return None if v is None else _exp_record(tkey[8:], v)
 
 
-def _sub_from_time(store: Store, txn: lmdb.Transaction, tkey: bytes) -> SubmissionRecord | None:
+def _sub_from_time(store: Store, txn: _Txn, tkey: bytes) -> SubmissionRecord | None:
     v = txn.get(tkey[8:], db=store._dbs["submissions"])
     return None if v is None else _sub_record(tkey[8:], v)
