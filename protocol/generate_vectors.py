@@ -13,17 +13,20 @@ generator.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
+import math
 import struct
 import sys
 from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dsonode.core import wire
+from dsonode.core import bitdelta, wire
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 
@@ -565,7 +568,125 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     out = {v["name"]: v for v in vectors}
     items = [bytes.fromhex(out[n]["expected"]["encoded_hex"]) for n in ITEM_VECTORS_FOR_SYNC]
     out.update(build_sync_vectors(items))
+    out["bitdelta_codes"] = build_bitdelta_vector()
     return out
+
+
+# --- BitDelta codes (PROTOCOL.md section 7.3), type "bitdelta_code" --------------------------------
+
+DIM = 7680
+
+
+def test_embedding(label: bytes, seed: int) -> np.ndarray:
+    """A deterministic float32 unit vector from SHA-256 alone (no RNG whose stream could change).
+
+    Each coordinate is the sum of four 24-bit uniforms minus 2 (exact in float64), divided by the
+    L2 norm (math.fsum, then sqrt: both exactly rounded), then rounded to float32.
+    """
+    blocks = DIM * 4 * 3 // 32
+    stream = b"".join(
+        hashlib.sha256(
+            b"dso/test-embedding/" + label + seed.to_bytes(4, "big") + j.to_bytes(4, "big")
+        ).digest()
+        for j in range(blocks)
+    )
+    k = np.frombuffer(stream, np.uint8).reshape(DIM * 4, 3).astype(np.int64)
+    u = ((k[:, 0] << 16) | (k[:, 1] << 8) | k[:, 2]).astype(np.float64) / 2.0**24
+    x = u.reshape(DIM, 4).sum(axis=1) - 2.0
+    return (x / math.sqrt(math.fsum((x * x).tolist()))).astype(np.float32)
+
+
+def _f32_b64(v: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _scale_hex(value: Any) -> str:
+    return np.asarray([value], dtype="<f4").tobytes().hex()
+
+
+def bitdelta_case(
+    name: str, what: str, e: np.ndarray, r: np.ndarray | None = None
+) -> dict[str, Any]:
+    d = e if r is None else np.subtract(e, r, dtype=np.float32)
+    a = np.abs(d)
+    total = math.fsum(a.astype(np.float64).tolist())
+    half = DIM // 2
+    code = bitdelta.encode(e, ref=r)
+    case: dict[str, Any] = {
+        "name": name,
+        "what": what,
+        "embedding_f32le_b64": _f32_b64(e),
+        "reference_f32le_b64": None if r is None else _f32_b64(r),
+        "sum_abs_d": total.hex(),
+        "mean_binary64": (total / DIM).hex(),
+        "scale_hex": code[:4].hex(),
+        "code_hex": code.hex(),
+        # What the usual shortcuts give instead (so the case is seen to discriminate them).
+        "wrong_scales_hex": {
+            "binary32_pairwise_mean": _scale_hex(np.mean(a, dtype=np.float32)),
+            "binary32_sequential_mean": _scale_hex(
+                np.cumsum(a, dtype=np.float32)[-1] / np.float32(DIM)
+            ),
+            "binary32_halves_then_binary64": _scale_hex(
+                np.add(a[:half], a[half:]).sum(dtype=np.float64) / DIM
+            ),
+        },
+    }
+    if r is not None:
+        exact_d = np.abs(e.astype(np.float64) - r.astype(np.float64))
+        case["wrong_scales_hex"]["d_in_binary64"] = _scale_hex(math.fsum(exact_d.tolist()) / DIM)
+    return case
+
+
+def build_bitdelta_vector() -> dict[str, Any]:
+    # Seeds 331 and 86 are the first from 0 whose scale the shortcuts get wrong (checked below).
+    e1 = test_embedding(b"a", 331)
+    r2 = test_embedding(b"r", 0) * np.float32(0.5)
+    e2 = test_embedding(b"b", 86)
+    tie = np.full(DIM, -0.0, dtype=np.float32)
+    tie[: DIM // 2] = np.float32(2.0**-149) * np.where(np.arange(DIM // 2) % 3 == 0, -1, 1)
+    negzero = np.full(DIM, -0.5, dtype=np.float32)
+    negzero[:8] = -0.0
+    negzero[8] = 0.5
+    cases = [
+        bitdelta_case(
+            "mean_precision",
+            "A unit vector (zero reference) whose binary32 mean, pairwise or sequential, and "
+            "the binary64 sum of binary32 half-sums all differ from the pinned scale.",
+            e1,
+        ),
+        bitdelta_case(
+            "reference_binary32",
+            "A unit vector with a non-zero reference: d = e - r rounded to binary32 gives this "
+            "scale; the exact differences would give another.",
+            e2,
+            r2,
+        ),
+        bitdelta_case(
+            "zero_scale_tie",
+            "3840 entries of +-2^-149 and 3840 of -0.0: the mean is exactly 2^-150, a tie that "
+            "rounds half to even to +0.0, so every sign bit is 1 (canonical zero code).",
+            tie,
+        ),
+        bitdelta_case(
+            "negative_zero",
+            "Entries 0..7 are -0.0 (bit 1: -0.0 >= 0), entry 8 is +0.5, the rest -0.5.",
+            negzero,
+        ),
+    ]
+    one, two, tie_case = cases[0], cases[1], cases[2]
+    assert all(w != one["scale_hex"] for w in one["wrong_scales_hex"].values())
+    assert two["wrong_scales_hex"]["d_in_binary64"] != two["scale_hex"]
+    assert tie_case["code_hex"] == "00000000" + "ff" * 960
+    return {
+        "name": "bitdelta_codes",
+        "description": "The 964-byte BitDelta code of section 7.3 for given binary32 inputs: "
+        "the scale's precision, binary32 subtraction of the reference, round half to even, the "
+        "canonical zero code, -0.0.",
+        "type": "bitdelta_code",
+        "valid": True,
+        "cases": cases,
+    }
 
 
 # --- Sync protocol vectors (PROTOCOL.md section 12), type "sync" ------------------------------------

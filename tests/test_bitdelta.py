@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -25,9 +26,14 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def ref_encode(e: np.ndarray, r: np.ndarray | None = None) -> bytes:
-    """Bit by bit from DESIGN.md, in plain Python loops over the bytes."""
-    d = e.astype(np.float64) - (0.0 if r is None else r.astype(np.float64))
-    a = float(np.mean(np.abs(d)))
+    """Bit by bit from PROTOCOL.md 7.3, in plain Python loops over the bytes.
+
+    e and r are taken as binary32, d = e - r in binary32; the scale is the exactly rounded
+    sum (math.fsum) of |d|, divided by 7680 in binary64, rounded to binary32 by struct.
+    """
+    e32 = np.asarray(e, dtype=np.float32)
+    d = e32 if r is None else np.subtract(e32, np.asarray(r, dtype=np.float32), dtype=np.float32)
+    a = math.fsum(abs(float(v)) for v in d) / DIM
     out = bytearray(struct.pack("<f", a))
     bits = [1 if v >= 0 else 0 for v in d]
     if struct.unpack("<f", out[:4])[0] == 0.0:
@@ -161,6 +167,31 @@ def test_huge_finite_values_encode_exactly():
     half = (e / 2).astype(np.float32)
     assert bd.encode(half, ref=ref) == ref_encode(half, ref)
     assert bd.sign_bits(half, ref=ref) == ref_encode(half, ref)[4:]
+
+
+def test_scale_is_the_exactly_rounded_mean_on_every_path(rng):
+    # PROTOCOL.md 7.3 pins the scale to fsum(|d|) / 7680 in binary64, then binary32. The fast
+    # path (a float64 sum certified exact), the split path (zeros or a wide range) and the
+    # math.fsum path (values spanning over ~2^45) must all give exactly that.
+    x = unit_vectors(rng, 40)
+    x[10:20] *= np.exp2(rng.integers(-16, 1, size=(10, DIM))).astype(np.float32)  # split
+    x[20:30, ::5] = 0.0  # exact zeros: the smallest value is not the smallest non-zero one
+    x[30:40] *= np.exp2(rng.integers(-100, 1, size=(10, DIM))).astype(np.float32)  # fsum
+    ref = (0.01 * rng.standard_normal(DIM)).astype(np.float32)
+    for r in (None, ref):
+        codes = bd.encode(x, ref=r)
+        for i in range(len(x)):
+            assert codes[i].tobytes() == ref_encode(x[i], r), i
+
+
+def test_float64_input_is_rounded_to_float32_first():
+    e = np.full(DIM, -1.0)
+    e[0] = 1.0 + 2.0**-30  # rounds to 1.0 in float32
+    e[1] = -1e-50  # rounds to -0.0 in float32: bit 1 (-0.0 >= 0), PROTOCOL.md 7.3
+    code = bd.encode(e)
+    assert code == bd.encode(e.astype(np.float32))
+    assert code[:4] == struct.pack("<f", math.fsum([1.0, 0.0] + [1.0] * (DIM - 2)) / DIM)
+    assert code[4] == 0b11
 
 
 def test_single_and_matrix_forms_agree(rng):
@@ -346,7 +377,7 @@ def _code_with_scale(value: float) -> bytes:
         (lambda: bd.encode(np.stack([GOOD, GOOD, np.full(DIM, -np.inf, np.float32)])), "row 2"),
         (
             lambda: bd.encode(np.full(DIM, 3e38, np.float32), ref=np.full(DIM, -3e38, np.float32)),
-            "exceeds the float32 range",
+            "vector - ref overflows float32",
         ),
         (lambda: bd.encode(GOOD, ref=np.zeros(10, np.float32)), "ref must have shape (7680,)"),
         (lambda: bd.encode(GOOD, ref=np.full(DIM, np.nan)), "ref contains NaN"),
@@ -422,7 +453,7 @@ def test_float32_range_is_enforced_without_numpy_warnings():
         bd.encode(GOOD, ref=np.full(DIM, 1e300))
     with pytest.raises(CodecError, match="query has values beyond the float32 range"):
         bd.asymmetric_scores(np.full(DIM, 1e300), code)
-    with pytest.raises(CodecError, match="exceeds the float32 range"):
+    with pytest.raises(CodecError, match="vectors has a value beyond the float32 range"):
         bd.encode(np.full(DIM, 1e300))
 
 

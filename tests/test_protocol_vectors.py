@@ -8,21 +8,24 @@ mirror msgpack-python's choices). Invalid vectors must raise exactly the named e
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import itertools
 import json
+import math
 import re
 import struct
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dsonode.core import errors, wire
+from dsonode.core import bitdelta, errors, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTOR_DIR = ROOT / "protocol" / "vectors"
@@ -67,7 +70,8 @@ def test_there_are_enough_vectors_and_each_names_itself():
     assert len(VECTORS) >= 12
     for name, vector in VECTORS.items():
         assert vector["name"] == name
-        assert vector["type"] in ("item", "batch", "experience_id", "sync")  # sync: test_sync.py
+        # sync: test_sync.py; bitdelta_code: test_bitdelta_code_vectors below
+        assert vector["type"] in ("item", "batch", "experience_id", "sync", "bitdelta_code")
         assert vector["description"]
 
 
@@ -230,6 +234,73 @@ def test_worked_example_in_the_spec_matches_its_vector():
             hex_parts.append(left.replace(" ", ""))
     expected = VECTORS["item_valid_experience_minimal"]["expected"]["encoded_hex"]
     assert "".join(hex_parts) == expected
+
+
+def ref_f32(x: float) -> float:
+    """x rounded to binary32 (round half to even), as a Python float."""
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def ref_encode_code(e: list[float], r: list[float] | None) -> bytes:
+    """The 964-byte code of PROTOCOL.md 7.3, written from the spec alone (no numpy).
+
+    d[i] = e[i] - r[i] in binary32: the binary64 difference of two binary32 values rounded to
+    binary32 is the binary32 difference (53 >= 2 * 24 + 2, so the double rounding is harmless).
+    """
+    d = e if r is None else [ref_f32(a - b) for a, b in zip(e, r, strict=True)]
+    scale = struct.pack("<f", math.fsum(abs(v) for v in d) / 7680)
+    bits = [1 if v >= 0 else 0 for v in d]  # -0.0 >= 0 is true
+    if scale == bytes(4):
+        bits = [1] * 7680
+    return scale + bytes(sum(bits[8 * j + k] << k for k in range(8)) for j in range(7680 // 8))
+
+
+def _floats(b64: str) -> list[float]:
+    raw = base64.b64decode(b64, validate=True)
+    assert len(raw) == 4 * 7680
+    return list(struct.unpack("<7680f", raw))
+
+
+def test_bitdelta_code_vectors():
+    v = VECTORS["bitdelta_codes"]
+    assert v["type"] == "bitdelta_code" and len(v["cases"]) >= 4
+    for case in v["cases"]:
+        e = _floats(case["embedding_f32le_b64"])
+        r = _floats(case["reference_f32le_b64"]) if case["reference_f32le_b64"] else None
+        code = bytes.fromhex(case["code_hex"])
+        assert len(code) == 964 and code[:4].hex() == case["scale_hex"]
+        # (a) the reference encoder and the spec-only one give exactly the expected code
+        e32 = np.array(e, dtype=np.float32)
+        r32 = None if r is None else np.array(r, dtype=np.float32)
+        assert bitdelta.encode(e32, ref=r32) == code, case["name"]
+        assert ref_encode_code(e, r) == code, case["name"]
+        # the intermediate values the vector records are the spec's
+        d = e if r is None else [ref_f32(a - b) for a, b in zip(e, r, strict=True)]
+        total = math.fsum(abs(x) for x in d)
+        assert float.fromhex(case["sum_abs_d"]) == total
+        assert float.fromhex(case["mean_binary64"]) == total / 7680
+        # (b) each shortcut it names really gives another scale, recomputed here
+        a32 = np.abs(np.array(d, dtype=np.float32))
+        shortcuts = {
+            "binary32_pairwise_mean": np.mean(a32, dtype=np.float32),
+            "binary32_sequential_mean": np.cumsum(a32, dtype=np.float32)[-1] / np.float32(7680),
+            "binary32_halves_then_binary64": np.add(a32[:3840], a32[3840:]).sum(dtype=np.float64)
+            / 7680,
+        }
+        if r is not None:
+            shortcuts["d_in_binary64"] = math.fsum(abs(a - b) for a, b in zip(e, r, strict=True))
+            shortcuts["d_in_binary64"] /= 7680
+        for key, value in shortcuts.items():
+            got = np.asarray([value], dtype="<f4").tobytes().hex()
+            assert got == case["wrong_scales_hex"][key], (case["name"], key)
+    cases = {c["name"]: c for c in v["cases"]}
+    one = cases["mean_precision"]
+    assert set(one["wrong_scales_hex"].values()).isdisjoint({one["scale_hex"]})
+    two = cases["reference_binary32"]
+    assert two["wrong_scales_hex"]["d_in_binary64"] != two["scale_hex"]
+    tie = cases["zero_scale_tie"]
+    assert float.fromhex(tie["mean_binary64"]) == 2.0**-150  # a tie: half even gives +0.0
+    assert tie["code_hex"] == "00000000" + "ff" * 960
 
 
 def test_spec_constants_match_the_implementation():

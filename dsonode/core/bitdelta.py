@@ -1,17 +1,21 @@
-"""The 964-byte BitDelta code of a 7680-d embedding (DESIGN.md, "The 964-byte code").
+"""The 964-byte BitDelta code of a 7680-d embedding (protocol/PROTOCOL.md section 7.3).
 
 For an embedding ``e`` and the space's reference vector ``r`` (zero unless the space defines
-one), ``d = e - r``:
+one), both binary32, ``d = e - r`` computed in binary32:
 
 * bytes 0..3: the scale ``a = mean(|d|)`` as a little-endian float32 (the L2-optimal scale of
-  ``a * sign(d)``). It is accumulated in float64 and rounded once, so decoding a code and
-  encoding the result gives the same bytes back.
+  ``a * sign(d)``), computed exactly as section 7.3 pins it: the exact sum of the 7680
+  ``|d[i]|`` rounded once to float64, divided by 7680 in float64, rounded to float32. So
+  every implementation gets the same bytes, and decoding a code and encoding the result gives
+  the same bytes back.
 * bytes 4..963: 7680 sign bits, bit ``i`` = ``d[i] >= 0``, at byte ``i // 8``, bit position
   ``i % 8``, least significant first (``np.packbits(..., bitorder="little")``). Bits are in
   dimension order, so the first ``p // 8`` bit bytes are the code of the ``p``-d Matryoshka
   prefix.
 
-Decoding gives ``r + a * (2 * bit - 1)`` in float32.
+Inputs that are not float32 (float64, float16, lists) are rounded to float32 first: the code
+is defined on binary32 embeddings (section 7.3). Decoding gives ``r + a * (2 * bit - 1)`` in
+float32.
 
 Validity (as protocol/PROTOCOL.md section 7.3): the scale is finite with its sign bit clear
 (+0.0 is allowed, -0.0 is not); the bits are unconstrained. :func:`encode` always produces the
@@ -27,6 +31,7 @@ cache, so a batch costs about one pass over its floats. Bad input of any kind ra
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -101,8 +106,25 @@ def _float_array(value: Any, name: str) -> np.ndarray:
 
 
 def _vectors(vectors: Any) -> tuple[np.ndarray, bool]:
-    """(n, DIM) float view of the input and whether it was a single vector."""
+    """(n, DIM) float32 view of the input and whether it was a single vector.
+
+    The code is defined on binary32 embeddings (PROTOCOL.md 7.3), so float64 input is rounded
+    to float32 here (round-half-even); a finite value beyond the float32 range is an error.
+    """
     arr = _float_array(vectors, "vectors")
+    if arr.dtype != np.float32:
+        with np.errstate(over="ignore"):
+            arr32 = arr.astype(np.float32)
+        if not np.isfinite(arr32).all():
+            finite = np.isfinite(arr)
+            over = finite & ~np.isfinite(arr32)
+            if over.any():
+                where = np.unravel_index(int(np.flatnonzero(over)[0]), arr.shape)
+                raise CodecError(
+                    f"vectors has a value beyond the float32 range (at {tuple(map(int, where))}: "
+                    f"{arr[where]})"
+                )
+        arr = arr32
     if arr.ndim == 1:
         if arr.shape[0] != DIM:
             raise CodecError(f"a single vector must have shape ({DIM},), got {arr.shape}")
@@ -215,24 +237,61 @@ def _bits_operand(value: Any, name: str, widths: dict[int, int], *, matrix: bool
 # encode / sign bits
 
 
+# Bound on the relative error of a float64 sum of <= 7680 non-negative values (n * 2^-53 is
+# below 1e-12, far below 2^-30), used to bound the exact sum from the computed one.
+_SUM_SLACK = 1.0 + 2.0**-30
+
+
+def _exact_row_sum(row: np.ndarray, approx: float) -> float:
+    """Exactly rounded float64 sum of one float32 row of values >= 0 (slow path).
+
+    `approx` is a float64 sum of the row (any order), used only to bound the exact sum. The row
+    is split at a power of two 2^t into large and small values, each sum exact in float64
+    (see _exact_sums); when the values span too many binades for that, math.fsum (exactly
+    rounded, Shewchuk's algorithm) does it.
+    """
+    nz = row[row > 0]
+    if nz.size == 0:
+        return 0.0
+    e_min = int(np.frexp(np.float64(nz.min()))[1])  # every value is a multiple of 2^(e_min-24)
+    e_sum = int(np.frexp(approx * _SUM_SLACK)[1])  # the exact sum is below 2^e_sum
+    t = e_sum - 29  # values >= 2^t are multiples of 2^(t-24): their sum < 2^e_sum = 2^53 ulps
+    if t <= e_min + 16:  # values < 2^t: fewer than 2^13, sum < 2^(t+13) <= 2^53 * 2^(e_min-24)
+        big = nz >= math.ldexp(1.0, t)
+        return float(nz[big].sum(dtype=np.float64)) + float(nz[~big].sum(dtype=np.float64))
+    return math.fsum(nz.tolist())
+
+
+def _exact_sums(v: np.ndarray) -> np.ndarray:
+    """Per row of float32 values >= 0, their exact sum rounded once to float64 (PROTOCOL.md 7.3).
+
+    A float64 sum of float32 values is exact, in any order or grouping (numpy's pairwise or
+    SIMD sums included), when every value is a multiple of some 2^k and the total is at most
+    2^53 * 2^k: then every partial sum is representable. With 2^k the ulp of the smallest
+    value, that holds for almost every embedding (values within ~2^22 of each other); the other
+    rows take _exact_row_sum. Non-finite rows are left as computed (the caller rejects them).
+    """
+    total = np.einsum("ij->i", v, dtype=np.float64)
+    low = v.min(axis=1).astype(np.float64)
+    e_min = np.frexp(low)[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        certified = (total == 0) | ((low > 0) & (total * _SUM_SLACK <= np.ldexp(1.0, e_min + 29)))
+    for row in np.flatnonzero(~certified & np.isfinite(total)):
+        total[row] = _exact_row_sum(v[row], float(total[row]))
+    return total
+
+
 def _encode_block(
     d: np.ndarray, scale_out: np.ndarray | None, bits_out: np.ndarray, work: dict[str, np.ndarray]
 ) -> None:
-    """Scale (if scale_out is given) and packed sign bits of the rows of `d`."""
+    """Scale (if scale_out is given) and packed sign bits of the float32 rows of `d`."""
     m = d.shape[0]
     if scale_out is not None:
-        absbuf = work["abs64" if d.dtype == np.float64 else "abs32"][:m]
+        absbuf = work["abs32"][:m]
         np.abs(d, out=absbuf)
-        # Add the two halves first (a cheap SIMD pass that halves the slow float64-accumulating
-        # sum below; einsum's float64 sum measured ~20% cheaper than np.add.reduce's). Both
-        # steps are exact for a decoded code, whose 7680 |d| are all equal (2a, then a sum of
-        # 3840 values of 2a in float64), so decode -> encode round-trips byte for byte; for
-        # other inputs the first step is one level of pairwise summation, as accurate.
-        half = DIM // 2
-        np.add(absbuf[:, :half], absbuf[:, half:], out=absbuf[:, :half])
-        total = np.einsum("ij->i", absbuf[:, :half], dtype=np.float64)
-        total /= DIM
-        scale_out[:] = total
+        # The mean exactly as PROTOCOL.md 7.3 pins it: exact sum -> float64, / 7680 in float64
+        # (the caller rounds to float32). A decoded code (all |d| = a) gives 7680 * a exactly.
+        scale_out[:] = _exact_sums(absbuf) / DIM
     signs = work["signs"][:m]
     np.greater_equal(d, 0, out=signs)
     bits_out[:] = np.packbits(signs, axis=1, bitorder="little")
@@ -247,15 +306,14 @@ def _encode_rows(
         "abs32": np.empty((block, DIM), np.float32),
         "signs": np.empty((block, DIM), np.bool_),
     }
-    if x.dtype == np.float64:  # d keeps x's dtype (diff below has it too)
-        work["abs64"] = np.empty((block, DIM), np.float64)
-    # x - ref of one block (only with a reference vector)
-    diff = np.empty((block, DIM), x.dtype) if ref is not None else None
+    # x - ref of one block, in binary32 (only with a reference vector)
+    diff = np.empty((block, DIM), np.float32) if ref is not None else None
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, n, block):
             stop = min(start + block, n)
             d = x[start:stop]
             if ref is not None and diff is not None:  # both or neither
+                # binary32 subtraction (PROTOCOL.md 7.3); overflow gives +/-inf (sign still right)
                 d = np.subtract(d, ref, out=diff[: stop - start])
             _encode_block(
                 d,
@@ -274,27 +332,12 @@ def _raise_nonfinite(x: np.ndarray, rows: np.ndarray) -> None:
         raise CodecError(f"{label} contains NaN or inf (first at index {col}: {x[row, col]})")
 
 
-def _exact_scales(x: np.ndarray, ref: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
-    """float32 scales of finite rows whose fast float32 pass overflowed (|values| ~ 1e38)."""
-    d = x[rows].astype(np.float64)
-    if ref is not None:
-        d -= ref
-    with np.errstate(over="ignore"):
-        scales = np.abs(d).mean(axis=1).astype("<f4")
-    bad = np.flatnonzero(~np.isfinite(scales))
-    if bad.size:
-        row = int(rows[bad[0]])
-        label = "the vector" if x.shape[0] == 1 else f"vectors row {row}"
-        diff = " - ref" if ref is not None else ""
-        raise CodecError(f"{label}: the scale mean(|vector{diff}|) exceeds the float32 range")
-    return scales
-
-
 def encode(vectors: Any, ref: Any = None) -> bytes | np.ndarray:
     """Encode one (7680,) vector to ``bytes`` (964) or an (n, 7680) matrix to uint8 (n, 964).
 
-    ``vectors`` must be float32 or float64 (float16 is widened), finite; ``ref`` is an optional
-    float (7680,) reference vector (default zero). Raises CodecError on any bad input.
+    ``vectors`` must be float32 or float64 (rounded to float32 first; float16 is widened),
+    finite; ``ref`` is an optional float (7680,) reference vector (default zero), also taken as
+    float32. Raises CodecError on any bad input, including ``vectors - ref`` overflowing float32.
     """
     x, single = _vectors(vectors)
     r = _ref(ref)
@@ -306,10 +349,14 @@ def encode(vectors: Any, ref: Any = None) -> bytes | np.ndarray:
     with np.errstate(over="ignore"):
         scales32 = scales.astype("<f4")
     # A NaN/inf anywhere in a row makes its sum NaN/inf: the finiteness check costs nothing.
+    # The mean of finite float32 |d| never exceeds the float32 range, so a non-finite scale of
+    # a finite row means e - r overflowed float32.
     bad = np.flatnonzero(~np.isfinite(scales32))
     if bad.size:
         _raise_nonfinite(x, bad)
-        scales32[bad] = _exact_scales(x, r, bad)  # finite but huge: redo those in float64
+        row = int(bad[0])
+        label = "the vector" if n == 1 else f"vectors row {row}"
+        raise CodecError(f"{label}: vector - ref overflows float32 (PROTOCOL.md 7.3)")
     zero = np.flatnonzero(scales32 == 0)
     if zero.size:
         out[zero, SCALE_BYTES:] = 0xFF  # canonical zero code (see module docstring)
