@@ -230,7 +230,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace, groups: list[Group], summary: dict[str, Any], err) -> None:
+def _submit(
+    args: argparse.Namespace, groups: list[Group], summary: dict[str, Any], err: Any
+) -> None:
     """Send the groups with signal to the node in chunks; fold the replies into `summary`."""
     chunks, too_big = chunk_groups(groups, CHUNK_BYTES, CHUNK_ROLLOUTS, CHUNK_STEPS)
     for g in too_big:
@@ -265,7 +267,9 @@ def _submit(args: argparse.Namespace, groups: list[Group], summary: dict[str, An
             bar.advance(task, len(rollouts))
 
 
-def _extract_here(args, groups: list[Group], llm: Any, summary: dict[str, Any], err) -> None:
+def _extract_here(
+    args: argparse.Namespace, groups: list[Group], llm: Any, summary: dict[str, Any], err: Any
+) -> None:
     """--dry-run: the extractor in this process, nothing stored anywhere."""
     from dsonode.api.rollouts import lesson_row
     from dsonode.core import wire

@@ -48,6 +48,11 @@ def _param_of_wire_error(exc: WireError) -> str:
     return "tags" if m.group(1).startswith("tag") else m.group(1)
 
 
+def _given(vector: np.ndarray | None) -> np.ndarray:
+    assert vector is not None  # validate_params: exactly one of query and vector
+    return vector
+
+
 def _full_query(values: np.ndarray) -> np.ndarray:
     """A client's vector as a unit (DIM,) query; a Matryoshka prefix is zero-padded.
 
@@ -117,7 +122,7 @@ class RetrievalService:
         vector = (
             self.library.embed(p.query, for_search=True)
             if p.query is not None
-            else _full_query(p.vector)
+            else _full_query(_given(p.vector))
         )
         t1 = time.perf_counter()
         weight = self.feedback_weight

@@ -405,9 +405,10 @@ def config_from_mapping(
         s = ENV_NAMES.get(name)
         if s is None:
             rest = name[len(ENV_PREFIX) :].lower()
-            section = next((sec for sec in SETTINGS if rest.startswith(sec + "_")), None)
-            if section is None:
+            prefix = next((sec for sec in SETTINGS if rest.startswith(sec + "_")), None)
+            if prefix is None:
                 continue  # e.g. DSONODE_DATA_DIR: not a setting override
+            section = prefix
             key = rest[len(section) + 1 :]
             raise ConfigError(
                 f"{section}.{key}",
@@ -494,7 +495,8 @@ def _finish(
         raise fail(
             "net.batch_max_bytes", "must leave 2048 bytes of a 64 KiB message for the envelope"
         )
-    net = NetSection(**{k: tuple(x) if k == "bootstrap" else x for k, x in t.items()})
+    net_values: dict[str, Any] = {k: tuple(x) if k == "bootstrap" else x for k, x in t.items()}
+    net = NetSection(**net_values)
 
     c = v["consensus"]
     if c["weights"] and c["method"] not in WEIGHTED_METHODS:

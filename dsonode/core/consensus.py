@@ -65,12 +65,18 @@ class ConsensusRecord:
 
 
 class SubmissionLike(Protocol):
-    experience_id: bytes
-    space_id: bytes
-    author: bytes
-    code: bytes
-    created: int
-    # and `raw` (a store record) or `signature` (a wire.Submission), for tie-breaks
+    """A stored record or a wire.Submission; also `raw` or `signature`, for tie-breaks."""
+
+    @property
+    def experience_id(self) -> bytes: ...
+    @property
+    def space_id(self) -> bytes: ...
+    @property
+    def author(self) -> bytes: ...
+    @property
+    def code(self) -> bytes: ...
+    @property
+    def created(self) -> int: ...
 
 
 @dataclass(frozen=True)

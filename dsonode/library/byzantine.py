@@ -10,6 +10,8 @@ submissions for the experience (`ipm`) and the nearest other experience in its s
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dsonode.core import attacks, bitdelta, wire
@@ -24,7 +26,8 @@ class ByzantinePolicy:
         if attack not in attacks.ATTACKS:
             raise attacks.AttackError(f"attack must be one of {', '.join(attacks.ATTACKS)}")
         self.library = library
-        self.attack = attack
+        self.name = attack
+        self.attack: str | None = attack  # VectorPolicy: what `stats` shows
         self.scale = scale
         self.rng = np.random.default_rng(seed)
         self.direction = attacks.attack_direction(library.author)
@@ -33,8 +36,8 @@ class ByzantinePolicy:
         """`experience` gives the attacks that need it their context; without it (or before
         any other submission or sibling is known) `alie_collude` falls back to `alie` and
         `ipm` / `mimic` use only `vector`."""
-        attack = self.attack
-        context: dict[str, object] = {}
+        attack = self.name
+        context: dict[str, Any] = {}
         if experience is not None:
             context["experience_id"] = experience.id
             if attack in attacks.NEEDS_HONEST:

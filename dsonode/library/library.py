@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,6 +67,8 @@ class Embedder(Protocol):
 
     space_id: str
     reference: np.ndarray | None
+    model_name: str
+    dim: int
 
     def embed_query(self, text: str, *, for_search: bool = False) -> np.ndarray: ...
 
@@ -85,7 +87,7 @@ class VectorPolicy(Protocol):
 class HonestPolicy:
     """Every real node: submit the embedding itself."""
 
-    attack = None
+    attack: str | None = None
 
     def vector(self, vector: np.ndarray, experience: wire.Experience | None) -> np.ndarray:
         return vector
@@ -309,7 +311,9 @@ class Library:
 
     def _own_code_of(self, experience: wire.Experience) -> bytes:
         vector = self.policy.vector(self.embed(experience.text), experience)
-        return bitdelta.encode(vector, ref=self.embedder.reference)
+        code = bitdelta.encode(vector, ref=self.embedder.reference)
+        assert isinstance(code, bytes)  # one vector in, one code out
+        return code
 
     def add_experience(self, experience: wire.Experience) -> AddOutcome:
         """Store one of our signed experiences with our submission of its code, index it and
@@ -487,7 +491,7 @@ class Library:
             for author, delta in reputation_deltas(
                 previous_verdicts(old), outcome.verdicts
             ).items():
-                self.store.update_reputation(author, lambda r, d=delta: apply_reputation(r, d, now))
+                self.store.update_reputation(author, _reputation_update(delta, now))
         self.count("consensus_updates")
 
     def _index(self, ids: Iterable[bytes], records: Sequence[ConsensusRecord]) -> None:
@@ -498,3 +502,10 @@ class Library:
                 domains=[r.domain for r in records],
                 confirmed=[r.confirmed for r in records],
             )
+
+
+def _reputation_update(
+    delta: tuple[int, int], now_ms: int
+) -> Callable[[Mapping[str, Any] | None], dict[str, Any]]:
+    """The update of one author's reputation record by one delta (for Store.update_reputation)."""
+    return lambda record: apply_reputation(record, delta, now_ms)
