@@ -25,7 +25,7 @@ import signal
 
 import pytest
 
-from dsonode.reliability.byzantine_live import LiveTestnet, measure, texts_for
+from qa.byzantine_live import LiveTestnet, measure, texts_for
 
 N_NODES = 5
 SLOTS = [2, 3]  # node3, node4: just before the query node, as plan_testnet places liars

@@ -1,4 +1,4 @@
-"""Hostile peers against a live 3-node testnet (dsonode.reliability.flood / hostile).
+"""Hostile peers against a live 3-node testnet (qa.flood / hostile).
 
 Three real `dsonode run` processes on 127.0.0.2-4 and four hostile processes on
 127.0.0.40-43, each a real libp2p host dialling every node: a flooder (thousands of
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 
-from dsonode.reliability.flood import run_hostile
 from dsonode.testnet import Testnet, free_ports, plan_testnet
 from dsonode.testnet.plan import host_ip
+from qa.flood import run_hostile
 
 N_NODES = 3
 

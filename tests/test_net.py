@@ -1,6 +1,6 @@
 """dsonode.net: pure helpers, then real py-libp2p hosts in separate processes on 127.0.0.N.
 
-Each process test starts `python -m dsonode.net.probe` (one host per process), reads its JSON
+Each process test starts `python -m qa.probe` (one host per process), reads its JSON
 lines from a thread, and stops every process in a `finally`. Every wait is bounded.
 """
 
@@ -295,11 +295,11 @@ def test_inbox_overflow_and_handler_outcomes_are_counted():
 
 
 class Probe(JsonProcess):
-    """One `python -m dsonode.net.probe` process; its JSON events are read by a thread."""
+    """One `python -m qa.probe` process; its JSON events are read by a thread."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
         name = "probe" + args[args.index("--listen") + 1].replace("/", "_")
-        super().__init__(tmp, name, "dsonode.net.probe", *args)
+        super().__init__(tmp, name, "qa.probe", *args)
 
     def received_seqs(self, origin: str) -> set[int]:
         return {
@@ -532,7 +532,7 @@ def test_probe_refuses_non_loopback_and_bad_arguments():
     ]
     for args in bad:
         res = subprocess.run(
-            [sys.executable, "-m", "dsonode.net.probe", *args, "--run-seconds", "1"],
+            [sys.executable, "-m", "qa.probe", *args, "--run-seconds", "1"],
             capture_output=True,
             text=True,
             timeout=60,

@@ -304,7 +304,7 @@ def _lost(client: Any, acked: tuple[str, str, str]) -> bool:
 # `add_experience` and gossips each experience with its submission; V embeds it, stores its own
 # submission and recomputes the consensus from both. Phase "sync": P's store is filled first
 # with `items` generated experiences, each with a submission of V's space by a third author
-# (dsonode.net.sync_probe.make_items), and V pulls them over /dso/sync/1.0.0, embedding,
+# (qa.sync_probe.make_items), and V pulls them over /dso/sync/1.0.0, embedding,
 # submitting and recomputing as they come. Either way V is SIGKILLed at random moments, and
 # with V dead `check_consensus_offline` requires: the store opens, every stored item verifies,
 # and every consensus record not marked pending (see dsonode/store/lmdb_store.py, Guarantees)
@@ -437,17 +437,13 @@ def exact_scores(data_dir: Path, query: np.ndarray, ids_hex: list[str]) -> dict[
 
 def _peer_addr(data_dir: Path, ip: str) -> tuple[str, str]:
     """(listen multiaddr, full peer multiaddr) of the node that will run on data_dir."""
-    import socket
-
     from dsonode.identity import load_or_create_key, public_key_bytes
     from dsonode.net.peerinfo import peer_id_from_public_key
+    from dsonode.testnet import free_port
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     peer_id = peer_id_from_public_key(public_key_bytes(load_or_create_key(data_dir / "node.key")))
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        port = s.getsockname()[1]
-    listen = f"/ip4/{ip}/tcp/{port}"
+    listen = f"/ip4/{ip}/tcp/{free_port(ip)}"
     return listen, f"{listen}/p2p/{peer_id}"
 
 
@@ -542,8 +538,8 @@ def run_kill9_net(
         victim.start()
         space = _stats(victim)["space_id"]
         if phase == "sync":
-            from dsonode.net.sync_probe import make_items
             from dsonode.store import Store
+            from qa.sync_probe import make_items
 
             with Store(p_dir / "store", space_id=space) as store:
                 make_items(store, bytes.fromhex(space), items)
