@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dsonode-installed
 
-.PHONY: run test lint bench clean-venv
+.PHONY: run test lint bench bench-faults clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dsonode needs Python >= 3.11")'
@@ -22,15 +22,20 @@ run: $(STAMP)
 	    --rollouts examples/rollouts/agents.jsonl
 
 test: $(STAMP)
-	$(BIN)/ruff check dsonode tests
-	$(BIN)/ruff format --check dsonode tests
+	$(BIN)/ruff check dsonode tests qa
+	$(BIN)/ruff format --check dsonode tests qa
 	$(BIN)/mypy dsonode
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check dsonode tests
-	$(BIN)/ruff format --check dsonode tests
+	$(BIN)/ruff check dsonode tests qa
+	$(BIN)/ruff format --check dsonode tests qa
 	$(BIN)/mypy dsonode
+
+# The full fault, fuzz and crash campaign (RELIABILITY.md, BENCHMARKS.md `## faults`); qa/ is
+# not installed, so it runs from this checkout: `make bench-faults ARGS="--json --seed 1"`.
+bench-faults: $(STAMP)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m qa.faults $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

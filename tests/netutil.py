@@ -1,11 +1,13 @@
 """Helpers shared by the multi-process network tests (test_net, test_sync_net, test_daemon*).
 
 - `JsonProcess`: a child process printing one JSON object per line on stdout (the probes in
-  dsonode.net), read by a thread; `wait_for` is bounded, `stop` always reaps.
-- `free_port`, `wait_until`: a free TCP port on one loopback address; a bounded poll.
+  qa/), read by a thread; `wait_for` is bounded, `stop` always reaps.
+- `free_port` (the testnet harness's, re-exported), `wait_until`: a bounded poll that retries
+  only transient errors (a socket not up yet, an item not arrived yet).
 - `node_identity`, `node_addrs`: the key and peer multiaddr of a `dsonode run` data directory
   (created before the node starts, so every node can be given its peers' addresses).
-- `node_mesh`: N real `dsonode run` processes, all peered, started and meshed, then stopped.
+- `node_mesh`: N real `dsonode run` processes, all peered, started and meshed, then stopped
+  (a thin fixture over `dsonode.testnet.Testnet`, the one multi-process harness).
 
 Every wait here is bounded in time; every process started is stopped by its `stop`.
 """
@@ -14,10 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +26,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from dsonode.api.client import ClientError
+from dsonode.api.jsonrpc import NOT_FOUND, SERVER_BUSY, RpcError
+from dsonode.testnet.plan import NodePlan, TestnetPlan
+from dsonode.testnet.supervisor import Testnet, free_port
+from qa import REPO_ROOT, qa_env
+
+REPO = REPO_ROOT
+__all__ = ["REPO", "JsonProcess", "free_port", "node_addrs", "node_identity", "node_mesh"]
 
 
 class JsonProcess:
@@ -43,7 +50,7 @@ class JsonProcess:
             stderr=self._err,
             text=True,
             cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=qa_env({"PYTHONUNBUFFERED": "1"}),  # `python -m qa.x`: qa is not installed
         )
         self.events: list[dict] = []
         self._q: queue.Queue[dict | None] = queue.Queue()
@@ -108,21 +115,30 @@ class JsonProcess:
         self._err.close()
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
+def _transient(exc: BaseException) -> bool:
+    """Errors a poll may retry: the node's socket not up or busy (OSError, ClientError), an
+    item not arrived yet (NotFound) or the server momentarily busy."""
+    if isinstance(exc, RpcError):
+        return exc.code in (NOT_FOUND, SERVER_BUSY)
+    return isinstance(exc, OSError | ClientError)
 
 
 def wait_until(what: str, fn: Callable[[], Any], timeout: float, nodes: Iterable = ()) -> Any:
-    """Poll `fn()` every 0.5 s until it returns something truthy (exceptions count as not
-    yet); AssertionError naming `what`, with the log tails of `nodes` (anything with
-    `log_tail(n)`, labelled by its `name` if it has one), after `timeout` s."""
+    """Poll `fn()` every 0.5 s until it returns something truthy; AssertionError naming
+    `what`, with the last value or transient exception and the log tails of `nodes`
+    (anything with `log_tail(n)`, labelled by its `name` if it has one), after `timeout` s.
+    Only transient errors (`_transient`) are retried: anything else (a broken predicate, a
+    KeyError in a reply) propagates at once instead of showing up as a timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             last = fn()
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            last = exc
+        else:
             if last:
                 return last
         time.sleep(0.5)
@@ -166,41 +182,44 @@ def node_mesh(
     start_timeout: float = 180,
     mesh_timeout: float = 90,
 ) -> Iterator[list[Any]]:
-    """Real `dsonode run` processes (`dsonode.api.testing.NodeProcess`) on `ips`, data
+    """Real `dsonode run` processes on `ips` (a `Testnet` of a full-mesh plan), data
     directories root/n1, root/n2, ...: each listens on a free port of its address, has every
     other node as `--peer`, `--threads 1`, then `extra_args[i]` (if given). Started in
-    parallel; yielded once every node has all the others connected and in its gossip mesh
-    (AssertionError after `mesh_timeout` s); always stopped on exit (SIGTERM, SIGKILL after
-    15 s)."""
-    from concurrent.futures import ThreadPoolExecutor
+    parallel; yields the `NodeHandle`s (`client()`, `data_dir`, `log_tail()`) once every
+    node has all the others connected and in its gossip mesh (AssertionError after
+    `mesh_timeout` s); always stopped on exit (SIGTERM, SIGKILL after 15 s)."""
+    n = len(ips)
+    plan = TestnetPlan(
+        tuple(
+            NodePlan(
+                index=i,
+                name=f"n{i + 1}",
+                ip=ip,
+                port=free_port(ip),
+                dials=tuple(j for j in range(n) if j != i),
+            )
+            for i, ip in enumerate(ips)
+        )
+    )
+    net = Testnet(
+        plan,
+        root,
+        start_timeout=start_timeout,
+        mesh_timeout=mesh_timeout,
+        grace=15.0,
+        node_args=lambda node: list(extra_args[node.index]) if node.index < len(extra_args) else [],
+    )
+    with net:  # healthy, connected to every planned neighbour, with gossip mesh peers
+        nodes = net.nodes
+        others = n - 1
 
-    from dsonode.api.testing import NodeProcess
-
-    dirs = [root / f"n{i + 1}" for i in range(len(ips))]
-    _, listens, peers = node_addrs(dirs, list(ips))
-    nodes = []
-    for i, d in enumerate(dirs):
-        args = ["--listen", listens[i]]
-        for j, peer in enumerate(peers):
-            if j != i:
-                args += ["--peer", peer]
-        args += ["--threads", "1", *(extra_args[i] if i < len(extra_args) else ())]
-        nodes.append(NodeProcess(d, *args, start_timeout=start_timeout))
-    others = len(nodes) - 1
-    try:
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda n: n.start(), nodes))
-
-        def meshed() -> bool:
-            for n in nodes:
-                with n.client(timeout=30) as c:
-                    net = c.stats()["network"]
-                if len(net["connected"]) < others or net["mesh_peers"] < others:
+        def meshed() -> bool:  # node_mesh's stronger promise: every other node in the mesh
+            for node in nodes:
+                with node.client(timeout=30) as c:
+                    network = c.stats()["network"]
+                if len(network["connected"]) < others or network["mesh_peers"] < others:
                     return False
             return True
 
-        wait_until(f"a full gossip mesh of {len(nodes)}", meshed, mesh_timeout, nodes)
+        wait_until(f"a full gossip mesh of {n}", meshed, mesh_timeout, nodes)
         yield nodes
-    finally:
-        for n in nodes:
-            n.stop(grace=15)

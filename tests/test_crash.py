@@ -17,15 +17,13 @@ import pytest
 from dsonode.api.testing import NodeProcess
 
 # The ingest helpers are shared with the SIGKILL loop (tests/test_kill9.py, bench faults).
-from dsonode.reliability.kill9 import ingest, lesson
+from qa.kill9 import ingest, lesson
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
-    rng = random.Random()
-    seed = rng.randrange(2**32)
-    rng.seed(seed)
+def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path, seed):
+    rng = random.Random(seed)
     data_dir = tmp_path / "node"
     acked: list[tuple[str, str, str]] = []
     errors: list[BaseException] = []
@@ -52,7 +50,7 @@ def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
     finally:
         node.kill()
 
-    assert errors == []
+    assert errors == [], f"seed {seed}"
     print(f"crash test: seed {seed}, killed after {len(acked)} acknowledged items")
     assert len(acked) >= 10, f"ingest too slow to test anything (seed {seed})"
     assert node.socket_path.exists()  # SIGKILL left the socket file behind

@@ -35,7 +35,7 @@ def _open_node(tmp_path, **kw) -> Node:
 
 
 def _probe(tmp_path, name: str, ip: str, space: str, *args: str) -> JsonProcess:
-    return JsonProcess(tmp_path, name, "dsonode.net.sync_probe", "--store",
+    return JsonProcess(tmp_path, name, "qa.sync_probe", "--store",
                        str(tmp_path / name), "--listen", f"/ip4/{ip}/tcp/0", "--space", space,
                        "--run-seconds", "150", *args)  # fmt: skip
 

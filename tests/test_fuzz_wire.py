@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from dsonode.core import sync, wire
 from dsonode.core.errors import WireError
-from dsonode.reliability import atheris_fuzz, fuzz, mutate
+from qa import atheris_fuzz, fuzz, mutate
 
 SEEDS = mutate.load_seeds()
 CI_INPUTS_PER_TARGET = 2_500

@@ -14,7 +14,7 @@ import random
 import psutil
 import pytest
 
-from dsonode.reliability.kill9 import Kill9Failure, check_store_offline, run_kill9
+from qa.kill9 import Kill9Failure, check_store_offline, run_kill9
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,7 @@ def no_network_listeners(node) -> None:
     assert inet == [], f"an unconfigured node listens on {inet}"
 
 
-def test_repeated_sigkill_loses_nothing_and_the_index_rebuilds_identically(tmp_path):
-    seed = random.randrange(2**32)
+def test_repeated_sigkill_loses_nothing_and_the_index_rebuilds_identically(tmp_path, seed):
     data_dir = tmp_path / "node"
     result = run_kill9(
         data_dir, CI_RUNS, random.Random(seed), max_delay_s=2.5, on_start=no_network_listeners
@@ -40,8 +39,8 @@ def test_repeated_sigkill_loses_nothing_and_the_index_rebuilds_identically(tmp_p
     summary = result.summary()
     print(f"kill9: seed {seed}: {summary}")
     assert result.failures == [], (seed, summary)
-    assert result.runs == CI_RUNS
-    assert result.items_lost == 0
+    assert result.runs == CI_RUNS, (seed, summary)
+    assert result.items_lost == 0, (seed, summary)
     assert all(n >= 5 for n in result.acked_per_run), (seed, summary)
     assert result.experiences_final >= result.acknowledged
 

@@ -4,7 +4,7 @@ gossip (phase "consensus") or pulls a few hundred generated items by sync (phase
 is killed at random moments. After each kill, with the victim dead: the store opens, every
 item verifies, every consensus record not marked pending equals a fresh computation from the
 stored submissions; the next start recomputes exactly the pending ones; the last start
-finishes the work and its index equals a rebuild from LMDB (dsonode/reliability/kill9.py).
+finishes the work and its index equals a rebuild from LMDB (qa/kill9.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from dsonode.reliability.kill9 import (
+from qa.kill9 import (
     Kill9Failure,
     check_consensus_offline,
     exact_scores,
@@ -30,9 +30,8 @@ pytestmark = pytest.mark.slow
     "phase, runs, items, delay", [("consensus", 2, 0, 3.0), ("sync", 1, 300, 1.5)]
 )
 def test_sigkill_during_consensus_updates_and_sync_leaves_consistent_consensus(
-    tmp_path, phase, runs, items, delay
+    tmp_path, phase, runs, items, delay, seed
 ):
-    seed = random.randrange(2**32)
     result = run_kill9_net(
         tmp_path, phase, runs, random.Random(seed), items=items, max_delay_s=delay
     )

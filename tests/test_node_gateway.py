@@ -4,8 +4,6 @@ cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 
@@ -13,14 +11,9 @@ from dsonode.api.testing import NodeProcess
 from dsonode.cli import build_parser
 from dsonode.config.loader import ConfigError
 from dsonode.core.constants import DIM
+from dsonode.testnet import free_port
 
 TOKEN = "kill9-gateway-test-token-0123456789"
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 def _run_config(tmp_path, *argv: str):
@@ -55,7 +48,7 @@ def test_gateway_flag_and_config_reach_the_node_config(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_node_with_the_gateway_on_serves_embeddings_and_stops_on_sigterm(tmp_path):
     ip = "127.0.0.63"
-    port = _free_port(ip)
+    port = free_port(ip)
     toml = tmp_path / "node.toml"
     toml.write_text(
         f'[node]\ndata_dir = "{tmp_path / "node"}"\n'

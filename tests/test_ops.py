@@ -220,12 +220,6 @@ class _FakeStatsService:
         return {k: v for k, v in STATS.items() if k != "network"}
 
 
-def _free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
 def test_http_responder_is_bounded_over_a_real_socket():
     ip = "127.0.0.7"
     sock = bind_tcp(ip, 0)

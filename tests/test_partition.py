@@ -1,6 +1,6 @@
 """Partition and heal (issue 7): the loopback relay, the plan hook, and 5 real nodes split 2 + 3.
 
-The slow test runs `dsonode.reliability.partition.run_partition`: five `dsonode run`
+The slow test runs `qa.partition.run_partition`: five `dsonode run`
 processes whose every dial goes through a `LinkRelay`; the links between nodes 1-2 and 3-5
 are cut while both sides publish, then healed, and every node must end with the same
 experiences and the same consensus (code bytes, confirmed, every node's submission).
@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from dsonode.reliability.partition import NodeView, converged, run_partition
-from dsonode.reliability.relay import LinkRelay, RelayError, RelaySet
 from dsonode.testnet import PlanError, free_ports, plan_testnet
 from dsonode.testnet.plan import host_ip
+from qa.partition import NodeView, converged, run_partition
+from qa.relay import LinkRelay, RelayError, RelaySet
 
 
 class EchoServer:

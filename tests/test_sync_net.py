@@ -1,6 +1,6 @@
 """/dso/sync/1.0.0 between REAL py-libp2p hosts in separate processes on 127.0.0.N.
 
-Each process is `python -m dsonode.net.sync_probe` with its own LMDB store in a tmp dir; every
+Each process is `python -m qa.sync_probe` with its own LMDB store in a tmp dir; every
 wait is bounded and every process is stopped in a `finally`. One in-process test drives an
 honest responder with a misbehaving requester (garbage, oversize, slow) over real sockets.
 """
@@ -22,7 +22,7 @@ class SyncProbe(JsonProcess):
     """One sync_probe process; its JSON lines are read by a thread."""
 
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        super().__init__(tmp, name, "dsonode.net.sync_probe", *args)
+        super().__init__(tmp, name, "qa.sync_probe", *args)
 
 
 def store_hashes(path: Path) -> set[bytes]:
@@ -121,8 +121,8 @@ def test_honest_responder_survives_misbehaving_requesters(tmp_path):
     from dsonode.core import sync as core
     from dsonode.net.host import HostConfig, build_host
     from dsonode.net.sync import PROTOCOL, SyncConfig, SyncServer, sync_with
-    from dsonode.net.sync_probe import make_items
     from dsonode.store.lmdb_store import Store
+    from qa.sync_probe import make_items
 
     store_a = Store(tmp_path / "a", space_id=SPACE)
     store_b = Store(tmp_path / "b", space_id=SPACE)

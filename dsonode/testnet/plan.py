@@ -58,7 +58,7 @@ class TestnetPlan:
     nodes: tuple[NodePlan, ...]
     #: Optional relays (partition tests): (i, j, "/ip4/127.x/tcp/P") makes node i dial node j
     #: at that loopback address instead of j's listen address (same /p2p/ id: Noise still
-    #: authenticates j). See `with_relays` and dsonode.reliability.relay.
+    #: authenticates j). See `with_relays` and qa.relay.
     relays: tuple[tuple[int, int, str], ...] = ()
 
     __test__ = False  # not a pytest test class despite its name

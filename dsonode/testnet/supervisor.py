@@ -55,14 +55,17 @@ class TestnetError(DsoError):
     __test__ = False
 
 
+def free_port(ip: str) -> int:
+    """A free TCP port on `ip` (bound and released: the caller binds it soon after). The one
+    port picker of the testnet, the tests and the qa tooling."""
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
 def free_ports(ips: Sequence[str]) -> list[int]:
-    """One free TCP port per address (bound and released: the node binds it soon after)."""
-    ports = []
-    for ip in ips:
-        with socket.socket() as s:
-            s.bind((ip, 0))
-            ports.append(s.getsockname()[1])
-    return ports
+    """One free TCP port per address (see `free_port`)."""
+    return [free_port(ip) for ip in ips]
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -92,6 +95,8 @@ class NodeHandle:
     listen: str
     attack: str | None
     proc: subprocess.Popen[bytes] | None = None
+    #: Ended on purpose (`stop_node`/`kill_node`): not a failure for `check_alive`.
+    stopped: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -113,6 +118,11 @@ class NodeHandle:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def client(self, timeout: float = 60.0) -> Any:
+        from dsonode.api.client import Client
+
+        return Client(self.socket_path, timeout=timeout)
 
 
 def _write_seeded_key(path: Path, seed: str) -> Any:
@@ -136,6 +146,20 @@ def _write_seeded_key(path: Path, seed: str) -> Any:
     return load_key(path)
 
 
+def _end_group(proc: subprocess.Popen[bytes], sig: int, grace: float) -> None:
+    """`sig` to the process group of `proc`, up to `grace` s for it to exit, then SIGKILL to
+    the whole group (nothing of it may survive), and reap."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10.0)
+
+
 class Testnet:
     """A supervisor of one planned testnet (see the module docstring)."""
 
@@ -152,8 +176,11 @@ class Testnet:
         grace: float = DEFAULT_GRACE_S,
         env: dict[str, str] | None = None,
         log: Callable[[str], None] | None = None,
+        node_args: Callable[[NodeHandle], Sequence[str]] | None = None,
     ) -> None:
         self.plan = plan
+        #: Extra `dsonode run` arguments per node, asked at every (re)start of the node.
+        self.node_args = node_args
         self.root = Path(root)
         self.threads = threads
         self.start_timeout = start_timeout
@@ -220,34 +247,67 @@ class Testnet:
             cmd += ["--peer", p]
         if node.attack is not None:
             cmd += ["--byzantine-attack", node.attack]
+        if self.node_args is not None:
+            cmd += list(self.node_args(node))
         return cmd
 
     def start(self) -> None:
         """Start every node, then wait (bounded) until all are healthy and meshed."""
         if not self.nodes:
             self.prepare()
-        _LIVE.add(self)
-        for i, node in enumerate(self.nodes):
-            with contextlib.suppress(FileNotFoundError):
-                node.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
-            with open(node.log_path, "ab") as log_file:
-                node.proc = subprocess.Popen(
-                    self.command(i),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
-                )
-            self.log(f"started {node.name} (pid {node.proc.pid}) on {node.listen}")
+        for i in range(len(self.nodes)):
+            self.start_node(i)
         self.wait_healthy(self.start_timeout)
         self.wait_meshed(self.mesh_timeout)
 
+    def start_node(self, i: int) -> NodeHandle:
+        """Start (or restart) node i without waiting; it must not be running."""
+        if not self.nodes:
+            self.prepare()
+        node = self.nodes[i]
+        if node.running():
+            raise TestnetError(f"{node.name} is already running (pid {node.proc.pid})")
+        _LIVE.add(self)
+        with contextlib.suppress(FileNotFoundError):
+            node.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
+        with open(node.log_path, "ab") as log_file:
+            node.proc = subprocess.Popen(
+                self.command(i),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
+            )
+        node.stopped = False
+        self.log(f"started {node.name} (pid {node.proc.pid}) on {node.listen}")
+        return node
+
+    def stop_node(self, i: int, grace: float | None = None) -> int | None:
+        """SIGTERM node i's process group, SIGKILL after `grace` s; its exit code (None if
+        it was never started). The other nodes keep running."""
+        proc = self.nodes[i].proc
+        if proc is None:
+            return None
+        self.nodes[i].stopped = True
+        _end_group(proc, signal.SIGTERM, self.grace if grace is None else grace)
+        return proc.returncode
+
+    def kill_node(self, i: int) -> int | None:
+        """SIGKILL node i's process group at once (no clean-up in the node); its exit code."""
+        proc = self.nodes[i].proc
+        if proc is None:
+            return None
+        self.nodes[i].stopped = True
+        _end_group(proc, signal.SIGKILL, 0.0)
+        return proc.returncode
+
     def check_alive(self) -> None:
-        """Raise TestnetError (with its log tail) if any node has exited."""
+        """Raise TestnetError (with its log tail) if a node has exited that was not ended on
+        purpose by `stop_node`/`kill_node`."""
         for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is not None:
+            if node.proc is not None and not node.stopped and node.proc.poll() is not None:
                 raise TestnetError(
                     f"{node.name} exited with code {node.proc.returncode}; "
                     f"last lines of {node.log_path}:\n{node.log_tail()}"
@@ -260,11 +320,12 @@ class Testnet:
         )
         raise TestnetError(f"timed out waiting for {what}; last: {last!r}\n{tails}")
 
-    def wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float, indices: Iterable[int] | None = None) -> None:
+        """Until every node (or those of `indices`) answers `health` (bounded)."""
         from dsonode.api.client import Client, ClientError
 
         deadline = time.monotonic() + timeout
-        pending = list(self.nodes)
+        pending = list(self.nodes) if indices is None else [self.nodes[i] for i in indices]
         while pending and time.monotonic() < deadline:
             self.check_alive()
             for node in list(pending):
@@ -331,9 +392,7 @@ class Testnet:
     # -- talking to the nodes
 
     def client(self, i: int, timeout: float = 60.0) -> Any:
-        from dsonode.api.client import Client
-
-        return Client(self.nodes[i].socket_path, timeout=timeout)
+        return self.nodes[i].client(timeout=timeout)
 
     def stats(self, i: int, timeout: float = 60.0) -> dict[str, Any]:
         with self.client(i, timeout=timeout) as c:

@@ -30,7 +30,7 @@ from typing import Any
 
 from dsonode.core import sync, wire
 from dsonode.core.errors import WireError
-from dsonode.reliability.mutate import Seeds, load_seeds, mutate
+from qa.mutate import Seeds, load_seeds, mutate
 
 #: Per-input wall-clock bound. Decoding <= 64 KiB takes milliseconds; a second is a hang.
 DEFAULT_INPUT_TIMEOUT_S = 2.0

@@ -1,6 +1,6 @@
 """Hostile gossip peers: one real libp2p host per process, speaking the real protocol.
 
-    python -m dsonode.reliability.hostile MODE --listen /ip4/127.0.0.N/tcp/P \
+    python -m qa.hostile MODE --listen /ip4/127.0.0.N/tcp/P \
         --peer /ip4/127.0.0.2/tcp/Q/p2p/12D3KooW... [--peer ...] --space <64 hex> \
         [--duration 10] [--rate 2000] [--victim <author hex>] [--seed 1]
 
@@ -228,7 +228,7 @@ def signed_message(pubsub, topic: str, data: bytes, *, corrupt: bool = False) ->
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dsonode.reliability.hostile", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m qa.hostile", description=__doc__)
     p.add_argument("mode", choices=MODES)
     p.add_argument("--listen", required=True)
     p.add_argument("--peer", action="append", default=[])

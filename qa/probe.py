@@ -1,6 +1,6 @@
 """A standalone gossip peer for tests and measurements: one real libp2p host in one process.
 
-    python -m dsonode.net.probe --listen /ip4/127.0.0.2/tcp/40002 \
+    python -m qa.probe --listen /ip4/127.0.0.2/tcp/40002 \
         [--peer /ip4/127.0.0.3/tcp/40003/p2p/12D3KooW...] [--publish 300] [--wait-mesh 2]
 
 prints one JSON object per line on stdout:
@@ -77,7 +77,7 @@ def make_payload(seq: int, size: int) -> bytes:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dsonode.net.probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m qa.probe", description=__doc__)
     p.add_argument("--listen", required=True)
     p.add_argument("--peer", action="append", default=[])
     p.add_argument("--seed-hex", help="32-byte Ed25519 seed as hex (a fixed identity)")

@@ -27,8 +27,10 @@ from typing import Any
 
 import msgpack
 
-#: Where the vectors live in a source checkout (the package is installed editable).
-VECTORS_DIR = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
+from qa import REPO_ROOT
+
+#: The protocol test vectors of this checkout (qa/ runs only from the repository).
+VECTORS_DIR = REPO_ROOT / "protocol" / "vectors"
 
 # Bytes that mean something to msgpack or sit on a boundary.
 _INTERESTING_BYTES = (

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the same four targets with atheris (libFuzzer), if installed.
 
-    python -m dsonode.reliability.atheris_fuzz CORPUS_DIR -runs=100000 -timeout=5
+    python -m qa.atheris_fuzz CORPUS_DIR -runs=100000 -timeout=5
 
 The first byte of an input picks the target (item, batch, sync, frame), the rest is the
 input. A WireError is the expected answer to bad bytes; anything else propagates and libFuzzer
@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qa import qa_env
+
 TARGET_NAMES = ("item", "batch", "sync", "frame")
 
 
@@ -29,8 +31,8 @@ def available() -> bool:
 
 def write_corpus(directory: Path) -> int:
     """One file per seed (target byte + encoded vector); returns how many were written."""
-    from dsonode.reliability.fuzz import seeds_for
-    from dsonode.reliability.mutate import load_seeds
+    from qa.fuzz import seeds_for
+    from qa.mutate import load_seeds
 
     directory.mkdir(parents=True, exist_ok=True)
     seeds = load_seeds()
@@ -54,7 +56,7 @@ def run_atheris(
     cmd = [
         sys.executable,
         "-m",
-        "dsonode.reliability.atheris_fuzz",
+        "qa.atheris_fuzz",
         str(corpus),
         f"-runs={runs}",
         f"-timeout={timeout_s}",
@@ -63,7 +65,9 @@ def run_atheris(
         f"-artifact_prefix={artifacts}/",
         "-print_final_stats=1",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=wall_s, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=wall_s, check=False, env=qa_env()
+    )
     out = proc.stdout + proc.stderr
     done = re.search(r"Done (\d+) runs in (\d+) second", out)
     cov = re.findall(r"cov: (\d+) ft: (\d+)", out)
@@ -85,7 +89,7 @@ def main() -> None:
 
     with atheris.instrument_imports(include=["dsonode"]):
         from dsonode.core.errors import WireError
-        from dsonode.reliability import fuzz
+        from qa import fuzz
 
     targets = [fuzz.TARGETS[name] for name in TARGET_NAMES]
 

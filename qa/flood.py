@@ -4,7 +4,7 @@
 
 1. an honest publisher thread adds experiences at the seed node (`add_experience`) at a
    steady rate for the whole run;
-2. one hostile process per mode (`python -m dsonode.reliability.hostile MODE`, see
+2. one hostile process per mode (`python -m qa.hostile MODE`, see
    hostile.py) on its own 127.0.0.N dials every honest node and attacks for `duration`;
 3. meanwhile every honest node's `stats` is polled: the moment each hostile peer id shows
    up in a node's graylist is recorded, and a psutil thread samples every node's RSS;
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from dsonode.core.errors import DsoError
+from qa import qa_env
 
 MODES = ("flood", "replay", "forge", "oversize")
 #: Hostile peers live at 127.0.0.(HOSTILE_BASE + k): far above any testnet node's address.
@@ -101,7 +101,7 @@ def start_hostile(
     ip = f"127.0.0.{HOSTILE_BASE + k}"
     port = free_ports([ip])[0]
     listen = f"/ip4/{ip}/tcp/{port}"
-    cmd = [sys.executable, "-m", "dsonode.reliability.hostile", mode, "--listen", listen]
+    cmd = [sys.executable, "-m", "qa.hostile", mode, "--listen", listen]
     for p in peers:
         cmd += ["--peer", p]
     cmd += ["--space", space, "--duration", str(duration), "--seed", str(seed)]
@@ -115,7 +115,7 @@ def start_hostile(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env=qa_env({"PYTHONUNBUFFERED": "1"}),  # qa is not installed: see qa/__init__
     )
     hp = HostileProc(mode, listen, proc)
     threading.Thread(target=hp._read, daemon=True).start()

@@ -1,4 +1,5 @@
-"""`dsonode bench faults`: the full fault, fuzz and crash run (RELIABILITY.md has the method).
+"""`make bench-faults` (`python -m qa.faults`): the full fault, fuzz and crash run
+(RELIABILITY.md has the method).
 
 Four parts, each the full-size version of a CI test:
 
@@ -10,16 +11,16 @@ Four parts, each the full-size version of a CI test:
 3. SIGKILL loop (tests/test_kill9.py): `--kill9-runs` kills during ingest on one data dir;
    `--kill9-consensus-runs` / `--kill9-sync-runs` kill a node recomputing consensus from a
    peer's gossip / pulling `--kill9-sync-items` by sync (tests/test_kill9_net.py);
-4. partition (`--partition-runs`, dsonode/reliability/partition.py, tests/test_partition.py):
+4. partition (`--partition-runs`, qa/partition.py, tests/test_partition.py):
    5 nodes split 2 + 3 through loopback relays, both sides publish, healed; the median time
    from heal to identical experiences and consensus everywhere (`partition_converge_s`);
-5. hostile peers (`--flood-runs`, dsonode/reliability/flood.py + hostile.py,
+5. hostile peers (`--flood-runs`, qa/flood.py + hostile.py,
    tests/test_hostile.py): a `--flood-nodes` testnet attacked at once by a flooder, a
    replayer, a forger and an oversize peer (real processes) while node 1 keeps adding
    experiences; medians of `flood_graylist_s`, `flood_honest_delivered_fraction`, and the
    max `flood_peak_rss_mb` (null when skipped);
 6. colluding Byzantine submitters (`byzantine_live` block, `--skip-byzantine-live`,
-   dsonode/reliability/byzantine_live.py, tests/test_byzantine_live.py): 11 real nodes,
+   qa/byzantine_live.py, tests/test_byzantine_live.py): 11 real nodes,
    every attack of `dsonode bench byzantine` at 1/3/5 attackers; honest consensus quality
    vs clean, detection, reputation.
 
@@ -32,10 +33,12 @@ Targets: crashes = hangs = items_lost = 0.
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +54,10 @@ LESSONS = [
 ]
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "faults", help="fuzzing, socket abuse and SIGKILL loops (crashes/hangs/items lost)"
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m qa.faults",
+        description="fuzzing, socket abuse and SIGKILL loops (crashes/hangs/items lost)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
@@ -119,7 +123,18 @@ def register(subparsers) -> None:
         default=2,
         help="new experiences per (attack, fraction) of the live Byzantine sweep (1..10)",
     )
-    parser.set_defaults(func=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dsonode.core.errors import DsoError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DsoError as exc:
+        print(f"qa.faults: {exc}", file=sys.stderr)
+        return 2
 
 
 def _say(msg: str) -> None:
@@ -145,8 +160,8 @@ def _check_args(args) -> None:
 
 
 def run_wire(args, seed: int, work: Path) -> dict[str, Any]:
-    from dsonode.reliability import atheris_fuzz
-    from dsonode.reliability.fuzz import run_fuzz
+    from qa import atheris_fuzz
+    from qa.fuzz import run_fuzz
 
     _say(f"wire fuzz: {args.wire_inputs} inputs per decoder, seed {seed}")
     result = run_fuzz(
@@ -163,7 +178,7 @@ def run_wire(args, seed: int, work: Path) -> dict[str, Any]:
 
 def run_socket(args, seed: int, work: Path) -> dict[str, Any]:
     from dsonode.api.testing import NodeProcess
-    from dsonode.reliability.socket_abuse import run_abuse
+    from qa.socket_abuse import run_abuse
 
     max_connections, idle = 16, 2
     node = NodeProcess(
@@ -195,7 +210,7 @@ def run_socket(args, seed: int, work: Path) -> dict[str, Any]:
 
 
 def run_kill9_part(args, seed: int, work: Path) -> dict[str, Any]:
-    from dsonode.reliability.kill9 import run_kill9
+    from qa.kill9 import run_kill9
 
     _say(f"kill9: {args.kill9_runs} SIGKILL cycles")
     result = run_kill9(
@@ -208,8 +223,8 @@ def run_kill9_part(args, seed: int, work: Path) -> dict[str, Any]:
 
 
 def run_kill9_net_part(args, seed: int, work: Path, phase: str) -> dict[str, Any]:
-    """SIGKILLs during consensus updates or a sync pull (dsonode.reliability.kill9)."""
-    from dsonode.reliability.kill9 import run_kill9_net
+    """SIGKILLs during consensus updates or a sync pull (qa.kill9)."""
+    from qa.kill9 import run_kill9_net
 
     runs = args.kill9_consensus_runs if phase == "consensus" else args.kill9_sync_runs
     _say(f"kill9 {phase}: {runs} SIGKILL cycles (two nodes)")
@@ -228,7 +243,7 @@ def run_kill9_net_part(args, seed: int, work: Path, phase: str) -> dict[str, Any
 
 
 def run_byzantine_live_part(args, work: Path) -> dict[str, Any]:
-    from dsonode.reliability.byzantine_live import run_byzantine_live
+    from qa.byzantine_live import run_byzantine_live
 
     _say("byzantine_live: 11-node testnet, every attack at 1, 3 and 5 colluders")
     return run_byzantine_live(
@@ -239,11 +254,11 @@ def run_byzantine_live_part(args, work: Path) -> dict[str, Any]:
 
 
 def run_partition_part(args, work: Path) -> dict[str, Any]:
-    """`--partition-runs` partition/heal runs (dsonode.reliability.partition); the median."""
+    """`--partition-runs` partition/heal runs (qa.partition); the median."""
     import statistics
 
     from dsonode.core.errors import DsoError
-    from dsonode.reliability.partition import run_partition
+    from qa.partition import run_partition
 
     if not 0 <= args.partition_hold <= 600:
         raise DsoError("--partition-hold must be in 0..600 seconds")
@@ -267,12 +282,12 @@ def run_partition_part(args, work: Path) -> dict[str, Any]:
 
 
 def run_flood_part(args, work: Path) -> dict[str, Any]:
-    """`--flood-runs` hostile-peer runs on one testnet (dsonode.reliability.flood)."""
+    """`--flood-runs` hostile-peer runs on one testnet (qa.flood)."""
     import statistics
 
-    from dsonode.reliability.flood import run_hostile
     from dsonode.testnet import Testnet, free_ports, plan_testnet
     from dsonode.testnet.plan import host_ip
+    from qa.flood import run_hostile
 
     n = args.flood_nodes
     plan = plan_testnet(n, ports=free_ports([host_ip(i) for i in range(n)]))
@@ -422,3 +437,7 @@ def run(args) -> int:
     }
     report(result, args.json)
     return 0 if result["targets"]["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

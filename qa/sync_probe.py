@@ -1,6 +1,6 @@
 """One sync peer in one process, for tests: serve a store over /dso/sync/1.0.0, or pull.
 
-    python -m dsonode.net.sync_probe --store DIR --listen /ip4/127.0.0.2/tcp/0 \
+    python -m qa.sync_probe --store DIR --listen /ip4/127.0.0.2/tcp/0 \
         [--make-items N] [--pull-from /ip4/127.0.0.3/tcp/4001/p2p/12D3KooW...] \
         [--misbehave garbage|oversize|slow|wrong-item] [--run-seconds 60]
 
@@ -53,7 +53,7 @@ def emit(obj: dict) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dsonode.net.sync_probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m qa.sync_probe", description=__doc__)
     p.add_argument("--store", required=True, type=Path)
     p.add_argument("--listen", required=True)
     p.add_argument("--space", default=DEFAULT_SPACE)

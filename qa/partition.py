@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dsonode.core.errors import DsoError
-from dsonode.reliability.relay import RelaySet
+from qa.relay import RelaySet
 
 SIDE_A = (0, 1)
 SIDE_B = (2, 3, 4)

@@ -33,11 +33,7 @@ slot has run; the per-configuration deltas isolate each configuration.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -151,21 +147,23 @@ class LiveTestnet:
         self.slots = list(slots)
         self._initial = (initial_attack, initial_count)
         plan = plan_testnet(n_nodes, ports=free_ports([host_ip(i) for i in range(n_nodes)]))
+
+        # Every node submitting ("all"), and the scale of the node's current attack
+        # (NodeHandle.attack, changed by `set_attacks`; the supervisor adds the attack).
+        def node_args(node: Any) -> list[str]:
+            args = ["--committee", committee]
+            if node.attack is not None:
+                args += ["--attack-scale", str(ATTACK_SCALES.get(node.attack, 1.0))]
+            return args
+
         self.net = Testnet(
-            plan, root, start_timeout=start_timeout, mesh_timeout=mesh_timeout, log=log
+            plan,
+            root,
+            start_timeout=start_timeout,
+            mesh_timeout=mesh_timeout,
+            log=log,
+            node_args=node_args,
         )
-        base_command = self.net.command
-
-        # `dsonode run` of the supervisor plus every node submitting ("all") and the node's
-        # current attack (NodeHandle.attack, changed by `set_attacks`).
-        def command(i: int) -> list[str]:
-            cmd = [*base_command(i), "--committee", committee]
-            attack = self.net.nodes[i].attack
-            if attack is not None:
-                cmd += ["--attack-scale", str(ATTACK_SCALES.get(attack, 1.0))]
-            return cmd
-
-        self.net.command = command
         self.log = log or (lambda _m: None)
 
     def __enter__(self) -> LiveTestnet:
@@ -192,47 +190,21 @@ class LiveTestnet:
     def set_attacks(self, attack: str | None, count: int) -> list[int]:
         """Make the first `count` slots run `attack` and the others honest, restarting only
         the nodes whose attack changes. Returns the restarted indices."""
-        from dsonode.testnet.supervisor import _die_with_parent
-
         if not 0 <= count <= len(self.slots):
             raise DsoError(f"byzantine_live: {count} attackers but {len(self.slots)} slots")
         want = {s: (attack if k < count else None) for k, s in enumerate(self.slots)}
         changed = [s for s, a in want.items() if self.net.nodes[s].attack != a]
         for s in changed:
-            self._stop_node(s)
+            self.net.stop_node(s, grace=15.0)
         for s in changed:
             node = self.net.nodes[s]
             node.attack = want[s]
-            with contextlib.suppress(FileNotFoundError):
-                node.socket_path.unlink()
-            with open(node.log_path, "ab") as log_file:
-                node.proc = subprocess.Popen(
-                    self.net.command(s),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    env=self.net.env,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
+            self.net.start_node(s)
             self.log(f"restarted {node.name} as {want[s] or 'honest'} (pid {node.proc.pid})")
         if changed:
             self.net.wait_healthy(self.net.start_timeout)
             self.net.wait_meshed(self.net.mesh_timeout)
         return changed
-
-    def _stop_node(self, i: int, grace: float = 15.0) -> None:
-        proc = self.net.nodes[i].proc
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10.0)
 
     # -- reading a node
 
@@ -442,7 +414,7 @@ def run_byzantine_live(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # python -m dsonode.reliability.byzantine_live
+def main(argv: Sequence[str] | None = None) -> int:  # python -m qa.byzantine_live
     import argparse
     import json
     import tempfile

@@ -67,7 +67,7 @@ def lesson(client_no: int, i: int, run: int = 0) -> tuple[str, str, list[str]]:
 
 
 def ingest(
-    node: NodeProcess,
+    node: Any,  # anything with client(timeout): a NodeProcess or a testnet NodeHandle
     client_no: int,
     acked: list,
     stop: threading.Event,
@@ -304,7 +304,7 @@ def _lost(client: Any, acked: tuple[str, str, str]) -> bool:
 # `add_experience` and gossips each experience with its submission; V embeds it, stores its own
 # submission and recomputes the consensus from both. Phase "sync": P's store is filled first
 # with `items` generated experiences, each with a submission of V's space by a third author
-# (dsonode.net.sync_probe.make_items), and V pulls them over /dso/sync/1.0.0, embedding,
+# (qa.sync_probe.make_items), and V pulls them over /dso/sync/1.0.0, embedding,
 # submitting and recomputing as they come. Either way V is SIGKILLed at random moments, and
 # with V dead `check_consensus_offline` requires: the store opens, every stored item verifies,
 # and every consensus record not marked pending (see dsonode/store/lmdb_store.py, Guarantees)
@@ -435,28 +435,12 @@ def exact_scores(data_dir: Path, query: np.ndarray, ids_hex: list[str]) -> dict[
     return {i: out.get(i, float("nan")) for i in ids_hex}
 
 
-def _peer_addr(data_dir: Path, ip: str) -> tuple[str, str]:
-    """(listen multiaddr, full peer multiaddr) of the node that will run on data_dir."""
-    import socket
-
-    from dsonode.core.peerinfo import peer_id_from_public_key
-    from dsonode.identity import load_or_create_key, public_key_bytes
-
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    peer_id = peer_id_from_public_key(public_key_bytes(load_or_create_key(data_dir / "node.key")))
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        port = s.getsockname()[1]
-    listen = f"/ip4/{ip}/tcp/{port}"
-    return listen, f"{listen}/p2p/{peer_id}"
-
-
-def _stats(node: NodeProcess) -> dict[str, Any]:
+def _stats(node: Any) -> dict[str, Any]:  # a NodeProcess or a testnet NodeHandle
     with node.client(timeout=30) as c:
         return c.stats()
 
 
-def _counters(node: NodeProcess) -> dict[str, Any]:
+def _counters(node: Any) -> dict[str, Any]:
     return _stats(node)["network"].get("counters", {})
 
 
@@ -524,34 +508,47 @@ def run_kill9_net(
     Failures are collected, not raised; every process started here is stopped here."""
     if phase not in ("consensus", "sync"):
         raise ValueError(phase)
+    from dsonode.testnet import Testnet, free_port
+    from dsonode.testnet.plan import NodePlan, TestnetPlan
+
     root = Path(root)
     result = NetKill9Result(phase)
     t0 = time.perf_counter()
-    v_dir, p_dir = root / "victim", root / "peer"
-    v_listen, v_peer = _peer_addr(v_dir, NET_IPS[0])
-    p_listen, p_peer = _peer_addr(p_dir, NET_IPS[1])
-    common = ("--threads", "1", "--sync-interval", "2")
-    victim = NodeProcess(v_dir, "--listen", v_listen, "--peer", p_peer, *common)
-    peer = NodeProcess(p_dir, "--listen", p_listen, "--peer", v_peer, *common)
+    # Two nodes of the testnet harness, each dialling the other; started, killed and
+    # restarted one at a time (not `Testnet.start`, which starts all and waits for a mesh).
+    plan = TestnetPlan(
+        tuple(
+            NodePlan(index=k, name=name, ip=ip, port=free_port(ip), dials=(1 - k,))
+            for k, (name, ip) in enumerate(zip(("victim", "peer"), NET_IPS, strict=True))
+        )
+    )
+    net = Testnet(plan, root, grace=30.0, node_args=lambda _n: ["--sync-interval", "2"])
+    victim, peer = net.prepare()
+    v_dir, p_dir = victim.data_dir, peer.data_dir
+
+    def start(k: int) -> None:
+        net.start_node(k)
+        net.wait_healthy(net.start_timeout, [k])
+
     queries = random_queries(rng)
     stop = threading.Event()
     threads: list[threading.Thread] = []
     acked: list[tuple[str, str, str]] = []
     errors: list[BaseException] = []
     try:
-        victim.start()
+        start(0)
         space = _stats(victim)["space_id"]
         if phase == "sync":
-            from dsonode.net.sync_probe import make_items
             from dsonode.store import Store
+            from qa.sync_probe import make_items
 
             with Store(p_dir / "store", space_id=space) as store:
                 make_items(store, bytes.fromhex(space), items)
                 store.clear_pending(store.pending_ids())  # P is only the source here
-        peer.start()
+        start(1)
         for run in range(runs + 1):
-            if victim.proc is None or victim.proc.poll() is not None:
-                victim.start()  # stale socket, locks and pending marks: must come up
+            if not victim.running():
+                start(0)  # stale socket, locks and pending marks: must come up
             _wait("the victim to connect", lambda: _stats(victim)["network"]["connected"], 60)
             if run > 0:  # what the start recomputed (the counter is set before any sync)
                 counters = _wait(
@@ -586,7 +583,7 @@ def run_kill9_net(
             )
             delay = rng.uniform(0.0, max_delay_s)
             time.sleep(delay)
-            victim.kill()
+            net.kill_node(0)
             stop.set()
             for t in threads:
                 t.join(timeout=60)
@@ -625,7 +622,7 @@ def run_kill9_net(
             final_stats = c.stats()
             result.final_experiences = final_stats["store"]["experiences"]
             indexed = final_stats["indexed"]
-        if victim.stop() != 0:
+        if net.stop_node(0) != 0:
             result.failures.append("the final SIGTERM stop did not exit 0")
         final = check_consensus_offline(v_dir)
         if final.pending:
@@ -656,9 +653,8 @@ def run_kill9_net(
         stop.set()
         for t in threads:
             t.join(timeout=60)
-        victim.kill()
-        peer.stop()
-        peer.kill()
+        net.kill_node(0)
+        net.stop()  # the peer: SIGTERM, SIGKILL after the grace period
     result.elapsed_s = time.perf_counter() - t0
     return result
 
