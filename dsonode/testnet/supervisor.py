@@ -266,7 +266,8 @@ class Testnet:
             self.prepare()
         node = self.nodes[i]
         if node.running():
-            raise TestnetError(f"{node.name} is already running (pid {node.proc.pid})")
+            pid = node.proc.pid if node.proc is not None else "?"
+            raise TestnetError(f"{node.name} is already running (pid {pid})")
         _LIVE.add(self)
         with contextlib.suppress(FileNotFoundError):
             node.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
