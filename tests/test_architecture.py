@@ -22,27 +22,27 @@ ROOT = Path(dsonode.__file__).parent
 #: lower layers only. Top-level modules (dsonode/x.py) are packages of their own here.
 LAYERS: dict[str, int] = {
     "core": 0,
-    "argtypes": 0,
-    "identity": 0,
-    "dirlock": 0,
-    "embed": 1,
-    "store": 1,
-    "extract": 1,
-    "gateway": 1,
-    "config": 2,
-    "library": 3,
-    "net": 4,
-    "api": 5,
-    "ops": 6,
-    "mcp": 6,
-    "node": 7,
-    "testnet": 8,
-    "bench": 8,
-    "demo": 8,
-    "cli": 9,
-    "__main__": 10,
     "__init__": 0,
-    "data": 0,
+    "identity": 1,
+    "dirlock": 1,
+    "argtypes": 1,
+    "data": 1,
+    "embed": 2,
+    "store": 2,
+    "extract": 2,
+    "gateway": 3,
+    "config": 4,
+    "library": 5,
+    "net": 6,
+    "api": 7,
+    "ops": 8,
+    "mcp": 8,
+    "node": 9,
+    "testnet": 10,
+    "bench": 11,
+    "cli": 11,
+    "demo": 12,
+    "__main__": 13,
 }
 
 #: What the pure core must never import (ARCHITECTURE.md "The pure core").
@@ -202,3 +202,17 @@ def test_no_module_reads_another_modules_private_names():
                 continue
             offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {line.strip()}")
     assert not offenders, "reads of another module's private names:\n" + "\n".join(offenders)
+
+
+def test_the_package_never_imports_the_qa_campaigns():
+    """qa/ (campaign drivers, not installed) may import dsonode; never the reverse."""
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}:{node.lineno}" for n in names if n.split(".")[0] == "qa"]
+    assert not offenders, f"the installed package imports qa/: {offenders}"
