@@ -33,6 +33,7 @@ from typing import Any
 
 import multiaddr
 import trio
+from libp2p.abc import IHost
 from libp2p.peer.id import ID
 
 from dsonode.config.settings import default
@@ -43,8 +44,8 @@ from dsonode.library import Library
 from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
-from dsonode.net.pipeline import PENALTY, Pipeline, PipelineConfig, reason_of
-from dsonode.net.sync import SyncConfig, SyncServer, SyncTransportError, sync_with
+from dsonode.net.pipeline import PENALTY, BatchOutcome, Pipeline, PipelineConfig, reason_of
+from dsonode.net.sync import SyncConfig, SyncReport, SyncServer, SyncTransportError, sync_with
 
 log = logging.getLogger("dsonode.net.daemon")
 
@@ -121,7 +122,7 @@ class NetDaemon:
         self.author = library.author
         library.attach_publisher(self.publish_local)
         self.pipeline = Pipeline(config.pipeline, is_stored=library.holds)
-        self.host: Any = None
+        self.host: IHost | None = None
         self.gossip: Gossip | None = None
         self.dialer: Dialer | None = None
         self.sync_server: SyncServer | None = None
@@ -146,7 +147,10 @@ class NetDaemon:
 
     # -- lifecycle
 
-    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]  # trio-typing's stubs shadow trio's own TaskStatus
+    ) -> None:
         """Start host, sync server, gossip, dialer and the sync loop; `task_status.started()`
         once joined to the topic."""
         host_config = self.config.host_config()
@@ -219,7 +223,7 @@ class NetDaemon:
 
     # -- receiving
 
-    def _prevalidate(self, origin: ID, data: bytes) -> tuple[bool, Any]:
+    def _prevalidate(self, origin: ID, data: bytes) -> tuple[bool, BatchOutcome | None]:
         """In libp2p's validator, before the message is forwarded: only a message with no
         fault and something new in it goes on (a replay of seen items is not forwarded)."""
         out = self.pipeline.process(
@@ -236,7 +240,9 @@ class NetDaemon:
         # (they are in the pipeline's seen set now: dropping them would lose them for good).
         return forward, (out if forward or out.accepted else None)
 
-    async def _handle(self, topic: str, origin: ID, data: bytes, verdict: Any = None) -> bool:
+    async def _handle(
+        self, topic: str, origin: ID, data: bytes, verdict: BatchOutcome | None = None
+    ) -> bool:
         if verdict is not None:  # validated by _prevalidate already
             out = verdict
         else:
@@ -264,12 +270,14 @@ class NetDaemon:
         GossipSub sends only to mesh peers, so publishing earlier would skip that very peer.
         """
         cfg = self.config
+        host = self.host
+        assert host is not None, "run() starts the host first"
         due: dict[ID, float] = {}
         connected_at: dict[ID, float] = {}
         async with trio.open_nursery() as nursery:
             while True:
                 now = time.monotonic()
-                peers = set(connected_peers(self.host))
+                peers = set(connected_peers(host))
                 for gone in set(connected_at) - peers:  # a reconnection syncs again at once
                     connected_at.pop(gone, None)
                     due.pop(gone, None)
@@ -317,8 +325,9 @@ class NetDaemon:
         stored = report.get("stored", 0)
         return stored, len(accepted) - stored, rejected
 
-    async def sync_peer(self, peer: ID) -> Any:
+    async def sync_peer(self, peer: ID) -> SyncReport:
         """One catch-up exchange with `peer` (raises like `sync_with`)."""
+        assert self.host is not None, "run() starts the host first"
         return await sync_with(
             self.host,
             peer,

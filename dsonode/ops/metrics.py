@@ -24,9 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsonode.config.listen import DEFAULT_LISTEN, MetricsError, parse_metrics_listen
+
+if TYPE_CHECKING:  # types only: `dsonode status` must not import libp2p to start
+    from dsonode.api.service import RetrievalService
+    from dsonode.net.daemon import NetDaemon
 
 __all__ = ["DEFAULT_LISTEN", "MetricsError", "NodeMetrics", "bind_tcp", "parse_metrics_listen"]
 
@@ -275,7 +279,7 @@ class NodeMetrics:
     the collector (which runs in a worker thread) can read the gossip queues on the loop.
     """
 
-    def __init__(self, service: Any, daemon: Any = None) -> None:
+    def __init__(self, service: RetrievalService, daemon: NetDaemon | None = None) -> None:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -322,7 +326,7 @@ class NodeMetrics:
 
     def _queues(self) -> dict[str, int]:
         """On the event loop: gossip queue depths (the gossip layer is not thread-safe)."""
-        gossip = getattr(self.daemon, "gossip", None)
+        gossip = self.daemon.gossip if self.daemon is not None else None
         if gossip is None:
             return {}
         return {"outbox": gossip.pending(), "peer_queue_max": gossip.max_peer_queue()}
