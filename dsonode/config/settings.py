@@ -21,6 +21,7 @@ from dsonode.core.aggregate import DEFAULT_QUORUM, METHODS
 from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
 from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
+from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
 
 ENV_PREFIX = "DSONODE_"
@@ -113,7 +114,7 @@ SPEC: tuple[Setting, ...] = (
         'trained head (.safetensors); "" = the seeded default',
         flag="--head",
     ),
-    _s("node", "device", "str", "auto", "auto, cpu or cuda[:N]", flag="--device"),
+    _s("node", "device", "str", DEFAULT_DEVICE, "auto, cpu or cuda[:N]", flag="--device"),
     _s(
         "node",
         "threads",

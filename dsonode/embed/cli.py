@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dsonode.embed.defaults import VALID_DIMS
+from dsonode.embed.defaults import DEFAULT_DEVICE, VALID_DIMS
 
 _SHOWN_VALUES = 8
 
@@ -26,7 +26,11 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the full vector as one JSON object")
     p.add_argument("--encoder", default=None, help="local Hugging Face encoder folder")
     p.add_argument("--head", default=None, help="trained head (.safetensors); default: seeded")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    p.add_argument(
+        "--device",
+        default=DEFAULT_DEVICE,
+        help=f"auto, cpu or cuda[:N] (default: {DEFAULT_DEVICE})",
+    )
     p.set_defaults(func=_run_embed)
     # `dsonode head train ...` (the three training stages) lives with the trainer.
     from dsonode.embed.train_cli import register_head_commands

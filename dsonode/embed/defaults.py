@@ -2,6 +2,8 @@
 
 from dsonode.core.constants import DIM, PREFIX_DIMS
 
+#: Where the model runs unless told otherwise (`node.device`, `--device`): cuda if present.
+DEFAULT_DEVICE = "auto"
 #: Seed of the default space's head. Changing it changes the default space_id (a network fork).
 DEFAULT_HEAD_SEED = 7680
 #: Width of the head's hidden layer (Algorithm 1).

@@ -21,7 +21,7 @@ import torch
 
 from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
-from dsonode.embed.defaults import DEFAULT_HEAD_SEED, VALID_DIMS
+from dsonode.embed.defaults import DEFAULT_DEVICE, DEFAULT_HEAD_SEED, VALID_DIMS
 from dsonode.embed.errors import EmbedError, ModelLoadError
 from dsonode.embed.fastpath import FastHead, fast_head
 from dsonode.embed.head import (
@@ -129,7 +129,7 @@ class Embedder:
         self,
         encoder: str | Path | None = None,
         head: str | Path | None = None,
-        device: str = "auto",
+        device: str = DEFAULT_DEVICE,
         threads: int | None = None,
         reference: np.ndarray | None = None,
     ) -> None:
@@ -394,7 +394,7 @@ _CACHE_LOCK = threading.Lock()
 def get_embedder(
     encoder: str | Path | None = None,
     head: str | Path | None = None,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     threads: int | None = None,
 ) -> Embedder:
     """One Embedder per (encoder, head, device) per process: loading takes seconds."""

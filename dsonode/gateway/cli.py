@@ -8,6 +8,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import (
     MAX_TOKEN_CHARS,
     TOKEN_ENV,
@@ -28,24 +29,43 @@ def register(subparsers) -> None:
             f"loopback requires a bearer token (--token, --token-file or ${TOKEN_ENV})."
         ),
     )
-    p.add_argument(
-        "--listen", default="127.0.0.1:8080", help="HOST:PORT or [IPv6]:PORT (port 0 = any free)"
-    )
+    listen = f"{GatewayConfig.host}:{GatewayConfig.port}"  # defaults: GatewayConfig's fields
+    p.add_argument("--listen", default=listen, help="HOST:PORT or [IPv6]:PORT (port 0 = any free)")
     p.add_argument(
         "--token", default=None, help=f"bearer token clients must send (or ${TOKEN_ENV})"
     )
     p.add_argument("--token-file", default=None, help="read the bearer token from this file")
     p.add_argument("--encoder", default=None, help="local Hugging Face encoder folder")
     p.add_argument("--head", default=None, help="trained head (.safetensors); default: seeded")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--max-batch", type=int, default=64, help="max texts per encoder call")
     p.add_argument(
-        "--max-wait-ms", type=float, default=2.0, help="how long a batch waits to fill (ms)"
+        "--device",
+        default=DEFAULT_DEVICE,
+        help=f"auto, cpu or cuda[:N] (default: {DEFAULT_DEVICE})",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (seconds)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument(
-        "--max-body-bytes", type=int, default=2 * 1024 * 1024, help="request body limit (bytes)"
+        "--max-batch",
+        type=int,
+        default=GatewayConfig.max_batch_texts,
+        help="max texts per encoder call",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=GatewayConfig.max_wait_ms,
+        help="how long a batch waits to fill (ms)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=GatewayConfig.request_timeout_s,
+        help="per-request timeout (seconds)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=GatewayConfig.max_body_bytes,
+        help="request body limit (bytes)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=_run_gateway)
