@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from dsonode.api import jsonrpc
+from dsonode.config.settings import default
 from dsonode.core.errors import DsoError
 
 log = logging.getLogger("dsonode.api.server")
@@ -48,8 +49,8 @@ class SocketPathError(DsoError):
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_connections: int = 64
-    idle_timeout: float = 300.0
+    max_connections: int = default("api.max_connections")
+    idle_timeout: float = default("api.idle_timeout_s")
     send_timeout: float = 30.0
 
 

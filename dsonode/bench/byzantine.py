@@ -47,7 +47,7 @@ import numpy as np
 
 from dsonode.argtypes import bounded_int
 from dsonode.bench.common import code_rows, report
-from dsonode.core import bitdelta
+from dsonode.core import attacks, bitdelta
 from dsonode.core.aggregate import aggregate, aggregate_codes
 from dsonode.core.constants import CODE_BYTES, DIM
 
@@ -62,7 +62,7 @@ HONEST_NOISE = 0.3  # relative noise of an honest submission (cosine ~0.958 to t
 QUERY_NOISE = 8.0  # relative noise of a query: clean float accuracy ~0.94, not a trivial 1.0
 QUERIES_PER_EXPERIENCE = 20  # many queries: accuracy to about +-0.01
 GAUSSIAN_VAR_FACTOR = 10.0  # the paper's N(0, 10 sigma^2)
-IPM_EPS = 0.1
+IPM_EPS = attacks.IPM_EPS  # the same epsilon a live Byzantine node uses
 
 # Bounds of the command line (memory: the queries take 20 * experiences * 30 KiB).
 MAX_EXPERIENCES = 500

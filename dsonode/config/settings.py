@@ -21,6 +21,7 @@ from dsonode.core.aggregate import DEFAULT_QUORUM, METHODS
 from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
 from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
+from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_WEIGHT
 from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
 
@@ -232,7 +233,15 @@ SPEC: tuple[Setting, ...] = (
         hi=86_400,
         flag="--idle-timeout",
     ),
-    _s("api", "feedback_weight", "float", 0.1, "feedback weight in ranking; 0 = off", lo=0, hi=1),
+    _s(
+        "api",
+        "feedback_weight",
+        "float",
+        FEEDBACK_WEIGHT,
+        "feedback weight in ranking; 0 = off",
+        lo=0,
+        hi=1,
+    ),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
     _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),
     _s(
