@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +59,11 @@ from dsonode.embed.head import (
     save_head,
 )
 from dsonode.embed.train_data import PairIndex, load_training_data
+
+if TYPE_CHECKING:  # types only: rich and the embedder load when train_head needs them
+    from rich.progress import Progress
+
+    from dsonode.embed.embedder import Embedder
 
 #: Learning rate per stage when none is given. Stage 1 regresses onto a fixed target and
 #: tolerates a large step; stages 2-3 fine-tune a head that already works.
@@ -340,7 +345,7 @@ class _StopFlag:
             self._prev = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._prev is not None:
             signal.signal(signal.SIGINT, self._prev)
 
@@ -348,10 +353,18 @@ class _StopFlag:
 class _Reporter:
     """A rich progress bar, or plain log lines every `every` steps."""
 
-    def __init__(self, total: int, start: int, stage: int, every: int, bar: bool, log) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        stage: int,
+        every: int,
+        bar: bool,
+        log: Callable[[str], None],
+    ) -> None:
         self.total, self.start, self.stage, self.every, self.log = total, start, stage, every, log
         self.t0 = time.time()
-        self._p = None
+        self._p: Progress | None = None
         if bar:
             from rich.console import Console
             from rich.progress import (
@@ -451,7 +464,7 @@ def _restore(
 
 def train_head(
     cfg: TrainConfig,
-    embedder=None,
+    embedder: Embedder | None = None,
     log: Callable[[str], None] = _stderr,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
