@@ -194,8 +194,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_rows(seed: int, step: int, n: int, batch_size: int, cache: dict) -> np.ndarray:
-    """Rows of the batch of global step `step` (epochs are ceil(n / batch_size) steps)."""
+def batch_rows(seed: int, step: int, n: int, batch_size: int, cache: dict[str, Any]) -> np.ndarray:
+    """Rows of the batch of global step `step` (epochs are ceil(n / batch_size) steps).
+
+    `cache` keeps the current epoch's "epoch" (int) and "order" (array) between calls."""
     per_epoch = -(-n // batch_size)
     epoch, pos = divmod(step, per_epoch)
     if cache.get("epoch") != epoch:
@@ -542,7 +544,7 @@ def train_head(
     reference = None
     if getattr(embedder, "reference", None) is not None:
         reference = torch.as_tensor(embedder.reference, dtype=torch.float32, device=device)
-    order_cache: dict = {}
+    order_cache: dict[str, Any] = {}
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     reporter = _Reporter(total, step, cfg.stage, cfg.log_every, bool(show_bar), log)
 
