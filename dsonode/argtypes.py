@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import TypeAlias
+
+#: What `register(subparsers)` receives: the object `ArgumentParser.add_subparsers()` returns.
+#: A string because argparse's class is generic only in typeshed, not at run time.
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def bounded_int(lo: int, hi: int | None = None) -> Callable[[str], int]:

@@ -505,6 +505,24 @@ def test_byzantine_bench_small_run():
     assert set(r["targets"]["float"]["best_ratio"]) == {"sign_flip", "alie"}
 
 
+def test_byzantine_targets_with_a_zero_clean_accuracy():
+    """A method with clean accuracy 0 has no ratio (None): the verdict says 'not met' for it
+    instead of comparing None with a float (it raised TypeError / ValueError before)."""
+    from dsonode.bench.byzantine import _targets
+
+    clean = {"median": 0.0, "mean": 0.5}
+    attacks = {"gaussian": {"median": 0.4, "mean": 0.25}, "mimic": {"median": 0.0, "mean": 0.0}}
+    zero = {"median": 0.0, "mean": 0.0}
+    t = _targets(clean, attacks, zero, {"gaussian": {"median": 0.1, "mean": 0.1}})
+    assert t["ratios"]["gaussian"] == {"median": None, "mean": 0.5}
+    assert t["float"]["best_ratio"] == {"gaussian": 0.5, "mimic": 0.0}
+    assert t["float"]["median_gaussian_ratio"] is None
+    assert t["float"]["median_gaussian_over_0.97"] is False
+    assert t["float"]["every_attack_has_a_method_over_0.95"] is False
+    assert t["codes"]["best_ratio"] == {"gaussian": None}
+    assert t["codes"]["every_attack_has_a_method_over_0.95"] is False
+
+
 def test_byzantine_bench_rejects_bad_arguments():
     import argparse
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dsonode.api import ingest
 from dsonode.api.cliargs import add_node_args, node_client
-from dsonode.argtypes import bounded_int
+from dsonode.argtypes import SubParsers, bounded_int
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the raw JSON result")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser("search", help="search the running node's experiences")
     p.add_argument("query", help="what to look for (free text)")
     p.add_argument("-k", type=bounded_int(1), default=5, help="results (1..100, default 5)")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dsonode.api.cliargs import add_node_args, node_client
-from dsonode.argtypes import bounded_float, bounded_int
+from dsonode.argtypes import SubParsers, bounded_float, bounded_int
 from dsonode.core.errors import DsoError
 from dsonode.extract.rollouts import (
     MAX_LINE_BYTES,
@@ -149,7 +149,7 @@ def chunk_groups(
     return chunks, too_big
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "ingest",
         help="extract lessons from rollouts (JSONL) and add them to the running node",

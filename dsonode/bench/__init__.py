@@ -9,6 +9,8 @@ machine is shared and noisy; targets live here, never in timed tests.
 import importlib
 import pkgutil
 
+from dsonode.argtypes import SubParsers
+
 
 def benchmark_modules() -> list[str]:
     return sorted(
@@ -18,7 +20,7 @@ def benchmark_modules() -> list[str]:
     )
 
 
-def register(subparsers) -> None:
+def register(subparsers: SubParsers) -> None:
     bench = subparsers.add_parser("bench", help="run a benchmark (machine-readable with --json)")
     bench_sub = bench.add_subparsers(dest="bench_name", metavar="NAME", required=True)
     for name in benchmark_modules():

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from dsonode.argtypes import bounded_int
+from dsonode.argtypes import SubParsers, bounded_int
 from dsonode.bench.common import code_rows, report
 from dsonode.core import attacks, bitdelta
 from dsonode.core.aggregate import aggregate, aggregate_codes
@@ -346,22 +346,30 @@ def _targets(
 ) -> dict[str, Any]:
     """Each method's accuracy over clean (of the same method); the issue's targets, met or not."""
 
-    def ratios(cl, at):
+    def ratios(
+        cl: dict[str, float], at: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float | None]]:
+        # None where the method's clean accuracy is 0: no ratio exists.
         return {
             a: {m: acc / cl[m] if cl[m] else None for m, acc in ms.items()} for a, ms in at.items()
         }
 
     rf, rc = ratios(clean, attacks), ratios(clean_codes, attacks_codes)
 
-    def verdict(r):
-        best = {a: max(v for v in ms.values() if v is not None) for a, ms in r.items()}
-        out = {
+    def verdict(r: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+        best = {
+            a: max((v for v in ms.values() if v is not None), default=None) for a, ms in r.items()
+        }
+        out: dict[str, Any] = {
             "best_ratio": best,
-            "every_attack_has_a_method_over_0.95": all(b >= TARGET_BEST for b in best.values()),
+            "every_attack_has_a_method_over_0.95": all(
+                b is not None and b >= TARGET_BEST for b in best.values()
+            ),
         }
         if "gaussian" in r:
-            out["median_gaussian_ratio"] = r["gaussian"]["median"]
-            out["median_gaussian_over_0.97"] = r["gaussian"]["median"] >= TARGET_MEDIAN_GAUSSIAN
+            gauss = r["gaussian"]["median"]
+            out["median_gaussian_ratio"] = gauss
+            out["median_gaussian_over_0.97"] = gauss is not None and gauss >= TARGET_MEDIAN_GAUSSIAN
         return out
 
     return {"float": verdict(rf), "codes": verdict(rc), "ratios": rf, "ratios_codes": rc}
@@ -390,7 +398,7 @@ def _fractions(text: str) -> list[float]:
     return [_fraction(p.strip()) for p in parts]
 
 
-def register(bench_subparsers) -> None:
+def register(bench_subparsers: SubParsers) -> None:
     p = bench_subparsers.add_parser(
         "byzantine",
         help="consensus retrieval accuracy under Byzantine submitters (paper's Table 5)",
@@ -414,7 +422,7 @@ def register(bench_subparsers) -> None:
     p.set_defaults(func=_main)
 
 
-def _main(args) -> int:
+def _main(args: argparse.Namespace) -> int:
     fractions = args.fractions or [args.fraction]
     report(run(fractions, args.experiences, args.submitters, args.seed), args.json)
     return 0

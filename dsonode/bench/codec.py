@@ -20,12 +20,14 @@ sum) as ``rejected_neighbour_delta_cos_mean``.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from dsonode.argtypes import SubParsers
 from dsonode.bench.common import add_common_args, code_rows, report
 from dsonode.core import bitdelta
 from dsonode.core.constants import CODE_BYTES, DIM, FLOAT32_BYTES
@@ -44,7 +46,7 @@ class BenchArgsError(DsoError, ValueError):
     """A benchmark argument is out of range."""
 
 
-def register(subparsers) -> None:
+def register(subparsers: SubParsers) -> None:
     parser = subparsers.add_parser(
         "codec", help="BitDelta codec: encode/decode/hamming/rescoring speed and fidelity"
     )
@@ -108,7 +110,7 @@ def _ratio(times: dict[str, list[float]], fast: str, slow: str) -> float:
     return statistics.median(f / s for f, s in zip(times[fast], times[slow], strict=True) if s > 0)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     n, repeats = args.n, args.repeats
     if not 1 <= n <= _MAX_N:
         raise BenchArgsError(f"--n must be between 1 and {_MAX_N}, got {n}")

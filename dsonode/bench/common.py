@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -27,7 +28,7 @@ def code_rows(out: bytes | np.ndarray) -> np.ndarray:
     return out
 
 
-def add_common_args(parser) -> None:
+def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument(
         "--repeats", type=int, default=5, help="timed repetitions (median reported)"

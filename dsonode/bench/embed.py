@@ -10,16 +10,18 @@ system gets a paired-bootstrap 95% interval of its difference to the encoder.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 import statistics
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dsonode.argtypes import SubParsers
 from dsonode.bench.common import (
     add_common_args,
     default_vaswani_dir,
@@ -28,6 +30,9 @@ from dsonode.bench.common import (
     report,
 )
 from dsonode.core.errors import DsoError
+
+if TYPE_CHECKING:  # types only: the CLI imports this module at start (ARCHITECTURE.md)
+    from dsonode.embed.embedder import Embedder
 
 #: Candidates kept by the Hamming pre-filter before rescoring.
 RESCORE_DEPTH = 100
@@ -107,7 +112,10 @@ def parse_qrels(text: str) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def load_vaswani(folder: Path):
+def load_vaswani(
+    folder: Path,
+) -> tuple[list[str], list[str], list[str], list[str], dict[str, dict[str, int]]]:
+    """(doc ids, docs, query ids, queries, qrels) of the TREC collection under `folder`."""
     doc_ids, docs = parse_trec_docs(_read(folder / "doc-text.trec"))
     q_ids, queries = parse_trec_topics(_read(folder / "query-text.trec"))
     qrels = parse_qrels(_read(folder / "qrels"))
@@ -157,7 +165,7 @@ def top_k_dense(queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- head kernels
 
 
-def head_kernels(emb, texts: list[str], repeats: int) -> dict:
+def head_kernels(emb: Embedder, texts: list[str], repeats: int) -> dict[str, dict[str, float]]:
     """The head alone in float32, bfloat16 and the exact int8-limb kernel, side by side.
 
     Times are medians per call at batch 1 (a query) and per text at batch 64; agreement is
@@ -174,7 +182,7 @@ def head_kernels(emb, texts: list[str], repeats: int) -> dict:
     kernels["bfloat16"] = (bf16, torch.bfloat16)
     if emb.head_runner is not emb.head:
         kernels["int8_limbs"] = (emb.head_runner, torch.float32)
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         ref = emb.head(base)
         for name, (fn, dtype) in kernels.items():
@@ -195,7 +203,9 @@ def head_kernels(emb, texts: list[str], repeats: int) -> dict:
 # ----------------------------------------------------------------------------- run
 
 
-def run(data: Path, limit_docs: int | None, threads: int | None, repeats: int = 5) -> dict:
+def run(
+    data: Path, limit_docs: int | None, threads: int | None, repeats: int = 5
+) -> dict[str, Any]:
     from dsonode.core import bitdelta
     from dsonode.embed.embedder import get_embedder
 
@@ -313,7 +323,7 @@ def run(data: Path, limit_docs: int | None, threads: int | None, repeats: int = 
     }
 
 
-def register(bench_subparsers) -> None:
+def register(bench_subparsers: SubParsers) -> None:
     p = bench_subparsers.add_parser(
         "embed", help="encoder vs native throughput, query latency, retrieval quality (Vaswani)"
     )
@@ -324,7 +334,7 @@ def register(bench_subparsers) -> None:
     p.set_defaults(func=_main)
 
 
-def _main(args) -> int:
+def _main(args: argparse.Namespace) -> int:
     if args.limit_docs is not None and args.limit_docs < RESCORE_DEPTH:
         raise BenchDataError(f"--limit-docs must be >= {RESCORE_DEPTH}")
     data = args.data or default_vaswani_dir()

@@ -10,21 +10,27 @@ rollout would score, so the ratio says how much the contrast adds.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsonode.argtypes import bounded_int
+from dsonode.argtypes import SubParsers, bounded_int
 from dsonode.bench.common import report
 from dsonode.core.errors import DsoError
+
+if TYPE_CHECKING:  # types only: the CLI imports this module at start (ARCHITECTURE.md)
+    from dsonode.extract.offline import EmbedFn, Lesson, Source
+    from dsonode.extract.rollouts import Group
 
 
 def default_rollouts_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "examples" / "rollouts"
 
 
-def register(bench_sub) -> None:
+def register(bench_sub: SubParsers) -> None:
     p = bench_sub.add_parser("extract", help="offline extractor on the sample rollouts")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--repeats", type=bounded_int(1, 50), default=3, help="timed runs (median)")
@@ -43,7 +49,7 @@ def register(bench_sub) -> None:
     p.set_defaults(func=cmd_bench_extract)
 
 
-def _llm_overhead(groups, embed, repeats: int) -> dict[str, Any]:
+def _llm_overhead(groups: Sequence[Group], embed: EmbedFn, repeats: int) -> dict[str, Any]:
     """The LLM extractor against RecordedLLMServer with no fixtures: every summary is canned and
     every operations answer is "[]", so this times our side alone (prompt building, one HTTP
     round trip per call on loopback, JSON repair and validation), never a model."""
@@ -79,11 +85,11 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def score_lessons(groups, lessons) -> dict[str, Any]:
+def score_lessons(groups: Sequence[Group], lessons: Sequence[Lesson]) -> dict[str, Any]:
     """precision/recall of lessons against meta.good_steps (see the module docstring)."""
     by_task = {g.task_id: g for g in groups}
 
-    def is_good(src) -> bool:
+    def is_good(src: Source) -> bool:
         meta = by_task[src.task_id].rollouts[src.rollout].meta
         good = meta.get("good_steps")
         return isinstance(good, list) and src.step in good
@@ -109,7 +115,7 @@ def score_lessons(groups, lessons) -> dict[str, Any]:
     }
 
 
-def cmd_bench_extract(args) -> int:
+def cmd_bench_extract(args: argparse.Namespace) -> int:
     from dsonode.api.ingest import load_rollouts
     from dsonode.embed import get_embedder
     from dsonode.extract.offline import OfflineExtractor

@@ -14,6 +14,7 @@ a machine shared with other jobs disturbs less than wall time.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import re
@@ -24,16 +25,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from dsonode.argtypes import SubParsers
 from dsonode.bench.common import add_common_args, default_vaswani_dir, percentile, report
 
 SHORT_INPUT = "What is the speed of light in a vacuum?"
 RATIO_TARGET = 0.8
 
+_T = TypeVar("_T")
 
-def register(subparsers) -> None:
+
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "gateway", help="HTTP gateway latency and micro-batched throughput vs the direct encoder"
     )
@@ -109,7 +115,8 @@ class GatewayProcess:
                 self.proc.wait(timeout=10)
 
 
-def _decode(item, encoding: str) -> np.ndarray:
+def _decode(item: Any, encoding: str) -> np.ndarray:
+    """One response `embedding` (JSON: a base64 string or a list of floats, per `encoding`)."""
     if encoding == "base64":
         return np.frombuffer(base64.b64decode(item), dtype="<f4")
     return np.asarray(item, dtype=np.float32)
@@ -159,9 +166,9 @@ def concurrent_pass(
     return len(texts) / elapsed
 
 
-def _in_thread(fn):
+def _in_thread(fn: Callable[[], _T]) -> _T:
     """fn() run on a fresh thread (as the gateway runs the encoder), its result returned."""
-    box = []
+    box: list[_T] = []
     t = threading.Thread(target=lambda: box.append(fn()))
     t.start()
     t.join()
@@ -183,7 +190,7 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import httpx
 
     from dsonode.embed import get_embedder

@@ -32,11 +32,13 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dsonode.argtypes import SubParsers
 from dsonode.bench.common import code_rows, percentile, report
 from dsonode.core.constants import BITS_BYTES, DIM, SCALE_BYTES
 
@@ -47,7 +49,7 @@ QUERY_NOISE = 0.75
 CHUNK = 8192
 
 
-def register(bench_sub) -> None:
+def register(bench_sub: SubParsers) -> None:
     p = bench_sub.add_parser("retrieval", help="code index search and LMDB ingest at scale")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--n", type=int, default=100_000, help="items in the index")
@@ -107,7 +109,9 @@ def synthetic(n: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return codes, queries.astype(np.float32), sources
 
 
-def exact_top(queries: np.ndarray, codes: np.ndarray, k: int = 10, chunk: int = 16384):
+def exact_top(
+    queries: np.ndarray, codes: np.ndarray, k: int = 10, chunk: int = 16384
+) -> np.ndarray:
     """Exhaustive asymmetric scores dot(q, decode(code)) of every query against every code,
     in chunks (float32 matmul on unpacked signs); returns the top-k rows per query."""
     nq = len(queries)
@@ -130,7 +134,9 @@ def exact_top(queries: np.ndarray, codes: np.ndarray, k: int = 10, chunk: int = 
     return best_i
 
 
-def _time_queries(fn, queries: np.ndarray, warmup: int = 10) -> list[float]:
+def _time_queries(
+    fn: Callable[[np.ndarray], object], queries: np.ndarray, warmup: int = 10
+) -> list[float]:
     for q in queries[:warmup]:
         fn(q)
     times = []
@@ -141,7 +147,7 @@ def _time_queries(fn, queries: np.ndarray, warmup: int = 10) -> list[float]:
     return times
 
 
-def bench_faiss(codes: np.ndarray, queries: np.ndarray, prefix: bool, n_q: int) -> dict:
+def bench_faiss(codes: np.ndarray, queries: np.ndarray, prefix: bool, n_q: int) -> dict[str, Any]:
     import faiss
 
     from dsonode.core import bitdelta
@@ -231,7 +237,7 @@ def bench_rebuild(codes: np.ndarray) -> dict[str, Any]:
     return {"consensus_put_nosync_s": put_s, "index_rebuild_s": rebuild_s}
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from dsonode.core.errors import DsoError
     from dsonode.store import CodeIndex
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dsonode.argtypes import SubParsers
 from dsonode.config.paths import CONFIG_FILE_NAME, KEY_FILE_NAME
 
 #: Domain separation for the deterministic testnet keys (`--testnet-key-seed`).
@@ -20,7 +21,7 @@ TESTNET_KEY_DOMAIN = b"dso/testnet-key/1"
 MAX_PEERS_ON_COMMAND_LINE = 64
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "init",
         help="create a node's identity key and a commented config file",

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
+from dsonode.argtypes import SubParsers
 from dsonode.embed.defaults import DEFAULT_DEVICE, VALID_DIMS
 
 _SHOWN_VALUES = 8
 
 
-def register(subparsers) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "embed",
         help="embed one text in the native space and print a summary (or the vector)",
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
     register_head_commands(subparsers)
 
 
-def _run_embed(args) -> int:
+def _run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dsonode.embed.embedder import get_embedder

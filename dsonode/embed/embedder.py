@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class Embedder:
             self.model_name += f"-{self.space_id[:8]}"
         self._lock = threading.Lock()  # one forward pass at a time (shared buffers, threads)
         self._tok_lock = threading.Lock()
-        self._search_encoder = None
+        self._search_encoder: torch.nn.Module | None = None
 
     # ----------------------------------------------------------------- public API
 
@@ -260,7 +260,7 @@ class Embedder:
                 vec = torch.nn.functional.normalize(vec[:, :dim], p=2.0, dim=-1)
             return vec[0].cpu().numpy().astype(np.float32, copy=False)
 
-    def _search_model(self):
+    def _search_model(self) -> torch.nn.Module:
         """The encoder used by `embed_query(for_search=True)` (built on first use)."""
         if self._search_encoder is None:
             if self.device.type == "cpu" and _cpu_has_native_bf16():
@@ -316,7 +316,14 @@ class Embedder:
             )
         return enc["input_ids"]
 
-    def _run(self, texts: list[str], batch_size: int, progress: bool, out: np.ndarray, fn) -> None:
+    def _run(
+        self,
+        texts: list[str],
+        batch_size: int,
+        progress: bool,
+        out: np.ndarray,
+        fn: Callable[[torch.Tensor], np.ndarray],
+    ) -> None:
         """out[i] = fn(pooled batch)[row] over length-sorted batches, in input order."""
         ids = self._tokenize(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)

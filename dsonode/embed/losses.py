@@ -29,6 +29,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import BackwardCFunction, FunctionCtx
 
 from dsonode.embed.defaults import DEFAULT_MARGIN, DEFAULT_TAU
 
@@ -91,12 +92,12 @@ class _SignSTE(torch.autograd.Function):
     is the straight-through estimator clipped to |x| <= 1 (Bengio et al. 2013)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
         return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: BackwardCFunction, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= 1.0).to(grad.dtype)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +59,11 @@ from dsonode.embed.head import (
     save_head,
 )
 from dsonode.embed.train_data import PairIndex, load_training_data
+
+if TYPE_CHECKING:  # types only: rich and the embedder load when train_head needs them
+    from rich.progress import Progress
+
+    from dsonode.embed.embedder import Embedder
 
 #: Learning rate per stage when none is given. Stage 1 regresses onto a fixed target and
 #: tolerates a large step; stages 2-3 fine-tune a head that already works.
@@ -189,8 +194,10 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def batch_rows(seed: int, step: int, n: int, batch_size: int, cache: dict) -> np.ndarray:
-    """Rows of the batch of global step `step` (epochs are ceil(n / batch_size) steps)."""
+def batch_rows(seed: int, step: int, n: int, batch_size: int, cache: dict[str, Any]) -> np.ndarray:
+    """Rows of the batch of global step `step` (epochs are ceil(n / batch_size) steps).
+
+    `cache` keeps the current epoch's "epoch" (int) and "order" (array) between calls."""
     per_epoch = -(-n // batch_size)
     epoch, pos = divmod(step, per_epoch)
     if cache.get("epoch") != epoch:
@@ -340,7 +347,7 @@ class _StopFlag:
             self._prev = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._prev is not None:
             signal.signal(signal.SIGINT, self._prev)
 
@@ -348,10 +355,18 @@ class _StopFlag:
 class _Reporter:
     """A rich progress bar, or plain log lines every `every` steps."""
 
-    def __init__(self, total: int, start: int, stage: int, every: int, bar: bool, log) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        stage: int,
+        every: int,
+        bar: bool,
+        log: Callable[[str], None],
+    ) -> None:
         self.total, self.start, self.stage, self.every, self.log = total, start, stage, every, log
         self.t0 = time.time()
-        self._p = None
+        self._p: Progress | None = None
         if bar:
             from rich.console import Console
             from rich.progress import (
@@ -451,7 +466,7 @@ def _restore(
 
 def train_head(
     cfg: TrainConfig,
-    embedder=None,
+    embedder: Embedder | None = None,
     log: Callable[[str], None] = _stderr,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
@@ -529,7 +544,7 @@ def train_head(
     reference = None
     if getattr(embedder, "reference", None) is not None:
         reference = torch.as_tensor(embedder.reference, dtype=torch.float32, device=device)
-    order_cache: dict = {}
+    order_cache: dict[str, Any] = {}
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     reporter = _Reporter(total, step, cfg.stage, cfg.log_every, bool(show_bar), log)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dsonode.argtypes import bounded_float, bounded_int
+from dsonode.argtypes import SubParsers, bounded_float, bounded_int
 from dsonode.embed.defaults import (
     DEFAULT_HEAD_SEED,
     DEFAULT_MARGIN,
@@ -23,8 +24,11 @@ from dsonode.embed.defaults import (
     MAX_STEPS,
 )
 
+if TYPE_CHECKING:  # torch loads only when a head is trained (see the module docstring)
+    from dsonode.embed.train import TrainConfig
 
-def register_head_commands(subparsers) -> None:
+
+def register_head_commands(subparsers: SubParsers) -> None:
     """Add `head train` to the `dsonode` command line (called by dsonode/embed/cli.py)."""
     head = subparsers.add_parser("head", help="projection head: train the three DSO stages")
     head_sub = head.add_subparsers(dest="head_command", metavar="SUBCOMMAND", required=True)
@@ -85,7 +89,7 @@ def register_head_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from dsonode.embed.train import TrainConfig
 
     names = TrainConfig.__dataclass_fields__

@@ -20,6 +20,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class TrainingData:
         return out
 
 
-def _text_field(obj: dict, key: str) -> str:
+def _text_field(obj: dict[str, Any], key: str) -> str:  # obj: one decoded JSON object
     value = obj.get(key)
     if not isinstance(value, str):
         raise ValueError(f'"{key}" must be a string, got {type(value).__name__}')

@@ -219,7 +219,7 @@ class OfflineExtractor:
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return vecs / np.maximum(norms, 1e-12)
 
-    def _batch_evidence(self, vecs: np.ndarray, owner: np.ndarray, label: np.ndarray):
+    def _batch_evidence(self, vecs: np.ndarray, owner: np.ndarray, label: np.ndarray) -> np.ndarray:
         """Per step: (successes - failures) / (holders + 1) over the other rollouts holding it."""
         out = np.zeros(len(vecs), dtype=np.float64)
         if self.batch_weight == 0 or len(vecs) == 0:
@@ -233,7 +233,18 @@ class OfflineExtractor:
                 out[start + row] = label[holders].sum() / (len(holders) + 1)
         return out
 
-    def _group_candidates(self, group, success, failure, per_rollout, vecs, evidence):
+    def _group_candidates(
+        self,
+        group: Group,
+        success: np.ndarray,
+        failure: np.ndarray,
+        per_rollout: list[tuple[int, int]],
+        vecs: np.ndarray,
+        evidence: np.ndarray,
+    ) -> list[tuple[Lesson, np.ndarray]]:
+        """Up to `per_group` lessons of one group: steps of successful rollouts that resemble
+        the other successes more than the failures; `per_rollout[i]` is (first row, steps)."""
+
         def block(i: int) -> np.ndarray:
             start, n = per_rollout[i]
             return vecs[start : start + n]

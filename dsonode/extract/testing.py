@@ -132,7 +132,9 @@ class RecordedLLMServer:
             def log_message(self, *args: Any) -> None:  # quiet: tests read `requests`
                 pass
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+            def _send(
+                self, status: int, body: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

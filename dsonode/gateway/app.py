@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import orjson
@@ -30,6 +30,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:  # hypercorn loads when the server starts (serve_gateway)
+    from hypercorn.config import Config
 
 from dsonode.gateway.batcher import BatcherClosed, MicroBatcher, Overloaded
 from dsonode.gateway.config import GatewayConfig
@@ -329,7 +332,7 @@ def make_compute(
     return compute
 
 
-def _hypercorn_config(config: GatewayConfig):
+def _hypercorn_config(config: GatewayConfig) -> Config:
     from hypercorn.config import Config
 
     hc = Config()

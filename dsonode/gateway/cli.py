@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
 from functools import partial
 from pathlib import Path
 
+from dsonode.argtypes import SubParsers
 from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import (
     MAX_TOKEN_CHARS,
@@ -19,7 +21,7 @@ from dsonode.gateway.config import (
 )
 
 
-def register(subparsers) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "gateway",
         help="serve OpenAI-compatible /v1/embeddings and Cohere/Jina-style /v1/rerank over HTTP",
@@ -71,7 +73,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run_gateway)
 
 
-def _read_token(args) -> str | None:
+def _read_token(args: argparse.Namespace) -> str | None:
     if args.token is not None and args.token_file is not None:
         raise GatewayError("give either --token or --token-file, not both")
     if args.token_file is not None:
@@ -90,7 +92,7 @@ def _read_token(args) -> str | None:
     return token_from_env()
 
 
-def build_config(args) -> GatewayConfig:
+def build_config(args: argparse.Namespace) -> GatewayConfig:
     host, port = parse_listen(args.listen)
     config = GatewayConfig(
         host=host,
@@ -105,7 +107,7 @@ def build_config(args) -> GatewayConfig:
     return config
 
 
-def _run_gateway(args) -> int:
+def _run_gateway(args: argparse.Namespace) -> int:
     config = build_config(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsonode.api.cliargs import add_data_dir_arg
-from dsonode.argtypes import bounded_float, bounded_int
+from dsonode.argtypes import SubParsers, bounded_float, bounded_int
 from dsonode.config.loader import ConfigError, load_config
 from dsonode.config.settings import SPEC, Setting
 
@@ -100,7 +100,7 @@ def _flag_of(key: str) -> str | None:
     return None
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="run a node (serves the retrieval socket; joins the network with --listen/--config)",

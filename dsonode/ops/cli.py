@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dsonode.api.cliargs import add_node_args, node_client
+from dsonode.argtypes import SubParsers
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "status",
         help="summary of the running node (peer id, items, consensus, peers, gossip)",

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsonode.argtypes import bounded_float, bounded_int
+from dsonode.argtypes import SubParsers, bounded_float, bounded_int
 from dsonode.core.attacks import ATTACKS
 
 DEFAULT_QUERY = "How do I make sure the answer to an equation is right?"
@@ -31,7 +31,7 @@ DEFAULT_QUERY = "How do I make sure the answer to an equation is right?"
 QUORUM = 3
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "testnet",
         help="run a local testnet of N node processes on 127.0.0.2.. (seed, consensus, query)",
