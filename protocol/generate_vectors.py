@@ -569,7 +569,59 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     items = [bytes.fromhex(out[n]["expected"]["encoded_hex"]) for n in ITEM_VECTORS_FOR_SYNC]
     out.update(build_sync_vectors(items))
     out["bitdelta_codes"] = build_bitdelta_vector()
+    out["submission_equivocation"] = build_equivocation_vector()
     return out
+
+
+# --- One submission per author (PROTOCOL.md section 7.2), type "submission_order" ---------------
+
+
+def build_equivocation_vector() -> dict[str, Any]:
+    """Key B equivocates on the minimal experience: three signed submissions of one
+    (experience, space, author). Every receiver keeps the smallest (created, item hash)."""
+    eid = wire.experience_id("ops", "Pin dependency versions.")
+    code = vector_code()
+    inverted = code[:4] + bytes(b ^ 0xFF for b in code[4:])
+
+    def sub(c: bytes, created: int) -> bytes:
+        return wire.encode_item(wire.make_submission(KEY_B, eid, SPACE_ID, c, created=created))
+
+    first = sub(code, CREATED + 2)  # = item_valid_submission
+    twin = sub(inverted, CREATED + 2)  # same created: the item hash decides
+    low = min(wire.item_hash(first), wire.item_hash(twin))
+    # A later one whose item hash is below both (the first such code, scanning deterministically):
+    # `created` is compared first, so it still loses.
+    later = next(
+        r
+        for i in range(1, 10_000)
+        if wire.item_hash(r := sub(code[:4] + i.to_bytes(960, "little"), CREATED + 3)) < low
+    )
+    subs = [first, twin, later]
+    ranked = sorted(
+        range(3), key=lambda i: (wire.decode_item(subs[i]).created, wire.item_hash(subs[i]))
+    )
+    return {
+        "name": "submission_equivocation",
+        "description": "Key B signs three submissions for the minimal experience in the test "
+        "space: the first is item_valid_submission (created +2), the second has the same "
+        "created and the inverted bits, the third is 1 ms later with an item hash below both. "
+        "Receivers keep the smallest (created, item hash) whatever the arrival order: the "
+        "smaller-hash one of the first two.",
+        "type": "submission_order",
+        "valid": True,
+        "key": key_info(SEED_B),
+        "input": {
+            "submissions": [
+                {
+                    "encoded_hex": r.hex(),
+                    "created": wire.decode_item(r).created,
+                    "item_hash_hex": wire.item_hash(r).hex(),
+                }
+                for r in subs
+            ]
+        },
+        "expected": {"order": ranked, "kept": ranked[0]},
+    }
 
 
 # --- BitDelta codes (PROTOCOL.md section 7.3), type "bitdelta_code" --------------------------------

@@ -100,6 +100,35 @@ def test_first_submission_per_author_wins_and_other_spaces_and_experiences_are_i
     assert out.cosines[KEYS[0].public_key().public_bytes_raw()] > 0.9
 
 
+@pytest.mark.parametrize("tie", [False, True], ids=["created", "item-hash"])
+def test_equivocation_converges_whatever_the_arrival_order(tmp_path, tie):
+    """An author signs two codes for one experience (PROTOCOL.md 7.2): two nodes that receive
+    them in opposite orders keep the same one and reach the same consensus record."""
+    rng = np.random.default_rng(4)
+    truth = unit(rng)
+    honest = [submission(k, unit(rng, truth, 0.002)) for k in KEYS[1:4]]
+    agree = submission(KEYS[4], unit(rng, truth, 0.002), created=T0 + 7)
+    flip = submission(KEYS[4], -truth, created=T0 + 7 if tie else T0 + 9)
+    kept = min((agree, flip), key=lambda s: (s.created, wire.item_hash(s)))
+    results = []
+    for name, pair in (("a", (agree, flip)), ("b", (flip, agree))):
+        with Store(tmp_path / name, space_id=SPACE) as store:
+            store.put_items([wire.encode_item(EXP)] + [wire.encode_item(s) for s in honest])
+            for s in pair:  # one arrival at a time, as gossip delivers them
+                store.put_items([wire.encode_item(s)])
+            subs = store.get_submissions(EXP.id, SPACE)
+            results.append(([s.raw for s in subs], compute(subs)))
+    (raws_a, out_a), (raws_b, out_b) = results
+    assert raws_a == raws_b and wire.encode_item(kept) in raws_a
+    assert out_a is not None and out_b is not None
+    assert out_a.record == out_b.record and out_a.verdicts == out_b.verdicts
+    # The kept code decides the liar's verdict, so a wrong choice would show here.
+    assert out_a.verdicts[kept.author] is (kept is agree)
+    # The consensus alone (given both, as from an old store) counts the same one.
+    both = compute([*honest, flip, agree])
+    assert both is not None and both.record == out_a.record
+
+
 def test_no_submissions_or_only_zero_codes_give_none():
     assert compute([]) is None
     zero = wire.make_submission(KEYS[0], EXP.id, SPACE, bytes(964), created=T0)

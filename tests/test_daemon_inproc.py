@@ -251,3 +251,57 @@ def test_a_faulty_batch_is_not_forwarded_but_its_valid_items_are_kept(tmp_path):
         assert daemon.pipeline.score(origin.to_bytes(), time.monotonic()) > before
     finally:
         node.close()
+
+
+@pytest.mark.slow
+def test_equivocating_submissions_converge_in_the_library(tmp_path):
+    """PROTOCOL.md 7.2 through the library the daemon uses: `holds` answers "stored" only for
+    a submission not smaller than the kept one, a smaller one arriving later replaces it and
+    the consensus is recomputed with it, and a smaller one signed with our own key (a key
+    reused on a wiped store) becomes what own_code returns."""
+    node = _open_node(tmp_path)
+    try:
+        lib, store = node.library, node.store
+        space = bytes.fromhex(node.embedder.space_id)
+        exp = wire.make_experience(
+            Ed25519PrivateKey.generate(), "ops", "Drain the queue before a restart."
+        )
+        liar = Ed25519PrivateKey.generate()
+        up = bytes([0, 0, 0x80, 0x3F]) + b"\xff" * (CODE_BYTES - 4)
+        down = bytes([0, 0, 0x80, 0x3F]) + bytes(CODE_BYTES - 4)
+        t = exp.created
+        large = wire.make_submission(liar, exp.id, space, up, created=t + 5)
+        small = wire.make_submission(liar, exp.id, space, down, created=t + 3)
+        lib.accept_items([(wire.encode_item(exp), exp), (wire.encode_item(large), large)])
+        mine = lib.own_code(exp.id)
+        assert mine is not None  # our own submission, made by the real encoder
+        assert lib.holds(large) and not lib.holds(small)
+        before = lib.counters().get("consensus_updates", 0)
+
+        lib.accept_items([(wire.encode_item(small), small)])
+        assert lib.holds(small) and lib.holds(large)
+        kept = {s.author: s for s in store.get_submissions(exp.id, space)}
+        assert kept[small.author].raw == wire.encode_item(small) and len(kept) == 2
+        assert lib.counters()["consensus_updates"] == before + 1
+        assert store.pending_ids() == []
+        rec = store.get_consensus(space, exp.id)
+        assert rec is not None and rec.stats["submissions"] == 2
+        # The larger one again is a duplicate: nothing stored, nothing recomputed.
+        lib.accept_items([(wire.encode_item(large), large)])
+        assert lib.counters()["consensus_updates"] == before + 1
+        assert store.get_consensus(space, exp.id) == rec
+
+        # An older submission of our own key comes back (by sync, say): it is kept.
+        ours = wire.make_submission(lib.key, exp.id, space, up, created=t - 1000)
+        assert not lib.holds(ours)
+        assert lib.accept_items([(wire.encode_item(ours), ours)]) == []
+        assert lib.own_code(exp.id) == up != mine
+        # Adding the experience again keeps that stored submission and signs nothing new.
+        out = lib.add_experience(exp)
+        assert out.new is False and lib.own_code(exp.id) == up
+        assert {s.raw for s in store.get_submissions(exp.id, space)} == {
+            wire.encode_item(small),
+            wire.encode_item(ours),
+        }
+    finally:
+        node.close()

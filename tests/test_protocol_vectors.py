@@ -70,8 +70,15 @@ def test_there_are_enough_vectors_and_each_names_itself():
     assert len(VECTORS) >= 12
     for name, vector in VECTORS.items():
         assert vector["name"] == name
-        # sync: test_sync.py; bitdelta_code: test_bitdelta_code_vectors below
-        assert vector["type"] in ("item", "batch", "experience_id", "sync", "bitdelta_code")
+        # sync: test_sync.py; bitdelta_code and submission_order: their tests below
+        assert vector["type"] in (
+            "item",
+            "batch",
+            "experience_id",
+            "sync",
+            "bitdelta_code",
+            "submission_order",
+        )
         assert vector["description"]
 
 
@@ -301,6 +308,36 @@ def test_bitdelta_code_vectors():
     tie = cases["zero_scale_tie"]
     assert float.fromhex(tie["mean_binary64"]) == 2.0**-150  # a tie: half even gives +0.0
     assert tie["code_hex"] == "00000000" + "ff" * 960
+
+
+def test_submission_equivocation_vector(tmp_path):
+    """PROTOCOL.md 7.2: of one author's submissions for an (experience, space) every receiver
+    keeps the smallest (created, item hash), whatever the order they arrive in."""
+    from dsonode.core.consensus import submission_rank
+    from dsonode.store import Store
+
+    v = VECTORS["submission_equivocation"]
+    subs = v["input"]["submissions"]
+    raws = [bytes.fromhex(x["encoded_hex"]) for x in subs]
+    items = [wire.decode_item(r) for r in raws]
+    assert len({(i.experience_id, i.space_id, i.author) for i in items}) == 1
+    assert [i.author.hex() for i in items] == [v["key"]["public_key_hex"]] * len(items)
+    for x, raw, item in zip(subs, raws, items, strict=True):
+        assert (x["created"], x["item_hash_hex"]) == (item.created, hashlib.sha256(raw).hexdigest())
+    # The order from the spec alone: created, then the item hash bytewise.
+    by_spec = sorted(
+        range(len(raws)),
+        key=lambda i: (subs[i]["created"], bytes.fromhex(subs[i]["item_hash_hex"])),
+    )
+    assert by_spec == v["expected"]["order"] and by_spec[0] == v["expected"]["kept"]
+    assert sorted(range(len(items)), key=lambda i: submission_rank(items[i])) == by_spec
+    # A real store keeps it in every arrival order, one item per put as gossip delivers them.
+    kept = raws[v["expected"]["kept"]]
+    for n, order in enumerate(itertools.permutations(raws)):
+        with Store(tmp_path / str(n), space_id=items[0].space_id) as store:
+            for raw in order:
+                store.put_items([raw])
+            assert [s.raw for s in store.get_submissions(items[0].experience_id)] == [kept]
 
 
 def test_spec_constants_match_the_implementation():

@@ -71,10 +71,10 @@ def test_same_content_by_two_authors_is_one_experience(tmp_path, keys):
         assert store.get_experience(a.id).author == a.author  # first one kept
 
 
-def test_one_submission_per_author_first_wins(tmp_path, keys):
+def test_one_submission_per_author_the_earliest_is_kept(tmp_path, keys):
     exp = _exp(keys[0], 0)
     first = _sub(keys[1], exp.id, seed=1)
-    second = _sub(keys[1], exp.id, seed=2)  # same author, another code
+    second = _sub(keys[1], exp.id, seed=2)  # same author, another code, 1 ms later
     other_author = _sub(keys[2], exp.id, seed=3)
     other_space = _sub(keys[1], exp.id, seed=4, space=SPACE_B)
     raws = [wire.encode_item(x) for x in (exp, first, second, other_author, other_space)]
@@ -87,6 +87,81 @@ def test_one_submission_per_author_first_wins(tmp_path, keys):
         assert mine.raw == raws[1]
         assert len(store.get_submissions(exp.id)) == 3  # every space
         assert len(store.get_submissions(exp.id, SPACE_B.hex())) == 1
+
+
+def _time_entries(store: Store) -> list[tuple[int, bytes]]:
+    """(created, submission key) of every sub_by_time entry, read from LMDB directly."""
+    with store.env.begin() as txn:
+        cur = txn.cursor(db=store._dbs["sub_by_time"])
+        return [(int.from_bytes(k[:8], "big"), bytes(k[8:])) for k, _ in cur]
+
+
+def test_a_smaller_submission_replaces_the_stored_one_in_either_order(tmp_path, keys):
+    """PROTOCOL.md 7.2: per (experience, space, author) the smallest (created, item hash)."""
+    exp = _exp(keys[0], 0)
+    small = wire.make_submission(keys[1], exp.id, SPACE_A, _code(1), created=T0 + 3)
+    large = wire.make_submission(keys[1], exp.id, SPACE_A, _code(2), created=T0 + 5)
+    r_exp, r_small, r_large = (wire.encode_item(x) for x in (exp, small, large))
+    key = exp.id + SPACE_A + small.author
+    for name, order in (("ab", (r_large, r_small)), ("ba", (r_small, r_large))):
+        with Store(tmp_path / name, space_id=SPACE_A) as store:
+            store.put_items([r_exp, order[0]])
+            store.clear_pending([exp.id])  # as if its consensus had been written
+            flags = store.put_items([order[1]])
+            # The later-arriving one is new only if it is the smaller one.
+            assert flags == [order[1] == r_small]
+            # ... and only then the consensus must be recomputed.
+            assert store.pending_ids() == ([exp.id] if flags[0] else [])
+            [kept] = store.get_submissions(exp.id, SPACE_A)
+            assert (kept.raw, kept.code, kept.created) == (r_small, small.code, T0 + 3)
+            assert _time_entries(store) == [(T0 + 3, key)]  # the old time entry is gone
+            assert [s.raw for s in store.iter_submissions_by_time()] == [r_small]
+            assert store.counts()["submissions"] == 1
+            # The gossip pipeline's "already stored": this one or a smaller one is held.
+            args = (exp.id, SPACE_A, small.author)
+            assert store.holds_submission(*args, T0 + 3, wire.item_hash(r_small))
+            assert store.holds_submission(*args, T0 + 5, wire.item_hash(r_large))
+            assert store.holds_submission(*args, T0 + 3, b"\xff" * 32)  # equal time, larger
+            assert not store.holds_submission(*args, T0 + 3, b"\x00" * 32)  # smaller hash
+            assert not store.holds_submission(*args, T0 + 2, b"\xff" * 32)  # earlier
+            assert not store.holds_submission(exp.id, SPACE_B, small.author, T0, bytes(32))
+        with Store(tmp_path / name, space_id=SPACE_A) as store:  # durable
+            assert [s.raw for s in store.get_submissions(exp.id)] == [r_small]
+
+
+def test_equal_created_is_broken_by_the_smaller_item_hash(tmp_path, keys):
+    exp = _exp(keys[0], 0)
+    subs = [wire.make_submission(keys[1], exp.id, SPACE_A, _code(i), created=T0) for i in (1, 2)]
+    raws = [wire.encode_item(x) for x in subs]
+    winner = min(raws, key=wire.item_hash)
+    for i, order in enumerate((raws, raws[::-1])):
+        with Store(tmp_path / f"s{i}", space_id=SPACE_A) as store:
+            # Inside one batch too: the second is compared with the first.
+            assert store.put_items([wire.encode_item(exp), *order]) == [
+                True,
+                True,
+                order[1] == winner,
+            ]
+            assert [s.raw for s in store.get_submissions(exp.id)] == [winner]
+            assert len(_time_entries(store)) == 1
+
+
+def test_a_replacement_in_a_failing_batch_writes_nothing(tmp_path, keys):
+    """Every item is verified before the write transaction: a batch that fails leaves the
+    larger submission, its time entry and no pending mark."""
+    exp = _exp(keys[0], 0)
+    small = wire.make_submission(keys[1], exp.id, SPACE_A, _code(1), created=T0 + 3)
+    large = wire.make_submission(keys[1], exp.id, SPACE_A, _code(2), created=T0 + 5)
+    bad = bytearray(wire.encode_item(_exp(keys[2], 1)))
+    bad[-1] ^= 1  # a flipped signature bit
+    with Store(tmp_path / "s", space_id=SPACE_A) as store:
+        store.put_items([wire.encode_item(exp), wire.encode_item(large)])
+        store.clear_pending([exp.id])
+        with pytest.raises(WireError):
+            store.put_items([wire.encode_item(small), bytes(bad)])
+        assert [s.raw for s in store.get_submissions(exp.id)] == [wire.encode_item(large)]
+        assert _time_entries(store) == [(T0 + 5, exp.id + SPACE_A + large.author)]
+        assert store.pending_ids() == []
 
 
 def test_invalid_item_rejects_whole_batch(tmp_path, keys):
@@ -325,3 +400,68 @@ def test_acknowledged_items_survive_sigkill(tmp_path):
         ]
         assert all(store.has_experience(i) for i in ids)
         assert store.counts()["experiences"] >= len(ids)
+
+
+_EQUIVOCATOR = """
+import sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dsonode.core import wire
+from dsonode.store import ConsensusRecord, Store
+
+space = bytes(range(32))
+author = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
+exps = [wire.make_experience(author, "crash", f"equivocated {i}", created=1) for i in range(8)]
+with Store(sys.argv[1], space_id=space) as store:
+    store.put_items([wire.encode_item(e) for e in exps])
+    for step in range(100_000):
+        exp = exps[step % len(exps)]
+        # Ever smaller created: each one replaces the stored one (PROTOCOL.md 7.2).
+        code = bytes([0, 0, 0x80, 0x3F]) + step.to_bytes(960, "little")
+        sub = wire.make_submission(author, exp.id, space, code, created=10**9 - step)
+        store.put_items([wire.encode_item(sub)], decoded=[sub])
+        print(step, flush=True)  # acknowledged: committed and synced
+        store.put_consensus([ConsensusRecord(space, exp.id, code, 1, False, "crash", updated=1)])
+"""
+
+
+def test_replacements_survive_sigkill_with_one_time_entry_and_pending_marks(tmp_path):
+    """SIGKILL while a node replaces submissions: after the crash every key has one submission
+    and one time entry (the replacement is one transaction), every acknowledged replacement is
+    there, and a consensus that is not the stored submission's is marked pending."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "s"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EQUIVOCATOR, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    acked = -1
+    try:
+        deadline = time.monotonic() + 60
+        while acked < 40 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # mid-loop: a replacement is being written
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert acked >= 40, "the writer did not acknowledge 41 replacements"
+    space = bytes(range(32))
+    with Store(path, space_id=space) as store:
+        subs = list(store.iter_submissions_by_time())
+        assert len(subs) == 8 == store.counts()["submissions"]
+        assert sorted(_time_entries(store)) == sorted(
+            (s.created, s.experience_id + s.space_id + s.author) for s in subs
+        )
+        pending = set(store.pending_ids())
+        for sub in subs:
+            step = 10**9 - sub.created
+            assert step >= acked - 7  # the acknowledged step of this experience or a later one
+            assert sub.code[4:] == step.to_bytes(960, "little")
+            cons = store.get_consensus(space, sub.experience_id)
+            if sub.experience_id not in pending:
+                assert cons is not None and cons.code == sub.code

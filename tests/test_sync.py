@@ -461,3 +461,78 @@ def test_spec_states_the_sync_constants():
     for name, value in (("MAX_FRAME_BYTES", 65536), ("MAX_BUCKETS", 1024),
                         ("MAX_HASHES", 1024), ("MAX_ITEMS", 256)):  # fmt: skip
         assert getattr(s, name) == value and f"| `{name}` | {value} |" in spec
+
+
+# --- Equivocating submissions over two real stores --------------------------------------------
+
+
+def _pull(requester, responder, until: int) -> list[bytes]:
+    """One exchange: `requester` (a real Store) pulls from `responder` through StoreView, the
+    messages round-tripped through the wire codec; received items go to put_items (verified
+    there, as the daemon does). Returns the raw items received."""
+    from dsonode.net.sync import StoreView
+
+    mine, theirs = StoreView(requester), StoreView(responder)
+    session = s.SyncSession(SPACE, 0, until, mine.inventory, mine.hashes)
+    listed: dict[bytes, tuple[str, bytes]] = {}
+    got: list[bytes] = []
+    for _ in range(100):  # one exchange of a few items needs about 4 requests
+        req = session.next_request()
+        if req is None:
+            break
+        req = s.decode_message(s.encode_message(req))
+        if isinstance(req, s.InventoryRequest):
+            resp: s.Message = theirs.inventory(req)
+        elif isinstance(req, s.HashesRequest):
+            resp, where = theirs.listing(req)
+            listed.update(where)
+        else:
+            resp = s.fit_items(
+                theirs.raw_items([listed.get(x) for x in req.hashes]), len(req.hashes)
+            )
+        raws = session.on_response(s.decode_message(s.encode_message(resp)))
+        if raws:
+            requester.put_items(raws)
+            got.extend(raws)
+    assert session.done
+    return got
+
+
+def test_one_sync_exchange_brings_the_smaller_equivocating_submission(tmp_path):
+    """PROTOCOL.md 7.2 and 12: a node holding an author's larger submission ends with the
+    smaller one after one pull from a node holding it; pulling the larger one changes nothing.
+    Then both inventories are equal, so later exchanges find nothing to fetch."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dsonode.core import wire
+    from dsonode.net.sync import StoreView
+    from dsonode.store import Store
+
+    author, liar = (Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in (3, 4))
+    t0 = 1_700_000_000_000
+    exp = wire.make_experience(author, "ops", "Pin dependency versions.", created=t0)
+    code = bytes([0, 0, 0x80, 0x3F]) + bytes(960)
+    small = wire.make_submission(liar, exp.id, SPACE, code, created=t0 + 1)
+    large = wire.make_submission(liar, exp.id, SPACE, code[:4] + b"\xff" * 960, created=t0 + 2)
+    r_exp, r_small, r_large = (wire.encode_item(x) for x in (exp, small, large))
+    until = t0 + 10_000
+    req = s.InventoryRequest(SPACE, 0, until, s.bucket_ms_for(0, until))
+    with (
+        Store(tmp_path / "a", space_id=SPACE) as a,
+        Store(tmp_path / "b", space_id=SPACE) as b,
+    ):
+        a.put_items([r_exp, r_small])
+        b.put_items([r_exp, r_large])
+        a.clear_pending([exp.id])  # as if both had computed their consensus
+        b.clear_pending([exp.id])
+        # A pulls from B: it is offered the larger one, which it refuses as a duplicate.
+        assert _pull(a, b, until) == [r_large]
+        assert [x.raw for x in a.get_submissions(exp.id)] == [r_small]
+        assert a.pending_ids() == []
+        # B pulls from A: one exchange, and B holds the smaller one, its inventory A's.
+        assert _pull(b, a, until) == [r_small]
+        assert [x.raw for x in b.get_submissions(exp.id)] == [r_small]
+        assert [x.raw for x in b.iter_submissions_by_time()] == [r_small]
+        assert b.pending_ids() == [exp.id]  # its consensus is recomputed
+        assert StoreView(a).inventory(req) == StoreView(b).inventory(req)
+        assert _pull(a, b, until) == [] and _pull(b, a, until) == []

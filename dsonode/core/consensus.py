@@ -5,9 +5,10 @@ the store, calls `compute_consensus`, writes the record, updates the index, and 
 `reputation_deltas` to the authors' reputation records with `apply_reputation`.
 
 Rules (ARCHITECTURE.md "The pure core", Aggregation):
-- only submissions of this experience in this space count; one per author, the first one
-  (smallest `created`, ties broken by the signed bytes) wins; at most `max_submitters`
-  authors (the earliest ones) take part, so one experience costs bounded work;
+- only submissions of this experience in this space count; one per author: the one with the
+  smallest `(created, item hash)` (PROTOCOL.md 7.2, `submission_rank`; the store keeps only
+  that one, so every node counts the same submission whatever the arrival order); at most
+  `MAX_SUBMITTERS` authors (the earliest ones) take part, so one experience costs bounded work;
 - consensus = `dsonode.core.aggregate.aggregate_codes` (coordinate-wise median by default,
   robust cut-off, recomputed without the rejected); `count` = accepted submissions;
   `confirmed` once `quorum` of them agree;
@@ -34,6 +35,7 @@ import numpy as np
 from dsonode.core.aggregate import DEFAULT_QUORUM, aggregate_codes
 from dsonode.core.constants import CODE_BYTES
 from dsonode.core.errors import AggregateError
+from dsonode.core.wire import Submission, item_hash
 
 __all__ = [
     "MAX_SUBMITTERS",
@@ -44,6 +46,8 @@ __all__ = [
     "compute_consensus",
     "reputation_deltas",
     "reputation_score",
+    "submission_precedes",
+    "submission_rank",
 ]
 
 #: Authors taken into one consensus (the committee of PROTOCOL.md 16 is 7 by default).
@@ -65,7 +69,7 @@ class ConsensusRecord:
 
 
 class SubmissionLike(Protocol):
-    """A stored record or a wire.Submission; also `raw` or `signature`, for tie-breaks."""
+    """A stored record (with its signed bytes `raw`) or a wire.Submission."""
 
     @property
     def experience_id(self) -> bytes: ...
@@ -94,6 +98,25 @@ class ConsensusOutcome:
         return out
 
 
+def submission_rank(s: SubmissionLike) -> tuple[int, bytes]:
+    """`(created, item hash)`: of one author's submissions for one (experience, space) the
+    smallest is the one kept and counted (PROTOCOL.md 7.2). The hash is that of the signed
+    bytes `raw` of a stored record, or of the encoded wire.Submission; a record with neither
+    ranks by `created` alone (b"": ties keep their input order)."""
+    raw = getattr(s, "raw", None)
+    if isinstance(raw, bytes) and raw:
+        return s.created, item_hash(raw)
+    if isinstance(s, Submission):
+        return s.created, item_hash(s)
+    return s.created, b""
+
+
+def submission_precedes(new: tuple[int, bytes], old: tuple[int, bytes]) -> bool:
+    """True if a submission ranked `new` replaces the stored one ranked `old` of the same
+    (experience, space, author): strictly smaller `(created, item hash)` (PROTOCOL.md 7.2)."""
+    return new < old
+
+
 def _first_per_author(
     submissions: Sequence[SubmissionLike], experience_id: bytes, space_id: bytes
 ) -> list[SubmissionLike]:
@@ -105,8 +128,7 @@ def _first_per_author(
         and isinstance(s.code, bytes)
         and len(s.code) == CODE_BYTES
     ]
-    # Ties broken by bytes every node has: the stored raw item or the signature.
-    relevant.sort(key=lambda s: (s.created, getattr(s, "raw", b"") or getattr(s, "signature", b"")))
+    relevant.sort(key=submission_rank)
     first: dict[bytes, SubmissionLike] = {}
     for s in relevant:
         first.setdefault(s.author, s)

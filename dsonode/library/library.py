@@ -235,20 +235,29 @@ class Library:
         return self.index.confirmed_count()
 
     def own_code(self, exp_id: bytes) -> bytes | None:
-        """The code this node submitted for an experience in its space, if any."""
+        """The code this node submitted for an experience in its space, if any.
+
+        Read from the store, so it is always the stored one: the store keeps one submission
+        per author, the smallest `(created, item hash)` (PROTOCOL.md 7.2). Only another
+        submission signed with our key could replace ours, and an honest node never signs two
+        for one experience (we sign only when `own_code` is None, under the write lock). A key
+        reused on a wiped data directory may see its older submission come back by sync; it
+        then replaces ours like any smaller one.
+        """
         for sub in self.store.get_submissions(exp_id, self.space_id):
             if sub.author == self.author:
                 return sub.code
         return None
 
     def holds(self, item: wire.Item) -> bool:
-        """Whether this item (or, for a vote, a newer one of its author) is stored already."""
+        """Whether this item, or the one of its author the store keeps instead, is stored
+        already: for a submission one with a smaller or equal `(created, item hash)`
+        (PROTOCOL.md 7.2), for a vote a newer one (7.5)."""
         if isinstance(item, wire.Experience):
             return self.store.has_experience(item.id)
         if isinstance(item, wire.Submission):
-            return any(
-                s.author == item.author
-                for s in self.store.get_submissions(item.experience_id, item.space_id)
+            return self.store.holds_submission(
+                item.experience_id, item.space_id, item.author, item.created, wire.item_hash(item)
             )
         if isinstance(item, wire.Feedback):
             return self.store.holds_feedback(
@@ -333,7 +342,7 @@ class Library:
         with self._write_lock:
             mine = self.own_code(experience.id)
             if mine is not None or code is None:
-                code = mine  # the first submission wins; keep the index consistent
+                code = mine  # the stored submission stays ours (see own_code)
             assert code is not None  # submissions are never deleted
             had_consensus = self.store.get_consensus(self.space_id, experience.id) is not None
             fresh = ConsensusRecord(
@@ -352,7 +361,14 @@ class Library:
                 raws.append(wire.encode_item(submission))
                 decoded.append(submission)
             new = self.store.put_items(raws, decoded=decoded, consensus_if_absent=[fresh])
-            if mine is None and any(new):
+            if mine is None and not new[-1]:
+                # A smaller submission of our key was stored by accept_items (which does not
+                # take the write lock) since own_code: `fresh` may not be the stored code's
+                # consensus, so recompute it, and publish nothing we did not store.
+                publish = raws[:1] if new[0] else []
+                self.recompute(experience.id)
+                had_consensus = True  # recompute indexed the stored consensus
+            elif mine is None and any(new):
                 publish = raws
             consensus = self.store.get_consensus(self.space_id, experience.id)
             if not had_consensus and consensus is not None:
@@ -395,7 +411,8 @@ class Library:
         with self._write_lock:
             if self.own_code(experience.id) is not None:
                 return None
-            self.store.put_items([raw], decoded=[submission])
+            if not self.store.put_items([raw], decoded=[submission])[0]:
+                return None  # a smaller one of our key came meanwhile (see own_code)
         self.count("own_submissions")
         return raw
 

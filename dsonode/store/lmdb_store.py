@@ -31,8 +31,14 @@ is left in the file and never opened (the schema version is unchanged: no data m
 
 Guarantees:
 - Writes are batched: ``put_items`` stores a whole batch in one write transaction.
-- Idempotent: the same signed item twice is stored once; one submission per (experience,
-  space, author) and the first one wins. ``put_items`` reports which items were new.
+- Idempotent: the same signed item twice is stored once. ``put_items`` reports which items
+  were new.
+- Convergent submissions (PROTOCOL.md 7.2): one submission per (experience, space, author),
+  the one with the smallest ``(created, item hash)`` (``dsonode.core.consensus
+  .submission_rank``). A smaller one arriving later replaces the stored one, its time entry
+  too, in one transaction, and marks the experience pending like a new submission; a larger
+  one is a duplicate. So two nodes that received an author's equivocating submissions in
+  either order hold the same one (and the same sync inventory and consensus).
 - Durable: LMDB's default ``sync`` on commit is kept, so an item is on disk once ``put_items``
   returns (``unsafe_nosync=True`` exists for benchmarks and bulk loads only).
 - Crash-consistent consensus: ``put_items`` marks every experience it gives a new experience
@@ -68,7 +74,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import lmdb
 import msgpack
 
-from dsonode.core.consensus import ConsensusRecord
+from dsonode.core.consensus import ConsensusRecord, submission_precedes
 from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
@@ -380,11 +386,12 @@ class Store:
         """Store signed wire items (experiences, submissions, feedback) in one transaction.
 
         Returns one flag per item: True if it was new, False if already stored (the same item
-        again, an experience with the same id, or a second submission by the same author for
-        the same experience and space: the first one wins). Feedback is the exception: an
-        author's newer vote on an experience replaces the stored one (True), an older or equal
-        one is dropped (False), and the experience's feedback aggregate is recomputed in the
-        same transaction. Duplicates inside the batch count once. Every item is decoded and verified with ``dsonode.core.wire.decode_item`` first
+        again, an experience with the same id). Submissions and feedback keep one item per
+        key: an author's submission for an experience and space replaces the stored one (True)
+        when its ``(created, item hash)`` is smaller (PROTOCOL.md 7.2), a vote when it is
+        greater (7.5, and the experience's feedback aggregate is recomputed in the same
+        transaction); any other one is a duplicate (False). Duplicates inside the batch count
+        once. Every item is decoded and verified with ``dsonode.core.wire.decode_item`` first
         (``now_ms`` is passed on for the clock-skew check); pass ``decoded`` (the items already
         returned by decode_item for these bytes) to skip a second verification. If any item is
         invalid the WireError is raised and nothing of the batch is written.
@@ -417,7 +424,7 @@ class Store:
         def write(txn: _Txn) -> list[bool]:
             flags = []
             voted: dict[bytes, None] = {}  # experiences whose feedback changed
-            for db_name, key, value, time_db, time_key, vote in rows:
+            for db_name, key, value, time_db, time_key, vote, rank in rows:
                 db = self._dbs[db_name]
                 old = txn.get(key, db=db)
                 if vote is not None and old is not None:
@@ -426,6 +433,14 @@ class Store:
                         flags.append(False)
                         continue
                     txn.delete(_TIME.pack(old_vote.created) + key, db=self._dbs[time_db])
+                elif rank is not None and old is not None:
+                    old_rank = _sub_rank(old)
+                    if not submission_precedes(rank, old_rank):
+                        flags.append(False)
+                        continue
+                    # The replaced one leaves the time index too, so sync lists only the kept
+                    # submission (PROTOCOL.md 12.3).
+                    txn.delete(_TIME.pack(old_rank[0]) + key, db=self._dbs[time_db])
                 elif old is not None:
                     flags.append(False)
                     continue
@@ -514,7 +529,11 @@ class Store:
         return out
 
     @staticmethod
-    def _item_row(item: object, raw: bytes) -> tuple[str, bytes, bytes, str, bytes, Vote | None]:
+    def _item_row(
+        item: object, raw: bytes
+    ) -> tuple[str, bytes, bytes, str, bytes, Vote | None, tuple[int, bytes] | None]:
+        """(database, key, value, time database, time key, vote of a feedback item, rank of
+        a submission)."""
         if isinstance(item, Experience):
             value = _pack(
                 {
@@ -527,11 +546,13 @@ class Store:
                 }
             )
             time_key = _TIME.pack(item.created) + item.id
-            return "experiences", item.id, value, "exp_by_time", time_key, None
+            return "experiences", item.id, value, "exp_by_time", time_key, None, None
         if isinstance(item, Submission):
             key = item.experience_id + item.space_id + item.author
             value = _pack({"raw": raw, "created": item.created, "code": item.code})
-            return "submissions", key, value, "sub_by_time", _TIME.pack(item.created) + key, None
+            time_key = _TIME.pack(item.created) + key
+            rank = (item.created, item_hash(raw))
+            return "submissions", key, value, "sub_by_time", time_key, None, rank
         if isinstance(item, Feedback):
             key = item.experience_id + item.author
             digest = item_hash(raw)
@@ -539,7 +560,7 @@ class Store:
                 {"raw": raw, "created": item.created, "score": item.score, "hash": digest}
             )
             vote = Vote(item.author, item.score, item.created, digest)
-            return "feedback", key, value, "fb_by_time", _TIME.pack(item.created) + key, vote
+            return "feedback", key, value, "fb_by_time", _TIME.pack(item.created) + key, vote, None
         raise StoreError(f"cannot store a {type(item).__name__}")
 
     def has_experience(self, exp_id: bytes) -> bool:
@@ -627,6 +648,22 @@ class Store:
             return False
         stored = _vote_of(key, raw)
         return not supersedes(Vote(bytes(author), 0, created, bytes(digest)), stored)
+
+    def holds_submission(
+        self, experience_id: bytes, space_id: bytes, author: bytes, created: int, digest: bytes
+    ) -> bool:
+        """True if this submission (by its item hash) or a smaller one of its author for the
+        same experience and space is stored (PROTOCOL.md 7.2): the gossip pipeline's "already
+        stored" check. A larger stored one is False: this one would replace it."""
+        key = (
+            _check_id(experience_id, "experience id")
+            + _space_bytes(space_id)
+            + _check_id(author, "author")
+        )
+        raw = self._read(lambda txn: txn.get(key, db=self._dbs["submissions"]))
+        if raw is None:
+            return False
+        return not submission_precedes((created, bytes(digest)), _sub_rank(raw))
 
     def get_feedback_aggregate(self, exp_id: bytes) -> Aggregate | None:
         return self.get_feedback_aggregates([exp_id])[0]
@@ -906,6 +943,16 @@ def _cons_record(key: bytes, value: bytes) -> ConsensusRecord:
         )
     except (KeyError, TypeError) as exc:
         raise StoreError(f"corrupt consensus record: {exc}") from exc
+
+
+def _sub_rank(value: bytes) -> tuple[int, bytes]:
+    """(created, item hash) of a stored submission (PROTOCOL.md 7.2; the hash is computed
+    from the signed bytes, so stores written before this rule need no migration)."""
+    d = _unpack(value)
+    try:
+        return int(d["created"]), item_hash(bytes(d["raw"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"corrupt submission record: {exc}") from exc
 
 
 def _vote_of(key: bytes, value: bytes) -> Vote:
