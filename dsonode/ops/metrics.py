@@ -244,7 +244,10 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
 
 
 #: Sync figures that are states, not running counts.
-_SYNC_GAUGES = {"active": "Catch-up sessions running now"}
+_SYNC_GAUGES = {
+    "active": "Catch-up sessions running now",
+    "peers_without_sync": "Connected peers that do not speak /dso/sync/1.0.0 (not pulled from)",
+}
 
 
 def _sync_families(
