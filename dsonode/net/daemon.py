@@ -345,6 +345,35 @@ class NetDaemon:
         except Exception:  # the router's tables are libp2p internals: never fatal here
             return set()
 
+    def _space_peers(self, connected: list[ID]) -> set[ID]:
+        """The connected peers that subscribed to our space's topic."""
+        if self.gossip is None or self.topic is None:
+            return set()
+        try:  # the pubsub's tables are libp2p internals: never fatal in stats
+            subscribed = set(self.gossip.pubsub.peer_topics.get(self.topic, ()))
+        except Exception:
+            return set()
+        return subscribed & set(connected)
+
+    def _known_peers(self) -> int:
+        """Peers in the libp2p peerstore, ourselves excluded."""
+        if self.host is None:
+            return 0
+        own = self.host.get_id()
+        try:
+            return sum(1 for p in self.host.get_peerstore().peer_ids() if p != own)
+        except Exception:  # libp2p internals: never fatal in stats
+            return 0
+
+    def _mesh_sizes(self) -> dict[str, int]:
+        """GossipSub mesh peers per joined topic (the mesh degree)."""
+        if self.gossip is None:
+            return {}
+        try:
+            return {t: len(p) for t, p in self.gossip.router.mesh.items()}
+        except Exception:  # libp2p internals: never fatal in stats
+            return {}
+
     def _sync_accept(self, raws: list[bytes]) -> tuple[int, int, Counter]:
         """Worker thread (under the ingest limiter): verify like gossip, then the library."""
         accepted: list[tuple[bytes, wire.Item]] = []
@@ -457,17 +486,27 @@ class NetDaemon:
                 "items_sent": srv.items_sent,
                 "errors": dict(srv.errors),
             }
+        connected = connected_peers(self.host) if self.host else []
+        in_space = self._space_peers(connected)
         return {
             "peer_id": self.host.get_id().to_base58() if self.host else None,
             "listen": listen_multiaddrs(self.host) if self.host else [],
-            "connected": [p.to_base58() for p in connected_peers(self.host)] if self.host else [],
+            "connected": [p.to_base58() for p in connected],
+            # connected peers subscribed to our space's topic (the others: other spaces,
+            # other software), and every peer the libp2p peerstore knows (ever met or told of)
+            "space_peers": len(in_space),
+            "known_peers": self._known_peers(),
             "mesh_peers": len(gossip.mesh_peers(self.topic)) if gossip and self.topic else 0,
+            "mesh": self._mesh_sizes(),
             "byzantine_attack": self.library.attack,
             "consensus": {
                 "method": self.library.rules.method,
                 "quorum": self.library.rules.quorum,
                 "committee": self.library.rules.committee,
-                "network_size": self.library.network_size(),
+                # what the network looks like from here (see Library.network_size) ...
+                "network_size": self.library.network_size(connected=len(in_space)),
+                # ... and the n of the committee draw: submitting authors only
+                "committee_n": self.library.network_size(),
                 "weighted_peers": len(self.library.rules.weights),
             },
             "pipeline": {
