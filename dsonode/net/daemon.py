@@ -173,7 +173,7 @@ class NetDaemon:
         """Start host, sync server, gossip, dialer and the sync loop; `task_status.started()`
         once joined to the topic."""
         host_config = self.config.host_config()
-        quiet_stream_failures()
+        quiet_normal_libp2p_errors()
         self.host = build_host(self.key, host_config)
         self.sync_server = SyncServer(self.host, self.store, self.config.sync)
         self.sync_server.register()  # before host.run: inbound streams need the handler
@@ -564,29 +564,37 @@ def refused_protocol(exc: BaseException) -> bool:
     return False
 
 
-class _QuietStreamFailures(logging.Filter):
-    """py-libp2p logs every failed stream opening as a multi-line ERROR. For us they are
-    normal conditions (a peer that went away, or does not speak a protocol), and the caller
-    logs one line of its own: keep the first two lines at DEBUG."""
+#: py-libp2p's ERROR records that are normal conditions for a node, by logger: a stream
+#: the peer refused or lost (multi-line, once per sync interval before identify was checked)
+#: and a TCP dial to a peer that is not up (yet, or any more; once per redial). The caller
+#: (the sync loop, the dialer) logs its own line, so these become DEBUG.
+_NORMAL_LIBP2P_ERRORS = {
+    "libp2p.host.basic_host": "Failed to open stream",
+    "libp2p.transport.tcp.tcp": "Failed to open TCP stream",
+}
+
+
+class _DemoteNormalErrors(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and str(record.msg).startswith("Failed to open stream"):
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.prefix):
             lines = record.getMessage().splitlines()
-            record.msg = " ".join(line.strip() for line in lines[:2])
+            record.msg = " ".join(line.strip() for line in lines[:2])  # peer and error
             record.args = ()
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 
-_STREAM_FAILURE_LOGGER = "libp2p.host.basic_host"
-
-
-def quiet_stream_failures() -> None:
-    """Install `_QuietStreamFailures` on py-libp2p's host logger (once)."""
-    logger = logging.getLogger(_STREAM_FAILURE_LOGGER)
-    if not any(isinstance(f, _QuietStreamFailures) for f in logger.filters):
-        logger.addFilter(_QuietStreamFailures())
+def quiet_normal_libp2p_errors() -> None:
+    """Install the demotion on py-libp2p's loggers (once per logger)."""
+    for name, prefix in _NORMAL_LIBP2P_ERRORS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DemoteNormalErrors) for f in logger.filters):
+            logger.addFilter(_DemoteNormalErrors(prefix))
 
 
 def _peer_name(author: bytes) -> str | None:
