@@ -37,3 +37,22 @@ def test_bad_arguments_exit_with_a_usage_error(capsys):
         main(["search", "q", "-k", "0"])
     assert exc.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["config", "check"], ["config", "check", "--json"]])
+def test_a_reader_that_goes_away_is_no_traceback(command):
+    """`dsonode ... | head -1`: the reader closes the pipe before we write (closed here at
+    once, so the very first write fails): exit 141 like a SIGPIPE death, nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsonode", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # no-op once it has exited
+    assert proc.returncode == 141
+    assert err.decode() == ""

@@ -9,6 +9,7 @@ reputation falling, at the honest nodes. Every wait is bounded; every process is
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -176,3 +177,22 @@ def test_pipeline_penalise_uses_gossip_weights_and_graylists():
     assert p.penalise(peer, "malformed", now_s=0.0, count=2).graylisted_now  # 25+10+20 >= 50
     assert p.is_graylisted(peer, 1.0)
     assert p.penalise(b"\x02" * 38, "clock_skew", now_s=0.0, count=0).penalty == 0
+
+
+def test_normal_libp2p_errors_become_one_debug_line(caplog):
+    from dsonode.net.daemon import quiet_normal_libp2p_errors
+
+    quiet_normal_libp2p_errors()
+    quiet_normal_libp2p_errors()  # idempotent: one filter per logger
+    host_log = logging.getLogger("libp2p.host.basic_host")
+    assert len(host_log.filters) == 1
+    with caplog.at_level(logging.INFO):
+        host_log.error("Failed to open stream to peer X:\n  Error: protocols not supported\n  more")
+        logging.getLogger("libp2p.transport.tcp.tcp").error("Failed to open TCP stream: %s", "no")
+        host_log.error("something else")  # not a normal condition: stays an ERROR
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("ERROR", "something else")]
+    # kept at DEBUG when that logger logs DEBUG (py-libp2p sets its loggers' own levels)
+    with caplog.at_level(logging.DEBUG, logger="libp2p.host.basic_host"):
+        host_log.error("Failed to open stream to peer X:\n  Error: refused\n  Protocols: [...]")
+    assert caplog.records[-1].levelname == "DEBUG"
+    assert caplog.records[-1].getMessage() == "Failed to open stream to peer X: Error: refused"

@@ -53,7 +53,10 @@ STATS = {
         "peer_id": PEER_A,
         "listen": ["/ip4/127.0.0.2/tcp/4001/p2p/" + PEER_A],
         "connected": [PEER_B],
+        "space_peers": 1,
+        "known_peers": 4,
         "mesh_peers": 1,
+        "mesh": {"/dso/1/space/ab": 1, "/other": 3},
         "pipeline": {
             "accepted": 30,
             "rejected": {"duplicate": 4, "signature": 1},
@@ -77,7 +80,7 @@ STATS = {
             "errors": {"TooSlow": 1},
             "served": {"streams": 2, "items_sent": 17, "errors": {}},
         },
-        "consensus": {"quorum": 3, "network_size": 2},
+        "consensus": {"quorum": 3, "network_size": 5, "committee_n": 2},
         "reputation": {
             "cd" * 32: {"accepted": 8, "rejected": 0, "score": 0.9, "peer_id": PEER_A},
             "ef" * 32: {"accepted": 5, "rejected": 2, "score": 0.667, "peer_id": PEER_B},
@@ -117,6 +120,11 @@ def test_metric_families_follow_the_node_state():
     assert got[("dsonode_messages_dropped_graylisted_total", ())] == 3
     assert got[("dsonode_peers_connected", ())] == 1
     assert got[("dsonode_mesh_peers", ())] == 1
+    assert got[("dsonode_peers_in_space", ())] == 1
+    assert got[("dsonode_peers_known", ())] == 4
+    assert got[("dsonode_gossip_mesh_degree", (("topic", "/other"),))] == 3
+    assert got[("dsonode_network_size_estimate", ())] == 5
+    assert got[("dsonode_committee_n", ())] == 2
     assert got[("dsonode_own_submissions_total", ())] == 8
     assert got[("dsonode_consensus_updates_total", ())] == 15
     assert got[("dsonode_gossip_published_messages_total", ())] == 6
@@ -321,6 +329,10 @@ def test_status_and_peers_summaries():
     s = status_summary(STATS)
     assert s["consensus"] == {"confirmed": 7, "total": 10}
     assert s["network"]["connected"] == 1 and s["network"]["rejected"] == 5
+    assert (s["network"]["space_peers"], s["network"]["known"], s["network"]["mesh"]) == (1, 4, 1)
+    assert s["network"]["mesh_by_topic"] == {"/dso/1/space/ab": 1, "/other": 3}
+    assert (s["network"]["network_size"], s["network"]["committee_n"]) == (5, 2)
+    assert s["network"]["discovered"] is None  # no discovery figure in this snapshot
     rows = peer_rows(STATS)
     assert [r["peer_id"] for r in rows] == [PEER_B, PEER_A]  # connected first, self last
     b, a = rows

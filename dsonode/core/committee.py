@@ -12,7 +12,7 @@ recompute, and submits only when it falls under a threshold chosen so that about
     a node submits for E   iff  author == E.author  or  draw(E.id, author) < threshold(m, n)
 
 `n` is the node's estimate of the network size: the number of distinct submission authors it
-knows (its reputation table) plus itself. Estimates differ between nodes, so a verifier
+knows (its reputation table, judged in the last 7 days) plus itself. Estimates differ, so a verifier
 accepts a submission when its draw falls under `VERIFY_SLACK` times its own threshold;
 anything above is ignored (not stored, not counted, not penalised: an honest node with a
 smaller estimate of n may have drawn itself in). The experience's author always takes part,

@@ -53,8 +53,12 @@ from dsonode.store import CodeIndex, ExperienceRecord, Store
 
 log = logging.getLogger("dsonode.library")
 
-#: How often the estimate of the network size (committee threshold) is refreshed.
+#: The estimate of the network size (committee threshold) is recounted at least this often,
+#: and at once when a new author appears in the reputation table.
 NETWORK_SIZE_REFRESH_S = 30.0
+#: An author counts towards the estimate while its last judged submission is this recent: a
+#: node that left stops inflating n (and shrinking every draw) after a week.
+NETWORK_SIZE_WINDOW_S = 7 * 24 * 3600.0
 #: Texts embedded per encoder call in `embed_base`: the embed lock is taken per chunk, so a
 #: search waits for at most one chunk, not for a whole extraction.
 EMBED_CHUNK = 64
@@ -170,6 +174,7 @@ class Library:
         self._counters: Counter[str] = Counter()
         self._network_size = 1
         self._network_size_at = -float("inf")
+        self._network_size_rows = -1  # reputation rows at the last count
 
     # ---- wiring ------------------------------------------------------------------------------
 
@@ -265,16 +270,40 @@ class Library:
             )
         return False
 
-    def network_size(self) -> int:
-        """Estimated nodes in the space: distinct submission authors known, plus us
-        (refreshed at most every NETWORK_SIZE_REFRESH_S)."""
+    def network_size(self, connected: int = 0) -> int:
+        """Estimated nodes in the space.
+
+        Without `connected`: the committee draw's n (PROTOCOL.md section 16), the distinct
+        submission authors we aggregated (reputation rows) whose last judged submission is
+        within NETWORK_SIZE_WINDOW_S, plus us. Only authors who submit count, not peers:
+        light nodes and other implementations connect without submitting, and the draw is
+        about submitters. Recounted when a new author row appears, else at most every
+        NETWORK_SIZE_REFRESH_S (before, a count taken on an empty table at start stayed 1
+        for 30 s, and a connected network without traffic stayed at 1 for good).
+
+        With `connected` (peers connected now in our space, for `stats`): the larger of that
+        count and `connected + 1`, so the figure follows a network that has not exchanged
+        submissions yet. Like the author count it is no defence against Sybils (PROTOCOL.md
+        section 16): minting keys inflates both, the connection count only up to
+        net.max_connections.
+        """
         now = time.monotonic()
-        if now - self._network_size_at >= NETWORK_SIZE_REFRESH_S:
-            authors = {a for a, _ in self.store.iter_reputation()}
+        rows = self.store.counts().get("reputation", 0)
+        if rows != self._network_size_rows or now - self._network_size_at >= (
+            NETWORK_SIZE_REFRESH_S
+        ):
+            since = wire.now_ms() - int(NETWORK_SIZE_WINDOW_S * 1000)
+            authors = {
+                a
+                for a, rec in self.store.iter_reputation()
+                # a record without a time (hand-made, older stores) counts: it cannot be aged
+                if not isinstance(rec.get("updated"), int) or rec["updated"] >= since
+            }
             authors.add(self.author)
             self._network_size = len(authors)
             self._network_size_at = now
-        return self._network_size
+            self._network_size_rows = rows
+        return max(self._network_size, int(connected) + 1)
 
     def seen_codes(self, exp_id: bytes, limit: int) -> list[bytes]:
         """Codes of the others' submissions for an experience held so far (at most `limit`)."""

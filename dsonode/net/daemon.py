@@ -35,6 +35,8 @@ import multiaddr
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStoreError
+from libp2p.protocol_muxer.exceptions import MultiselectClientError
 
 from dsonode.config.settings import default
 from dsonode.core import wire
@@ -45,7 +47,16 @@ from dsonode.net.dialer import BackoffPolicy, Dialer
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
 from dsonode.net.pipeline import PENALTY, BatchOutcome, Pipeline, PipelineConfig, reason_of
-from dsonode.net.sync import SyncConfig, SyncReport, SyncServer, SyncTransportError, sync_with
+from dsonode.net.sync import (
+    PROTOCOL as SYNC_PROTOCOL,
+)
+from dsonode.net.sync import (
+    SyncConfig,
+    SyncReport,
+    SyncServer,
+    SyncTransportError,
+    sync_with,
+)
 
 log = logging.getLogger("dsonode.net.daemon")
 
@@ -72,6 +83,9 @@ class DaemonConfig:
     sync_concurrency: int = 2
     #: A new connection's first pull waits this long at most for the peer to join our mesh.
     sync_mesh_wait_s: float = 10.0
+    #: ... and this long at most for identify to tell whether the peer speaks the sync
+    #: protocol; after that it is tried once (a refusal then also stops the pulls).
+    sync_identify_wait_s: float = 20.0
     sync: SyncConfig = field(default_factory=SyncConfig)
     gossip: GossipConfig = field(default_factory=GossipConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
@@ -101,6 +115,8 @@ class DaemonConfig:
             raise DaemonError("sync_concurrency must be 1..64")
         if not 0 <= self.sync_mesh_wait_s <= 600:
             raise DaemonError("sync_mesh_wait_s must be 0..600")
+        if not 0 <= self.sync_identify_wait_s <= 600:
+            raise DaemonError("sync_identify_wait_s must be 0..600")
 
     def host_config(self) -> HostConfig:
         return HostConfig(
@@ -144,6 +160,9 @@ class NetDaemon:
             "errors": Counter(),
         }
         self._syncing: set[ID] = set()
+        #: Connected peers that do not speak /dso/sync/1.0.0 (identify said so, or they
+        #: refused the stream): not pulled from until they reconnect.
+        self._no_sync: set[ID] = set()
 
     # -- lifecycle
 
@@ -154,6 +173,7 @@ class NetDaemon:
         """Start host, sync server, gossip, dialer and the sync loop; `task_status.started()`
         once joined to the topic."""
         host_config = self.config.host_config()
+        quiet_normal_libp2p_errors()
         self.host = build_host(self.key, host_config)
         self.sync_server = SyncServer(self.host, self.store, self.config.sync)
         self.sync_server.register()  # before host.run: inbound streams need the handler
@@ -268,6 +288,9 @@ class NetDaemon:
         The first pull waits (at most sync_mesh_wait_s) until the peer is in our topic's
         mesh: the submissions we make for what the pull brings are published by gossip, and
         GossipSub sends only to mesh peers, so publishing earlier would skip that very peer.
+        It also waits for identify (at most sync_identify_wait_s): a peer that speaks
+        GossipSub but not /dso/sync/1.0.0 (another implementation, a light client) is never
+        dialled for sync, rather than refused every interval.
         """
         cfg = self.config
         host = self.host
@@ -281,13 +304,27 @@ class NetDaemon:
                 for gone in set(connected_at) - peers:  # a reconnection syncs again at once
                     connected_at.pop(gone, None)
                     due.pop(gone, None)
+                    self._no_sync.discard(gone)
                 mesh = self._mesh()
                 for peer in peers:
                     first = connected_at.setdefault(peer, now)
-                    if peer not in due and (peer in mesh or now - first >= cfg.sync_mesh_wait_s):
-                        # jittered, so both ends of a new connection do not start together
-                        due[peer] = now + random.uniform(0.0, 0.5)
+                    if peer in due or peer in self._no_sync:
+                        continue
+                    if peer not in mesh and now - first < cfg.sync_mesh_wait_s:
+                        continue
+                    speaks = speaks_sync(host, peer)
+                    if speaks is None and now - first < cfg.sync_identify_wait_s:
+                        continue  # identify has not answered yet: look again next poll
+                    if speaks is False:
+                        self._no_sync.add(peer)
+                        log.info("%s does not speak %s: no catch-up with it", peer, SYNC_PROTOCOL)
+                        continue
+                    # jittered, so both ends of a new connection do not start together
+                    due[peer] = now + random.uniform(0.0, 0.5)
                 for peer, when in sorted(due.items(), key=lambda kv: kv[1]):
+                    if peer in self._no_sync:  # refused the protocol in its last exchange
+                        due.pop(peer)
+                        continue
                     if len(self._syncing) >= cfg.sync_concurrency:
                         break
                     if when > now or peer in self._syncing:
@@ -307,6 +344,35 @@ class NetDaemon:
             return set(self.gossip.mesh_peers(self.topic))
         except Exception:  # the router's tables are libp2p internals: never fatal here
             return set()
+
+    def _space_peers(self, connected: list[ID]) -> set[ID]:
+        """The connected peers that subscribed to our space's topic."""
+        if self.gossip is None or self.topic is None:
+            return set()
+        try:  # the pubsub's tables are libp2p internals: never fatal in stats
+            subscribed = set(self.gossip.pubsub.peer_topics.get(self.topic, ()))
+        except Exception:
+            return set()
+        return subscribed & set(connected)
+
+    def _known_peers(self) -> int:
+        """Peers in the libp2p peerstore, ourselves excluded."""
+        if self.host is None:
+            return 0
+        own = self.host.get_id()
+        try:
+            return sum(1 for p in self.host.get_peerstore().peer_ids() if p != own)
+        except Exception:  # libp2p internals: never fatal in stats
+            return 0
+
+    def _mesh_sizes(self) -> dict[str, int]:
+        """GossipSub mesh peers per joined topic (the mesh degree)."""
+        if self.gossip is None:
+            return {}
+        try:
+            return {t: len(p) for t, p in self.gossip.router.mesh.items()}
+        except Exception:  # libp2p internals: never fatal in stats
+            return {}
 
     def _sync_accept(self, raws: list[bytes]) -> tuple[int, int, Counter]:
         """Worker thread (under the ingest limiter): verify like gossip, then the library."""
@@ -349,8 +415,13 @@ class NetDaemon:
             log.info("sync with %s timed out: %s", peer, exc)
         except SyncTransportError as exc:  # a broken stream is not proof of misbehaviour
             st["failures"] += 1
-            st["errors"][type(exc).__name__] += 1
-            log.info("sync with %s failed: %s", peer, exc)
+            if refused_protocol(exc):  # identify did not tell us in time; now we know
+                st["errors"]["ProtocolRefused"] += 1
+                self._no_sync.add(peer)
+                log.info("%s refused %s: no catch-up with it", peer, SYNC_PROTOCOL)
+            else:
+                st["errors"][type(exc).__name__] += 1
+                log.info("sync with %s failed: %s", peer, exc)
         except WireError as exc:
             st["failures"] += 1
             st["errors"][type(exc).__name__] += 1
@@ -405,6 +476,7 @@ class NetDaemon:
         gossip = self.gossip
         sync = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.sync_stats.items()}
         sync["active"] = len(self._syncing)
+        sync["peers_without_sync"] = len(self._no_sync)
         if self.sync_server is not None:
             srv = self.sync_server.stats
             sync["served"] = {
@@ -414,17 +486,27 @@ class NetDaemon:
                 "items_sent": srv.items_sent,
                 "errors": dict(srv.errors),
             }
+        connected = connected_peers(self.host) if self.host else []
+        in_space = self._space_peers(connected)
         return {
             "peer_id": self.host.get_id().to_base58() if self.host else None,
             "listen": listen_multiaddrs(self.host) if self.host else [],
-            "connected": [p.to_base58() for p in connected_peers(self.host)] if self.host else [],
+            "connected": [p.to_base58() for p in connected],
+            # connected peers subscribed to our space's topic (the others: other spaces,
+            # other software), and every peer the libp2p peerstore knows (ever met or told of)
+            "space_peers": len(in_space),
+            "known_peers": self._known_peers(),
             "mesh_peers": len(gossip.mesh_peers(self.topic)) if gossip and self.topic else 0,
+            "mesh": self._mesh_sizes(),
             "byzantine_attack": self.library.attack,
             "consensus": {
                 "method": self.library.rules.method,
                 "quorum": self.library.rules.quorum,
                 "committee": self.library.rules.committee,
-                "network_size": self.library.network_size(),
+                # what the network looks like from here (see Library.network_size) ...
+                "network_size": self.library.network_size(connected=len(in_space)),
+                # ... and the n of the committee draw: submitting authors only
+                "committee_n": self.library.network_size(),
                 "weighted_peers": len(self.library.rules.weights),
             },
             "pipeline": {
@@ -454,6 +536,65 @@ class NetDaemon:
             for author, record in self.store.iter_reputation()
         }
         return snap
+
+
+def speaks_sync(host: IHost, peer: ID) -> bool | None:
+    """Whether `peer` lists /dso/sync/1.0.0 among the protocols identify reported; None
+    while identify has not answered (py-libp2p fills the peerstore's protocols only from
+    identify, and every libp2p host lists at least identify itself there)."""
+    try:
+        protocols = host.get_peerstore().get_protocols(peer)
+    except PeerStoreError:  # not in the peerstore yet
+        return None
+    if not protocols:
+        return None
+    return str(SYNC_PROTOCOL) in protocols
+
+
+def refused_protocol(exc: BaseException) -> bool:
+    """Whether a failed sync dial was the peer answering "na" to the protocol (multistream
+    negotiation), as opposed to a broken or slow stream."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:  # the chain is short; bounded anyway
+        if isinstance(cause, MultiselectClientError) and "not supported" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+#: py-libp2p's ERROR records that are normal conditions for a node, by logger: a stream
+#: the peer refused or lost (multi-line, once per sync interval before identify was checked)
+#: and a TCP dial to a peer that is not up (yet, or any more; once per redial). The caller
+#: (the sync loop, the dialer) logs its own line, so these become DEBUG.
+_NORMAL_LIBP2P_ERRORS = {
+    "libp2p.host.basic_host": "Failed to open stream",
+    "libp2p.transport.tcp.tcp": "Failed to open TCP stream",
+}
+
+
+class _DemoteNormalErrors(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.prefix):
+            lines = record.getMessage().splitlines()
+            record.msg = " ".join(line.strip() for line in lines[:2])  # peer and error
+            record.args = ()
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def quiet_normal_libp2p_errors() -> None:
+    """Install the demotion on py-libp2p's loggers (once per logger)."""
+    for name, prefix in _NORMAL_LIBP2P_ERRORS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DemoteNormalErrors) for f in logger.filters):
+            logger.addFilter(_DemoteNormalErrors(prefix))
 
 
 def _peer_name(author: bytes) -> str | None:

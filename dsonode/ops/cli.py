@@ -78,12 +78,23 @@ def status_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
         pipe = net.get("pipeline") or {}
         rejected = {str(k): _int(v) for k, v in (pipe.get("rejected") or {}).items()}
         counters = net.get("counters") or {}
+        net_consensus = net.get("consensus") or {}
+        mesh = net.get("mesh") or {}
+        discovered = net.get("discovered")  # the discovery layer's count, when it reports one
         out["network"] = {
             "running": bool(net.get("running")),
             "peer_id": net.get("peer_id"),
             "listen": list(net.get("listen") or []),
             "connected": len(net.get("connected") or []),
+            "space_peers": _int(net.get("space_peers")),
+            "known": _int(net.get("known_peers")),
+            "discovered": None if discovered is None else _int(discovered),
             "mesh": _int(net.get("mesh_peers")),
+            "mesh_by_topic": {str(k): _int(v) for k, v in mesh.items()}
+            if isinstance(mesh, Mapping)
+            else {},
+            "network_size": _int(net_consensus.get("network_size")),
+            "committee_n": _int(net_consensus.get("committee_n")),
             "graylisted": len(pipe.get("graylisted") or []),
             "accepted": _int(pipe.get("accepted")),
             "rejected": sum(rejected.values()),
@@ -210,10 +221,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         t.add_row("network", "off (run with --listen to join peers)")
     else:
         state = "" if net["running"] else "  (network not running)"
+        discovered = "" if net["discovered"] is None else f", {net['discovered']} discovered"
         t.add_row(
             "peers",
-            f"{net['connected']} connected, {net['mesh']} in mesh, "
+            f"{net['connected']} connected ({net['space_peers']} in our space), "
+            f"{net['known']} known{discovered}, {net['mesh']} in mesh, "
             f"{net['graylisted']} graylisted{state}",
+        )
+        degrees = ", ".join(f"{k} {v}" for k, v in sorted(net["mesh_by_topic"].items()))
+        t.add_row("mesh degree", degrees or "-")
+        t.add_row(
+            "network size",
+            f"~{net['network_size']} nodes; committee draw n = {net['committee_n']} "
+            "(submitting authors)",
         )
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(net["rejected_by_reason"].items()))
         t.add_row(

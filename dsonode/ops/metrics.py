@@ -160,6 +160,25 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
     yield gauge(
         "dsonode_mesh_peers", "GossipSub mesh peers on the space topic", net.get("mesh_peers")
     )
+    yield gauge(
+        "dsonode_peers_in_space",
+        "Connected peers subscribed to this node's space topic",
+        net.get("space_peers"),
+    )
+    yield gauge(
+        "dsonode_peers_known",
+        "Peers in the libp2p peerstore (met or told of)",
+        net.get("known_peers"),
+    )
+    mesh = net.get("mesh")
+    if isinstance(mesh, Mapping):
+        mesh_fam = GaugeMetricFamily(
+            "dsonode_gossip_mesh_degree", "GossipSub mesh peers, by topic", labels=["topic"]
+        )
+        for topic, size in sorted(mesh.items()):
+            if _num(size) is not None:
+                mesh_fam.add_metric([str(topic)], float(size))
+        yield mesh_fam
 
     pipe = net.get("pipeline") or {}
     rejected = {str(k): v for k, v in (pipe.get("rejected") or {}).items() if _num(v) is not None}
@@ -224,8 +243,14 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
     yield gauge("dsonode_consensus_quorum", "Accepted submissions that confirm", cons.get("quorum"))
     yield gauge(
         "dsonode_network_size_estimate",
-        "Peers this node believes the network has (for committee sampling)",
+        "Nodes this node believes the space has: the larger of the submitting authors seen "
+        "in the last week (with itself) and its connected space peers + 1",
         cons.get("network_size"),
+    )
+    yield gauge(
+        "dsonode_committee_n",
+        "The committee draw's n: submitting authors seen in the last week, with itself",
+        cons.get("committee_n"),
     )
 
     reps = net.get("reputation") or {}
@@ -244,7 +269,10 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
 
 
 #: Sync figures that are states, not running counts.
-_SYNC_GAUGES = {"active": "Catch-up sessions running now"}
+_SYNC_GAUGES = {
+    "active": "Catch-up sessions running now",
+    "peers_without_sync": "Connected peers that do not speak /dso/sync/1.0.0 (not pulled from)",
+}
 
 
 def _sync_families(
