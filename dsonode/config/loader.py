@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ MAX_WEIGHTED_PEERS = 10_000
 MAX_STR_CHARS = 4096
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
+#: A space id as the settings take it (node.space_id).
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ConfigError(DsoError, ValueError):
@@ -81,6 +84,8 @@ class NodeSection:
     device: str
     threads: int | None
     cpu_threads: int
+    role: str
+    space_id: str  # "" = the default space (light nodes only)
 
 
 @dataclass(frozen=True)
@@ -468,7 +473,13 @@ def _finish(
         device=n["device"],
         threads=n["threads"] or None,
         cpu_threads=n["cpu_threads"],
+        role=n["role"],
+        space_id=n["space_id"],
     )
+    if node.space_id and not _HEX64.fullmatch(node.space_id):
+        raise fail("node.space_id", f"must be 64 lowercase hex characters, got {node.space_id!r}")
+    if node.space_id and node.role != "light":
+        raise fail("node.space_id", "is for light nodes (a full node's space is its model's)")
     if not (node.device in ("auto", "cpu", "cuda") or node.device.startswith("cuda:")):
         raise fail("node.device", f"must be auto, cpu or cuda[:N], got {node.device!r}")
 

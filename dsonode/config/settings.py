@@ -27,6 +27,8 @@ ENV_PREFIX = "DSONODE_"
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: A light node loads no encoder: it never embeds text or submits codes (ARCHITECTURE.md).
+NODE_ROLES = ("full", "light")
 #: dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule).
 CONSENSUS_METHODS = tuple(m for m in METHODS if m != "mean")
 WEIGHTED_METHODS = tuple(m for m in _WEIGHTED if m in CONSENSUS_METHODS)
@@ -125,6 +127,22 @@ SPEC: tuple[Setting, ...] = (
         flag="--threads",
     ),
     _s("node", "cpu_threads", "int", 2, "worker threads for embedding/search/commits", lo=1, hi=64),
+    _s(
+        "node",
+        "role",
+        "choice",
+        "full",
+        "full: embeds and submits codes; light: no encoder (stores, relays, serves vectors)",
+        choices=NODE_ROLES,
+        flag="--role",
+    ),
+    _s(
+        "node",
+        "space_id",
+        "str",
+        "",
+        'light node: the space it serves (64 hex); "" = the default space',
+    ),
     # [net]
     _s("net", "enabled", "bool", True, "join the network (false: serve the local socket only)"),
     _s(

@@ -21,6 +21,10 @@ because the daemon that called publishes them on its own event loop.
 Our own vectors pass through `policy` before they become codes: honest (the identity) on
 every real node; a Byzantine strategy (dsonode.library.byzantine) only on a testnet node,
 injected by the composition root.
+
+A light node's embedder is a `LightEmbedder` (dsonode.library.light): it stores, relays and
+recomputes consensus like any node, but never embeds, so it never submits a code
+(`own_submission` returns None and counts `light_skipped`) and refuses `add_experience`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from dsonode.core.consensus import (
 from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
 from dsonode.identity import public_key_bytes
+from dsonode.library.light import LightEmbedder, LightNodeError
 from dsonode.store import CodeIndex, ExperienceRecord, Store
 
 log = logging.getLogger("dsonode.library")
@@ -162,6 +167,8 @@ class Library:
         self.policy: VectorPolicy = policy if policy is not None else HonestPolicy()
         self.author = public_key_bytes(key)
         self.space_id = bytes.fromhex(embedder.space_id)
+        #: No encoder: never embeds, never submits (see the module docstring).
+        self.light = isinstance(embedder, LightEmbedder)
         self.publisher: Publisher | None = None
         self._write_lock = threading.RLock()
         self._index_lock = threading.Lock()
@@ -258,11 +265,16 @@ class Library:
 
     def network_size(self) -> int:
         """Estimated nodes in the space: distinct submission authors known, plus us
-        (refreshed at most every NETWORK_SIZE_REFRESH_S)."""
+        (refreshed at most every NETWORK_SIZE_REFRESH_S).
+
+        Only submitters count (PROTOCOL.md 16: n sizes the committee draw). Light nodes never
+        author a submission, so they never enter the reputation table and are not counted,
+        and a light node does not count itself."""
         now = time.monotonic()
         if now - self._network_size_at >= NETWORK_SIZE_REFRESH_S:
             authors = {a for a, _ in self.store.iter_reputation()}
-            authors.add(self.author)
+            if not self.light:
+                authors.add(self.author)
             self._network_size = len(authors)
             self._network_size_at = now
         return self._network_size
@@ -326,6 +338,8 @@ class Library:
         and the daemon recomputes it). Returns once everything is committed (LMDB syncs on
         commit), so a reply means the item survives a crash.
         """
+        if self.light:  # fail before anything is stored: an add is our submission too
+            raise LightNodeError("add_experience")
         code = None
         if self.own_code(experience.id) is None:  # else known already: skip the embedding
             code = self._own_code_of(experience)
@@ -383,7 +397,11 @@ class Library:
 
     def own_submission(self, experience: wire.Experience) -> bytes | None:
         """Embed (exact path), sign and store our submission for a peer's experience unless
-        we have one or are outside its committee. Returns it encoded, to publish."""
+        we have one or are outside its committee (or are a light node, which has no encoder
+        and so never submits). Returns it encoded, to publish."""
+        if self.light:
+            self.count("light_skipped")
+            return None
         if self.own_code(experience.id) is not None:
             return None
         if not self.in_own_committee(experience):
