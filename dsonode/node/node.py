@@ -42,6 +42,7 @@ from dsonode.identity import load_or_create_key
 from dsonode.library import ConsensusRules, Library, LightEmbedder
 from dsonode.library.byzantine import ByzantinePolicy
 from dsonode.library.library import Embedder
+from dsonode.net.connmgr import ConnConfig
 from dsonode.net.daemon import DaemonConfig, NetDaemon
 from dsonode.net.gossip import GossipConfig
 from dsonode.ops.logs import setup_logging
@@ -94,6 +95,7 @@ class NodeConfig:
     )
     committee: int | None = default("consensus.committee")  # None = everyone submits
     sync_interval_s: float = default("net.sync_interval_s")
+    conn: ConnConfig = field(default_factory=ConnConfig)  # discovery and connection bounds
     socket: Path | None = None  # the retrieval socket; None = <data_dir>/dsonode.sock
     # Operations (dsonode.ops): Prometheus metrics over HTTP when `metrics_listen` is set.
     metrics_listen: str | None = None  # HOST:PORT, loopback unless explicitly allowed
@@ -117,6 +119,21 @@ def gossip_config(cfg: Config) -> GossipConfig:
         max_publish_per_s=net.max_publish_per_s,
         publish_burst=net.publish_burst,
         outbox_max_items=net.outbox_max_items,
+    )
+
+
+def conn_config(cfg: Config) -> ConnConfig:
+    net = cfg.net
+    return ConnConfig(
+        low_water=net.low_water,
+        high_water=net.high_water,
+        max_inbound=net.max_inbound,
+        max_inbound_per_ip=net.max_inbound_per_ip,
+        allow_peers=tuple(net.allow_peers),
+        discovery=net.discovery,
+        mdns=net.mdns,
+        known_peers_max=net.known_peers_max,
+        peers_flush_s=net.peers_flush_s,
     )
 
 
@@ -152,6 +169,7 @@ def node_config(cfg: Config) -> NodeConfig:
         consensus_weights=cfg.consensus.weights,
         committee=cfg.consensus.committee,
         sync_interval_s=cfg.net.sync_interval_s,
+        conn=conn_config(cfg),
         socket=cfg.api.socket,
         metrics_listen=join_hostport(metrics.host, metrics.port) if metrics.enabled else None,
         metrics_allow_non_loopback=metrics.allow_non_loopback,
@@ -345,6 +363,7 @@ def daemon_config(config: NodeConfig) -> DaemonConfig:
         redial_max_s=config.redial_max_s,
         gossip=config.gossip,
         sync_interval_s=config.sync_interval_s,
+        conn=config.conn,
     )
 
 
