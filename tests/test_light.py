@@ -194,14 +194,19 @@ def test_light_node_next_to_a_full_node(tmp_path, embedder):
             with pytest.raises(RpcError) as err:
                 c.add_experience("a lesson", "ops")
             assert err.value.code == NEEDS_FULL_NODE and "add_experience" in err.value.message
-            c.give_feedback(exp_id, 1.0)  # a vote needs no encoder
-        assert hits and hits[0]["id"] == exp_id and hits[0]["similarity"] > 0.9
+            c.give_feedback(exp_id, helpful=True)  # a vote needs no encoder
+        assert hits and hits[0]["id"] == exp_id and hits[0]["similarity"] > 0.5
         assert (stats["role"], stats["torch_loaded"]) == ("light", False)
         assert stats["space_id"] == embedder.space_id
         assert stats["network"]["counters"].get("light_skipped") == 1
         with full.client() as c:
             full_stats = c.stats()
             assert c.get(exp_id)["submissions"] == 1  # the light node never submitted
+            full_hits = c.search(vector=embedder.embed_query(text), k=3)
+        # Found on both. The similarities differ (full ~0.64, light ~0.80): the author keeps
+        # its raw code as the first consensus, a recomputing node re-encodes the normalised
+        # median (same bits, another scale), so they are not compared here.
+        assert full_hits[0]["id"] == exp_id and full_hits[0]["similarity"] > 0.5
         assert (full_stats["role"], full_stats["torch_loaded"]) == ("full", True)
 
         def voted():
