@@ -75,7 +75,7 @@ def test_known_peers_persist_in_their_own_database(tmp_path):
         store.save_known_peers([], forget=["P002"])
         # a record of another format (e.g. a hand-edited or foreign one) is skipped, not fatal
         with store.env.begin(write=True) as txn:
-            txn.put(b"P777", b"garbage", db=store._dbs["known_peers"])  # noqa: SLF001
+            txn.put(b"P777", b"garbage", db=store._dbs["known_peers"])
     with Store(tmp_path / "s") as store:
         assert store.load_known_peers() == [a]
         assert store.counts()["known_peers"] == 2

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dsonode.config.settings import default, setting
 from dsonode.core.errors import DsoError
 from dsonode.testnet.plan import TestnetPlan
 from dsonode.testnet.process import (
@@ -171,6 +172,8 @@ class Testnet:
         self.mesh_timeout = mesh_timeout
         self.grace = grace
         self.env = node_env(env)
+        if plan.relays:  # discovery would learn the direct addresses and go around the relays
+            self.env.setdefault(setting("net.discovery").env, "false")
         self.log = log or (lambda _msg: None)
         self.nodes: list[NodeHandle] = []
         self._stop_lock = threading.Lock()
@@ -301,7 +304,7 @@ class Testnet:
             self.check_alive()
             behind = []
             for node in self.nodes:
-                want = len(self.plan.neighbours(node.index))
+                want = self.plan.wanted_peers(node.index, default("net.low_water"))
                 try:
                     net = self.stats(node.index, timeout=10.0).get("network", {})
                 except (DsoError, OSError) as exc:
