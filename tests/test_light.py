@@ -17,7 +17,7 @@ import psutil
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dsonode.api.jsonrpc import NEEDS_FULL_NODE, RpcError
+from dsonode.api.jsonrpc import NEEDS_FULL_NODE, NeedsFullNode, RpcError
 from dsonode.config.loader import ConfigError, config_from_mapping
 from dsonode.core import bitdelta, wire
 from dsonode.core.constants import DIM
@@ -122,6 +122,14 @@ def test_light_library_stores_recomputes_and_never_submits(tmp_path, rng):
         store.close()
 
 
+def test_mcp_tells_the_agent_to_use_a_full_node():
+    from dsonode.mcp import render
+
+    err = NeedsFullNode("search with a text 'query'", "send a 'vector' instead")
+    msg = render.describe_rpc_error("search", err.code, err.message)
+    assert "role light" in msg and "full node's socket" in msg
+
+
 # ---- settings ----------------------------------------------------------------------------------
 
 
@@ -196,6 +204,15 @@ def test_light_node_next_to_a_full_node(tmp_path, embedder):
             assert err.value.code == NEEDS_FULL_NODE and "add_experience" in err.value.message
             c.give_feedback(exp_id, helpful=True)  # a vote needs no encoder
         assert hits and hits[0]["id"] == exp_id and hits[0]["similarity"] > 0.5
+        cli = subprocess.run(  # `dsonode search` against the light node: a clear error
+            [sys.executable, "-m", "dsonode", "search", "--socket", str(light.socket_path), "x"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 2, cli.stderr[-2000:]
+        assert "needs a full node" in cli.stderr and "role light" in cli.stderr
         assert (stats["role"], stats["torch_loaded"]) == ("light", False)
         assert stats["space_id"] == embedder.space_id
         assert stats["network"]["counters"].get("light_skipped") == 1
