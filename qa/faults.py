@@ -177,7 +177,7 @@ def run_wire(args, seed: int, work: Path) -> dict[str, Any]:
 
 
 def run_socket(args, seed: int, work: Path) -> dict[str, Any]:
-    from dsonode.api.testing import NodeProcess
+    from dsonode.testnet.process import NodeProcess
     from qa.socket_abuse import run_abuse
 
     max_connections, idle = 16, 2

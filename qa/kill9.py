@@ -30,9 +30,9 @@ import numpy as np
 
 from dsonode.api.client import ClientError
 from dsonode.api.jsonrpc import RpcError
-from dsonode.api.testing import NodeProcess
 from dsonode.core.constants import DIM
 from dsonode.core.errors import DsoError
+from dsonode.testnet.process import NodeProcess
 
 TOPICS = [
     "induction proofs",

@@ -4,8 +4,8 @@
   qa/), read by a thread; `wait_for` is bounded, `stop` always reaps.
 - `free_port` (the testnet harness's, re-exported), `wait_until`: a bounded poll that retries
   only transient errors (a socket not up yet, an item not arrived yet).
-- `node_identity`, `node_addrs`: the key and peer multiaddr of a `dsonode run` data directory
-  (created before the node starts, so every node can be given its peers' addresses).
+- `node_identity`: the key and peer id of a `dsonode run` data directory (created before
+  the node starts).
 - `node_mesh`: N real `dsonode run` processes, all peered, started and meshed, then stopped
   (a thin fixture over `dsonode.testnet.Testnet`, the one multi-process harness).
 
@@ -33,7 +33,7 @@ from dsonode.testnet.supervisor import Testnet, free_port
 from qa import REPO_ROOT, qa_env
 
 REPO = REPO_ROOT
-__all__ = ["REPO", "JsonProcess", "free_port", "node_addrs", "node_identity", "node_mesh"]
+__all__ = ["REPO", "JsonProcess", "free_port", "node_identity", "node_mesh"]
 
 
 class JsonProcess:
@@ -158,19 +158,6 @@ def node_identity(data_dir: Path) -> tuple[bytes, str]:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     author = public_key_bytes(load_or_create_key(data_dir / "node.key"))
     return author, peer_id_from_public_key(author)
-
-
-def node_addrs(dirs: list[Path], ips: list[str]) -> tuple[list[bytes], list[str], list[str]]:
-    """For nodes on `dirs` listening on `ips` (free ports picked now): their authors, listen
-    multiaddrs and full peer multiaddrs."""
-    authors, listens, peers = [], [], []
-    for d, ip in zip(dirs, ips, strict=True):
-        author, pid = node_identity(d)
-        listen = f"/ip4/{ip}/tcp/{free_port(ip)}"
-        authors.append(author)
-        listens.append(listen)
-        peers.append(f"{listen}/p2p/{pid}")
-    return authors, listens, peers
 
 
 @contextlib.contextmanager

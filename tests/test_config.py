@@ -139,6 +139,7 @@ def _wrong_type(kind: str):
         "float": "5",
         "committee": "some",
         "peers": "x",
+        "peer_ids": "x",
         "weights": [1],
     }[kind]
 

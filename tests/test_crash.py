@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from dsonode.api.testing import NodeProcess
+from dsonode.testnet.process import NodeProcess
 
 # The ingest helpers are shared with the SIGKILL loop (tests/test_kill9.py, bench faults).
 from qa.kill9 import ingest, lesson

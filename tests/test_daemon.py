@@ -1,7 +1,8 @@
 """The networked node (dsonode.net.daemon): settings, and a real 4-process testnet.
 
-The testnet test starts four `dsonode run` processes on 127.0.0.2-5 (three honest, one
-Byzantine that submits random directions), each dialling the three others. An experience
+The testnet test starts four `dsonode run` processes on 127.0.0.2-5 through the one harness
+(`netutil.node_mesh`, a `Testnet`): three honest, one Byzantine that submits random
+directions, each dialling the three others. An experience
 added over the socket at node 1 must be found by a search at node 3 with a confirmed
 consensus of >= 3 submissions, and the Byzantine node's submission must be rejected, its
 reputation falling, at the honest nodes. Every wait is bounded; every process is stopped.
@@ -12,17 +13,13 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from netutil import free_port, wait_until
+from netutil import node_mesh, wait_until
 
-from dsonode.api.testing import NodeProcess
 from dsonode.core.attacks import AttackError, attack_direction, poison
 from dsonode.core.constants import DIM
-from dsonode.core.peerinfo import peer_id_from_public_key
-from dsonode.identity import load_or_create_key, public_key_bytes
 from dsonode.net.daemon import DaemonConfig, DaemonError
 
 PEER = "/ip4/127.0.0.3/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
@@ -79,39 +76,10 @@ def test_run_refuses_a_bad_listen_address_before_loading_the_model(tmp_path):
 def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
     n_nodes, byzantine = 4, 3  # node index 3 (the 4th) lies
     ips = [f"127.0.0.{i + 2}" for i in range(n_nodes)]
-    ports = [free_port(ip) for ip in ips]
-    dirs = [tmp_path / f"n{i + 1}" for i in range(n_nodes)]
-    authors = []
-    for d in dirs:
-        d.mkdir(mode=0o700)
-        authors.append(public_key_bytes(load_or_create_key(d / "node.key")))
-    addrs = [
-        f"/ip4/{ip}/tcp/{port}/p2p/{peer_id_from_public_key(a)}"
-        for ip, port, a in zip(ips, ports, authors, strict=True)
-    ]
-    nodes = []
-    for i, d in enumerate(dirs):
-        args = ["--listen", f"/ip4/{ips[i]}/tcp/{ports[i]}", "--threads", "1"]
-        for j, addr in enumerate(addrs):
-            if j != i:
-                args += ["--peer", addr]
-        if i == byzantine:
-            args += ["--byzantine-attack", "gaussian"]
-        nodes.append(NodeProcess(d, *args, start_timeout=180))
-    try:
-        with ThreadPoolExecutor(n_nodes) as pool:
-            list(pool.map(lambda n: n.start(), nodes))
-
-        def meshed() -> bool:
-            for n in nodes:
-                with n.client(timeout=30) as c:
-                    net = c.stats()["network"]
-                if len(net["connected"]) < n_nodes - 1 or net["mesh_peers"] < n_nodes - 1:
-                    return False
-            return True
-
-        wait_until("a full gossip mesh", meshed, 90, nodes)
-
+    args = [["--byzantine-attack", "gaussian"] if i == byzantine else [] for i in range(n_nodes)]
+    # node_mesh: every node dials the others, --threads 1; yields once the gossip mesh is full
+    with node_mesh(tmp_path, ips, args, start_timeout=180, mesh_timeout=90) as nodes:
+        authors = [n.author for n in nodes]  # hex public keys, the keys of reputation records
         text = "Before you refactor a parser, pin its behaviour with golden-file tests."
         with nodes[0].client() as c:
             added = c.add_experience(text, "coding", ["testing"])
@@ -128,7 +96,7 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
         assert top["text"] == text and top["domain"] == "coding"
         assert top["submissions"] == 3  # the three honest nodes; the liar is rejected
 
-        liar = authors[byzantine].hex()
+        liar = authors[byzantine]
 
         def liar_rejected(node):
             with node.client() as c:
@@ -147,7 +115,7 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
             assert rep[liar]["score"] < 0.5 and rep[liar]["accepted"] == 0
             for j in range(n_nodes):
                 if j != byzantine:
-                    honest = rep[authors[j].hex()]
+                    honest = rep[authors[j]]
                     assert honest["rejected"] == 0 and honest["accepted"] >= 1
                     assert honest["score"] > 0.5
         # Honest consensus is unharmed everywhere: every honest node finds it confirmed.
@@ -160,9 +128,6 @@ def test_testnet_consensus_outvotes_a_byzantine_node(tmp_path):
             net = c.stats()["network"]
         assert net["pipeline"]["graylisted"] == []
         assert all(r in ("duplicate", "stored") for r in net["pipeline"]["rejected"])
-    finally:
-        for n in nodes:
-            n.stop(grace=15)
 
 
 def test_pipeline_penalise_uses_gossip_weights_and_graylists():

@@ -7,18 +7,23 @@
 - A node killed with SIGKILL and restarted on the same data directory keeps what it had,
   receives by sync what was published while it was down, and new gossip afterwards.
 
-The late node runs from a TOML file (`dsonode run --config`), quorum 2, committee "all".
-Every wait is bounded; every process is stopped in a `finally`.
+Both nodes are started through the one harness (a two-node `Testnet`, each node started and
+stopped on its own as a `NodeHandle`). The late node runs from a TOML file (`dsonode run
+--config`: bootstrap peer, quorum 2, committee "all"). Every wait is bounded; every process
+is stopped when `_pair` exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netutil import node_addrs, wait_until
+from netutil import free_port, wait_until
 
-from dsonode.api.testing import NodeProcess
+from dsonode.testnet.plan import NodePlan, TestnetPlan
+from dsonode.testnet.supervisor import NodeHandle, Testnet
 
 LESSONS = [
     ("coding", "Before you refactor a parser, pin its behaviour with golden-file tests."),
@@ -47,7 +52,7 @@ committee = "all"
     return path
 
 
-def _hit(node: NodeProcess, text: str, confirmed: bool = True):
+def _hit(node: NodeHandle, text: str, confirmed: bool = True):
     """The top search hit for `text` if it is that experience with a consensus of two
     submissions (confirmed: node b runs with quorum 2, node a with the default 3)."""
     with node.client(timeout=60) as c:
@@ -57,27 +62,40 @@ def _hit(node: NodeProcess, text: str, confirmed: bool = True):
     return top if ok and top["submissions"] >= 2 else None
 
 
-def _network(node: NodeProcess) -> dict:
+def _network(node: NodeHandle) -> dict:
     with node.client(timeout=60) as c:
         return c.stats()["network"]
 
 
-def _pair(tmp_path: Path, ips: tuple[str, str]):
-    dirs = [tmp_path / "a", tmp_path / "b"]
-    _, listens, peers = node_addrs(dirs, list(ips))
-    a = NodeProcess(
-        dirs[0], "--listen", listens[0], "--peer", peers[1], "--threads", "1",
+@contextlib.contextmanager
+def _pair(tmp_path: Path, ips: tuple[str, str]) -> Iterator[tuple[NodeHandle, NodeHandle]]:
+    """Nodes a and b, not started: a dials b (`--peer`); b dials a through the bootstrap of
+    its TOML file. Both stopped (SIGTERM, SIGKILL after 15 s) on exit."""
+    plan = TestnetPlan(
+        (
+            NodePlan(index=0, name="a", ip=ips[0], port=free_port(ips[0]), dials=(1,)),
+            NodePlan(index=1, name="b", ip=ips[1], port=free_port(ips[1])),
+        )
+    )
+    cfg = tmp_path / "b.toml"
+    net = Testnet(
+        plan,
+        tmp_path,
         start_timeout=180,
-    )  # fmt: skip
-    cfg = _config(tmp_path / "b.toml", listens[1], peers[0])
-    b = NodeProcess(dirs[1], "--config", str(cfg), "--threads", "1", start_timeout=180)
-    return a, b
+        grace=15.0,
+        node_args=lambda node: ["--config", str(cfg)] if node.name == "b" else [],
+    )
+    try:
+        a, b = net.prepare()  # keys first: b's file names a's peer id
+        _config(cfg, b.listen, f"{a.listen}/p2p/{a.peer_id}")
+        yield a, b
+    finally:
+        net.stop()
 
 
 @pytest.mark.slow
 def test_late_node_catches_up_through_sync(tmp_path):
-    a, b = _pair(tmp_path, ("127.0.0.41", "127.0.0.42"))
-    try:
+    with _pair(tmp_path, ("127.0.0.41", "127.0.0.42")) as (a, b):
         a.start()
         with a.client() as c:
             ids = [c.add_experience(text, domain)["id"] for domain, text in LESSONS]
@@ -98,15 +116,11 @@ def test_late_node_catches_up_through_sync(tmp_path):
             wait_until(f"two submissions at the first node for {text[:30]!r}",
                        lambda t=text: _hit(a, t, confirmed=False), 60, [a, b])  # fmt: skip
         assert _network(a)["sync"]["served"]["items_sent"] >= 2 * len(LESSONS)
-    finally:
-        b.stop(grace=15)
-        a.stop(grace=15)
 
 
 @pytest.mark.slow
 def test_sigkilled_node_keeps_its_data_and_rejoins(tmp_path):
-    a, b = _pair(tmp_path, ("127.0.0.43", "127.0.0.44"))
-    try:
+    with _pair(tmp_path, ("127.0.0.43", "127.0.0.44")) as (a, b):
         a.start()
         b.start()
         domain, text = LESSONS[0]
@@ -135,6 +149,3 @@ def test_sigkilled_node_keeps_its_data_and_rejoins(tmp_path):
             c.add_experience(AFTER[1], AFTER[0])
         wait_until("new gossip at the rejoined node", lambda: _hit(b, AFTER[1]), 90, [a, b])
         assert _network(b)["pipeline"]["accepted"] > before
-    finally:
-        b.stop(grace=15)
-        a.stop(grace=15)

@@ -15,10 +15,10 @@ import pytest
 
 from dsonode.api.ingest import load_rollouts
 from dsonode.api.jsonrpc import RpcError
-from dsonode.api.testing import NodeProcess
 from dsonode.core import wire
 from dsonode.extract.rollouts import group_rollouts
 from dsonode.extract.testing import RecordedLLMServer
+from dsonode.testnet.process import NodeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "rollouts"

@@ -20,9 +20,9 @@ import anyio
 import pytest
 
 from dsonode.api import jsonrpc
-from dsonode.api.testing import NodeProcess
 from dsonode.mcp import render
 from dsonode.mcp.render import ArgumentError
+from dsonode.testnet.process import NodeProcess
 
 REPO = Path(__file__).resolve().parent.parent
 #: Bound on one whole MCP session (server start-up ~2 s, each call well under a second).

@@ -7,11 +7,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from dsonode.api.testing import NodeProcess
 from dsonode.cli import build_parser
 from dsonode.config.loader import ConfigError
 from dsonode.core.constants import DIM
 from dsonode.testnet import free_port
+from dsonode.testnet.process import NodeProcess
 
 TOKEN = "kill9-gateway-test-token-0123456789"
 

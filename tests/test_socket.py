@@ -19,9 +19,9 @@ import trio
 from dsonode.api import Client, NodeNotRunning, RpcError
 from dsonode.api import jsonrpc as j
 from dsonode.api.server import RpcServer, SocketInUse, SocketPathError, prepare_socket_path
-from dsonode.api.testing import NodeProcess
 from dsonode.core.constants import DIM
 from dsonode.identity import IdentityError, load_key, load_or_create_key, public_key_bytes
+from dsonode.testnet.process import NodeProcess
 
 pytestmark = pytest.mark.slow
 

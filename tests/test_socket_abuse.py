@@ -17,9 +17,9 @@ import stat
 import psutil
 import pytest
 
-from dsonode.api.testing import NodeProcess
 from dsonode.identity import load_key, private_key_bytes, public_key_bytes
 from dsonode.testnet import free_port
+from dsonode.testnet.process import NodeProcess
 from qa.socket_abuse import run_abuse
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,10 @@ PID = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 
 
 def test_full_mesh_on_consecutive_loopback_addresses():
-    plan = plan_testnet(5, ports=[4001 + i for i in range(5)], byzantine=1, attack="sign_flip")
+    plan = plan_testnet(
+        5, ports=[4001 + i for i in range(5)], byzantine=1, attack="sign_flip", full_mesh=True
+    )
+    assert not plan.discovered and plan.wanted_peers(0, 8) == 4
     assert [n.listen for n in plan.nodes] == [
         f"/ip4/127.0.0.{i + 2}/tcp/{4001 + i}" for i in range(5)
     ]
@@ -33,6 +36,16 @@ def test_full_mesh_on_consecutive_loopback_addresses():
         assert i not in plan.nodes[i].dials
     addrs = plan.peer_multiaddrs(0, [PID] * 5)
     assert addrs[0] == f"/ip4/127.0.0.3/tcp/4002/p2p/{PID}" and len(addrs) == 4
+
+
+def test_default_plan_gives_every_node_the_bootstrap_only():
+    plan = plan_testnet(20, ports=[4001 + i for i in range(20)])
+    assert plan.discovered and plan.nodes[0].dials == ()
+    assert all(n.dials == (0,) for n in plan.nodes[1:])
+    assert plan.peer_multiaddrs(3, [PID] * 20) == [f"/ip4/127.0.0.2/tcp/4001/p2p/{PID}"]
+    # joined = low water peers (or everyone in a small net), found beyond the dial list
+    assert plan.wanted_peers(0, 8) == 8 and plan.wanted_peers(5, 8) == 8
+    assert plan_testnet(3, ports=[1, 2, 3]).wanted_peers(2, 8) == 2
 
 
 def test_plan_refuses_what_it_cannot_run():

@@ -58,6 +58,8 @@ INTERNAL_ERROR = -32603
 # Server-defined codes (the -32000..-32099 range is reserved for implementations).
 SERVER_BUSY = -32000
 NOT_FOUND = -32001
+#: The method (or this form of it) needs the encoder and the node runs with role light.
+NEEDS_FULL_NODE = -32002
 
 VECTOR_DIMS = (DIM, *PREFIX_DIMS)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -85,6 +87,18 @@ class InvalidParams(RpcError):
 class NotFound(RpcError):
     def __init__(self, what: str):
         super().__init__(NOT_FOUND, f"not found: {what}")
+
+
+class NeedsFullNode(RpcError):
+    """A light node (no encoder) was asked for something that embeds text."""
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(
+            NEEDS_FULL_NODE,
+            f"{what} needs a full node: this node runs with role light (no encoder loaded)"
+            + (f"; {hint}" if hint else ""),
+            {"role": "light"},
+        )
 
 
 # --------------------------------------------------------------------------------------------

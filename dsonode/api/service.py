@@ -10,6 +10,7 @@ loop stays free (`health` alone runs on the loop: it must answer while the CPU i
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from dsonode.api.jsonrpc import (
     GetParams,
     GiveFeedbackParams,
     InvalidParams,
+    NeedsFullNode,
     NoParams,
     NotFound,
     SearchParams,
@@ -117,7 +119,16 @@ class RetrievalService:
 
     # ---- methods -----------------------------------------------------------------------------
 
+    def _needs_encoder(self, what: str, hint: str = "") -> None:
+        """A light node has no encoder: refuse what would embed text, naming the role."""
+        if self.library.light:
+            raise NeedsFullNode(what, hint)
+
     def search(self, p: SearchParams) -> dict[str, Any]:
+        if p.query is not None:
+            self._needs_encoder(
+                "search with a text 'query'", "send a 'vector' instead, or ask a full node"
+            )
         t0 = time.perf_counter()
         vector = (
             self.library.embed(p.query, for_search=True)
@@ -176,7 +187,8 @@ class RetrievalService:
 
     def give_feedback(self, p: GiveFeedbackParams) -> dict[str, Any]:
         """Sign this node's vote on an experience (one per author: a second replaces the
-        first), store and publish it; return the aggregate."""
+        first), store and publish it; return the aggregate. Allowed on a light node: a vote
+        is signed, not embedded."""
         if not self.store.has_experience(p.id):
             raise NotFound(f"no experience with id {p.id.hex()}")
         item, _new = self.library.record_feedback(p.id, p.value)
@@ -189,7 +201,9 @@ class RetrievalService:
 
     def add_experience(self, p: AddExperienceParams) -> dict[str, Any]:
         """Sign the experience, then the library embeds it, signs our submission of its code,
-        stores, indexes and publishes both (idempotent; see `Library.add_experience`)."""
+        stores, indexes and publishes both (idempotent; see `Library.add_experience`).
+        A light node refuses: the add carries our submission, which needs the encoder."""
+        self._needs_encoder("add_experience", "add it at a full node; this node will sync it")
         try:
             experience = wire.make_experience(self.library.key, p.domain, p.text, tags=p.tags)
         except WireError as exc:
@@ -205,7 +219,9 @@ class RetrievalService:
 
     def submit_rollouts(self, p: SubmitRolloutsParams) -> dict[str, Any]:
         """Extract lessons from rollouts and add each like `add_experience` (see
-        dsonode.api.rollouts; the lessons carry their provenance)."""
+        dsonode.api.rollouts; the lessons carry their provenance). A light node refuses before
+        extracting anything (lessons are embedded and added)."""
+        self._needs_encoder("submit_rollouts", "submit them at a full node")
         return submit_rollouts(self, p)
 
     def stats(self, _p: NoParams | None = None) -> dict[str, Any]:
@@ -218,6 +234,10 @@ class RetrievalService:
             "model": self.library.embedder.model_name,
             "dim": self.library.embedder.dim,
             "author": self.author.hex(),
+            # A light node never loads the encoder: torch_loaded shows it (read from the
+            # process's own sys.modules, so a test can check it from outside).
+            "role": "light" if self.library.light else "full",
+            "torch_loaded": "torch" in sys.modules,
             "indexed": self.library.indexed(),
             "consensus": {"confirmed": self.library.confirmed(), "total": self.library.indexed()},
             "store": counts,

@@ -101,7 +101,7 @@ def populate(data_dir: Path, space_id: str, n: int, seed: int = 0, chunk: int = 
 
 def measure_socket_search(n: int, queries: int, k: int = 10, warmup: int = 5) -> dict[str, Any]:
     """Time `queries` text searches over the socket against a node holding n items."""
-    from dsonode.api.testing import NodeProcess
+    from dsonode.testnet.process import NodeProcess
 
     if n < 1 or queries < 1:
         raise ValueError("n and queries must be >= 1")

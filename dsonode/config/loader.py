@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,10 +47,14 @@ from dsonode.gateway.config import GatewayConfig, GatewayError
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_BOOTSTRAP_PEERS = 64
+#: net.allow_peers: an allow-list, not a peer list to dial, so it may be longer.
+MAX_ALLOWED_PEERS = 1024
 MAX_WEIGHTED_PEERS = 10_000
 MAX_STR_CHARS = 4096
 #: sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
+#: A space id as the settings take it (node.space_id).
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ConfigError(DsoError, ValueError):
@@ -81,6 +86,8 @@ class NodeSection:
     device: str
     threads: int | None
     cpu_threads: int
+    role: str
+    space_id: str  # "" = the default space (light nodes only)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,15 @@ class NetSection:
     dial_timeout_s: float
     redial_initial_s: float
     redial_max_s: float
+    low_water: int
+    high_water: int
+    max_inbound: int
+    max_inbound_per_ip: int
+    allow_peers: tuple[str, ...]
+    discovery: bool
+    mdns: bool
+    known_peers_max: int
+    peers_flush_s: float
     gossip_degree: int
     gossip_degree_low: int
     gossip_degree_high: int
@@ -278,6 +294,17 @@ def _parse_value(s: Setting, raw: Any) -> Any:
             except PeerAddrError as exc:
                 raise ConfigError(f"{s.name}[{i}]", f"not a usable peer multiaddr: {exc}") from None
         return tuple(raw)
+    if kind == "peer_ids":
+        if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+            raise ConfigError(s.name, f"must be a list of peer id strings, got {raw!r}")
+        if len(raw) > MAX_ALLOWED_PEERS:
+            raise ConfigError(s.name, f"at most {MAX_ALLOWED_PEERS} peer ids, got {len(raw)}")
+        for i, pid in enumerate(raw):
+            try:
+                public_key_from_peer_id(pid)
+            except (PeerAddrError, ValueError) as exc:
+                raise ConfigError(f"{s.name}[{i}]", f"not an Ed25519 peer id: {exc}") from None
+        return tuple(raw)
     # the rest are strings
     if not isinstance(raw, str):
         raise ConfigError(s.name, f"must be a string, got {raw!r}")
@@ -331,7 +358,7 @@ def _parse_env(s: Setting, text: str) -> Any:
             raise ConfigError(s.name, f"not a number: {text!r}", s.env) from None
     if s.kind == "committee":
         return "all"
-    if s.kind == "peers":  # comma-separated; empty = none
+    if s.kind in ("peers", "peer_ids"):  # comma-separated; empty = none
         return [a.strip() for a in text.split(",") if a.strip()]
     if s.kind == "weights":
         raise ConfigError(s.name, "cannot be set from the environment; use the file", s.env)
@@ -468,7 +495,13 @@ def _finish(
         device=n["device"],
         threads=n["threads"] or None,
         cpu_threads=n["cpu_threads"],
+        role=n["role"],
+        space_id=n["space_id"],
     )
+    if node.space_id and not _HEX64.fullmatch(node.space_id):
+        raise fail("node.space_id", f"must be 64 lowercase hex characters, got {node.space_id!r}")
+    if node.space_id and node.role != "light":
+        raise fail("node.space_id", "is for light nodes (a full node's space is its model's)")
     if not (node.device in ("auto", "cpu", "cuda") or node.device.startswith("cuda:")):
         raise fail("node.device", f"must be auto, cpu or cuda[:N], got {node.device!r}")
 
@@ -495,7 +528,12 @@ def _finish(
         raise fail(
             "net.batch_max_bytes", "must leave 2048 bytes of a 64 KiB message for the envelope"
         )
-    net_values: dict[str, Any] = {k: tuple(x) if k == "bootstrap" else x for k, x in t.items()}
+    if not t["low_water"] <= t["high_water"] <= t["max_connections"]:
+        raise fail("net.high_water", "need net.low_water <= net.high_water <= net.max_connections")
+    if t["gossip_degree_high"] > t["high_water"]:
+        raise fail("net.gossip_degree_high", "must not exceed net.high_water")
+    lists = ("bootstrap", "allow_peers")
+    net_values: dict[str, Any] = {k: tuple(x) if k in lists else x for k, x in t.items()}
     net = NetSection(**net_values)
 
     c = v["consensus"]

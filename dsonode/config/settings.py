@@ -29,6 +29,8 @@ ENV_PREFIX = "DSONODE_"
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: A light node loads no encoder: it never embeds text or submits codes (ARCHITECTURE.md).
+NODE_ROLES = ("full", "light")
 #: dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule).
 CONSENSUS_METHODS = tuple(m for m in METHODS if m != "mean")
 WEIGHTED_METHODS = tuple(m for m in _WEIGHTED if m in CONSENSUS_METHODS)
@@ -127,6 +129,22 @@ SPEC: tuple[Setting, ...] = (
         flag="--threads",
     ),
     _s("node", "cpu_threads", "int", 2, "worker threads for embedding/search/commits", lo=1, hi=64),
+    _s(
+        "node",
+        "role",
+        "choice",
+        "full",
+        "full: embeds and submits codes; light: no encoder (stores, relays, serves vectors)",
+        choices=NODE_ROLES,
+        flag="--role",
+    ),
+    _s(
+        "node",
+        "space_id",
+        "str",
+        "",
+        'light node: the space it serves (64 hex); "" = the default space',
+    ),
     # [net]
     _s("net", "enabled", "bool", True, "join the network (false: serve the local socket only)"),
     _s(
@@ -152,6 +170,29 @@ SPEC: tuple[Setting, ...] = (
     _s("net", "dial_timeout_s", "float", 5.0, "seconds per dial attempt", lo=0.1, hi=120),
     _s("net", "redial_initial_s", "float", 0.2, "first redial backoff", lo=0.01, hi=3600),
     _s("net", "redial_max_s", "float", 5.0, "longest redial backoff", lo=0.01, hi=3600),
+    _s("net", "low_water", "int", 8, "dial known peers while fewer are connected", lo=1, hi=1000),
+    _s("net", "high_water", "int", 16, "prune connected peers above this", lo=1, hi=10_000),
+    _s("net", "max_inbound", "int", 32, "inbound connections in total", lo=1, hi=10_000),
+    _s("net", "max_inbound_per_ip", "int", 4, "inbound connections per remote IP", lo=1, hi=1000),
+    _s(
+        "net",
+        "allow_peers",
+        "peer_ids",
+        [],
+        "peer ids allowed to connect in; empty = anyone",
+    ),
+    _s("net", "discovery", "bool", True, "find peers beyond net.bootstrap (Kademlia DHT)"),
+    _s("net", "mdns", "bool", False, "find peers on the local network by mDNS (LAN only)"),
+    _s("net", "known_peers_max", "int", 1000, "peers remembered in the store", lo=8, hi=100_000),
+    _s(
+        "net",
+        "peers_flush_s",
+        "float",
+        5.0,
+        "write known peers at most this often",
+        lo=0.5,
+        hi=3600,
+    ),
     _s("net", "gossip_degree", "int", 4, "GossipSub mesh degree D", lo=1, hi=64),
     _s("net", "gossip_degree_low", "int", 2, "GossipSub D_low", lo=1, hi=64),
     _s("net", "gossip_degree_high", "int", 8, "GossipSub D_high", lo=1, hi=64),

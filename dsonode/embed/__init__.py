@@ -12,7 +12,8 @@ from typing import Any
 _EXPORTS = {
     "Embedder": "dsonode.embed.embedder",
     "get_embedder": "dsonode.embed.embedder",
-    "space_id_of": "dsonode.embed.embedder",
+    "space_id_of": "dsonode.embed.space",
+    "default_space_id": "dsonode.embed.space",
     "VALID_DIMS": "dsonode.embed.defaults",
     "EmbedError": "dsonode.embed.errors",
     "ModelLoadError": "dsonode.embed.errors",

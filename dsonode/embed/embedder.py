@@ -8,8 +8,6 @@ embedders are comparable only when their space ids are equal.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from dsonode.embed.head import (
     head_weights_sha256,
     load_head,
 )
+from dsonode.embed.space import space_id_of  # torch-free: light nodes compute it too
 
 #: Bounds on a call (memory guards; callers batch larger work themselves).
 MAX_BATCH_SIZE = 4096
@@ -38,8 +37,6 @@ MAX_BATCH_SIZE = 4096
 _CHARS_PER_TOKEN_BOUND = 64
 #: Show a progress bar by default for at least this many texts (when stderr is a terminal).
 _PROGRESS_MIN_TEXTS = 512
-#: Version of the space-id construction.
-_SPACE_LABEL = "dso/space/v1"
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -54,32 +51,6 @@ def _resolve_device(device: str) -> torch.device:
             raise EmbedError(f"device {device!r} requested but CUDA is not available")
         return torch.device(device)
     raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-
-
-def space_id_of(
-    encoder_name: str,
-    encoder_sha256: str,
-    max_length: int,
-    head_sha256: str,
-    dim: int,
-    reference: np.ndarray | None,
-) -> str:
-    """sha256 over everything that decides where a text lands in the space (64 hex chars)."""
-    if reference is None:
-        reference = np.zeros(dim, dtype=np.float32)
-    ref_sha = hashlib.sha256(np.ascontiguousarray(reference, dtype="<f4").tobytes()).hexdigest()
-    doc = {
-        "v": _SPACE_LABEL,
-        "encoder": encoder_name,
-        "encoder_sha256": encoder_sha256,
-        "max_length": max_length,
-        "pooling": "mean+l2",
-        "head_sha256": head_sha256,
-        "dim": dim,
-        "reference_sha256": ref_sha,
-    }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()
 
 
 def _validate_texts(texts: Sequence[str]) -> list[str]:

@@ -587,7 +587,7 @@ def train_head(
     losses = history.get("loss", [])
     components = {k: window_mean(v, first=False) for k, v in history.items()}
     head = head.cpu().eval()
-    from dsonode.embed.embedder import space_id_of
+    from dsonode.embed.space import space_id_of
 
     space_id = space_id_of(
         embedder.encoder_name,

@@ -7,5 +7,14 @@ from dsonode.library.library import (
     Library,
     VectorPolicy,
 )
+from dsonode.library.light import LightEmbedder, LightNodeError
 
-__all__ = ["AddOutcome", "ConsensusRules", "HonestPolicy", "Library", "VectorPolicy"]
+__all__ = [
+    "AddOutcome",
+    "ConsensusRules",
+    "HonestPolicy",
+    "Library",
+    "LightEmbedder",
+    "LightNodeError",
+    "VectorPolicy",
+]

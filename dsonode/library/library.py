@@ -21,6 +21,10 @@ because the daemon that called publishes them on its own event loop.
 Our own vectors pass through `policy` before they become codes: honest (the identity) on
 every real node; a Byzantine strategy (dsonode.library.byzantine) only on a testnet node,
 injected by the composition root.
+
+A light node's embedder is a `LightEmbedder` (dsonode.library.light): it stores, relays and
+recomputes consensus like any node, but never embeds, so it never submits a code
+(`own_submission` returns None and counts `light_skipped`) and refuses `add_experience`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from dsonode.core.consensus import (
 from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
 from dsonode.identity import public_key_bytes
+from dsonode.library.light import LightEmbedder, LightNodeError
 from dsonode.store import CodeIndex, ExperienceRecord, Store
 
 log = logging.getLogger("dsonode.library")
@@ -166,6 +171,8 @@ class Library:
         self.policy: VectorPolicy = policy if policy is not None else HonestPolicy()
         self.author = public_key_bytes(key)
         self.space_id = bytes.fromhex(embedder.space_id)
+        #: No encoder: never embeds, never submits (see the module docstring).
+        self.light = isinstance(embedder, LightEmbedder)
         self.publisher: Publisher | None = None
         self._write_lock = threading.RLock()
         self._index_lock = threading.Lock()
@@ -283,7 +290,8 @@ class Library:
 
         With `connected` (peers connected now in our space, for `stats`): the larger of that
         count and `connected + 1`, so the figure follows a network that has not exchanged
-        submissions yet. Like the author count it is no defence against Sybils (PROTOCOL.md
+        submissions yet. Light nodes never author a submission, so they are never in the
+        reputation table, and a light node does not count itself. Like the author count it is no defence against Sybils (PROTOCOL.md
         section 16): minting keys inflates both, the connection count only up to
         net.max_connections.
         """
@@ -299,7 +307,8 @@ class Library:
                 # a record without a time (hand-made, older stores) counts: it cannot be aged
                 if not isinstance(rec.get("updated"), int) or rec["updated"] >= since
             }
-            authors.add(self.author)
+            if not self.light:  # a light node never submits: it is no committee member
+                authors.add(self.author)
             self._network_size = len(authors)
             self._network_size_at = now
             self._network_size_rows = rows
@@ -364,6 +373,8 @@ class Library:
         and the daemon recomputes it). Returns once everything is committed (LMDB syncs on
         commit), so a reply means the item survives a crash.
         """
+        if self.light:  # fail before anything is stored: an add is our submission too
+            raise LightNodeError("add_experience")
         code = None
         if self.own_code(experience.id) is None:  # else known already: skip the embedding
             code = self._own_code_of(experience)
@@ -428,7 +439,11 @@ class Library:
 
     def own_submission(self, experience: wire.Experience) -> bytes | None:
         """Embed (exact path), sign and store our submission for a peer's experience unless
-        we have one or are outside its committee. Returns it encoded, to publish."""
+        we have one or are outside its committee (or are a light node, which has no encoder
+        and so never submits). Returns it encoded, to publish."""
+        if self.light:
+            self.count("light_skipped")
+            return None
         if self.own_code(experience.id) is not None:
             return None
         if not self.in_own_committee(experience):

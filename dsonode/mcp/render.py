@@ -104,6 +104,11 @@ def describe_rpc_error(method: str, code: int, message: str) -> str:
         return f"{message} (the node does not know this experience)"
     if code == jsonrpc.SERVER_BUSY:
         return f"the node is busy ({message}); try again shortly"
+    if code == jsonrpc.NEEDS_FULL_NODE:
+        return (
+            f"{message}. This MCP server talks to a light node (no encoder): point it at a "
+            "full node's socket (--socket) to search by text or to add experiences"
+        )
     return f"the node could not complete '{method}': {message} (JSON-RPC error {code})"
 
 

@@ -43,7 +43,8 @@ from dsonode.core import wire
 from dsonode.core.errors import DsoError, SyncTimeoutError, WireError
 from dsonode.core.peerinfo import parse_multiaddr, peer_id_from_public_key
 from dsonode.library import Library
-from dsonode.net.dialer import BackoffPolicy, Dialer
+from dsonode.net.connmgr import ConnConfig, ConnectionManager
+from dsonode.net.dialer import BackoffPolicy
 from dsonode.net.gossip import Gossip, GossipConfig
 from dsonode.net.host import HostConfig, build_host, connected_peers, listen_multiaddrs
 from dsonode.net.pipeline import PENALTY, BatchOutcome, Pipeline, PipelineConfig, reason_of
@@ -90,6 +91,8 @@ class DaemonConfig:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     drain_timeout_s: float = 5.0
+    #: Discovery, connection bounds, known peers (dsonode/net/connmgr.py).
+    conn: ConnConfig = field(default_factory=ConnConfig)
 
     def __post_init__(self) -> None:
         try:
@@ -117,6 +120,10 @@ class DaemonConfig:
             raise DaemonError("sync_mesh_wait_s must be 0..600")
         if not 0 <= self.sync_identify_wait_s <= 600:
             raise DaemonError("sync_identify_wait_s must be 0..600")
+        if self.gossip.degree_high > self.conn.high_water:
+            raise DaemonError("net.gossip_degree_high must not exceed net.high_water")
+        if self.conn.high_water > self.max_connections:
+            raise DaemonError("net.high_water must not exceed net.max_connections")
 
     def host_config(self) -> HostConfig:
         return HostConfig(
@@ -125,6 +132,7 @@ class DaemonConfig:
             max_connections_per_peer=self.max_connections_per_peer,
             dial_timeout_s=self.dial_timeout_s,
             allow_non_loopback=self.allow_non_loopback,
+            mdns=self.conn.mdns,
         )
 
 
@@ -140,7 +148,7 @@ class NetDaemon:
         self.pipeline = Pipeline(config.pipeline, is_stored=library.holds)
         self.host: IHost | None = None
         self.gossip: Gossip | None = None
-        self.dialer: Dialer | None = None
+        self.connmgr: ConnectionManager | None = None
         self.sync_server: SyncServer | None = None
         self.topic: str | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -185,18 +193,28 @@ class NetDaemon:
             prevalidate=self._prevalidate,  # the pipeline runs before libp2p forwards
         )
         self.gossip.on_invalid = self._penalise_gossip  # oversize / unparsable frames
-        self.dialer = Dialer(
+        self.connmgr = ConnectionManager(
             self.host,
-            [
+            self.store,
+            self.config.conn,
+            bootstrap=[
                 parse_multiaddr(
                     p, allow_non_loopback=self.config.allow_non_loopback, require_peer_id=True
                 )
                 for p in self.config.peers
             ],
-            BackoffPolicy(initial_s=self.config.redial_initial_s, max_s=self.config.redial_max_s),
-            check_interval_s=0.2,
+            allow_non_loopback=self.config.allow_non_loopback,
             dial_timeout_s=self.config.dial_timeout_s,
+            backoff=BackoffPolicy(
+                initial_s=self.config.redial_initial_s, max_s=self.config.redial_max_s
+            ),
+            is_graylisted=lambda p: self.pipeline.is_graylisted(p.to_bytes(), time.monotonic()),
+            mesh=self._mesh,
+            busy=lambda: set(self._syncing),
         )
+        self.connmgr.listen.add(host_config.listen_addr.tcp_multiaddr)
+        self.connmgr.install_gate()
+        await trio.to_thread.run_sync(self.connmgr.load)
         listen = [multiaddr.Multiaddr(host_config.listen_addr.tcp_multiaddr)]
         async with self.host.run(listen), self.gossip.running(), trio.open_nursery() as nursery:
             self.topic = await self.gossip.join(self.space_id)
@@ -205,7 +223,7 @@ class NetDaemon:
                 self.library.repair_pending, limiter=self._ingest_limiter
             )
             self._submit(repaired)
-            nursery.start_soon(self.dialer.run)
+            nursery.start_soon(self.connmgr.run)
             nursery.start_soon(self._sync_loop)
             log.info("p2p listening on %s", ", ".join(listen_multiaddrs(self.host)))
             task_status.started()
@@ -495,9 +513,10 @@ class NetDaemon:
             # connected peers subscribed to our space's topic (the others: other spaces,
             # other software), and every peer the libp2p peerstore knows (ever met or told of)
             "space_peers": len(in_space),
-            "known_peers": self._known_peers(),
+            "peerstore_peers": self._known_peers(),
             "mesh_peers": len(gossip.mesh_peers(self.topic)) if gossip and self.topic else 0,
             "mesh": self._mesh_sizes(),
+            **(self.connmgr.snapshot() if self.connmgr is not None else {}),
             "byzantine_attack": self.library.attack,
             "consensus": {
                 "method": self.library.rules.method,
@@ -519,6 +538,34 @@ class NetDaemon:
             "gossip": gossip.stats.as_dict() if gossip else {},
             "sync": sync,
         }
+
+    # -- the operator's peer commands (from a worker thread: the socket)
+
+    def _on_loop(self, fn: Any, *args: Any) -> Any:
+        token = self._token
+        if token is None or self.connmgr is None:
+            raise DaemonError("the network is not running")
+        try:
+            return trio.from_thread.run_sync(fn, *args, trio_token=token)
+        except trio.RunFinishedError:
+            raise DaemonError("the network is not running") from None
+
+    def add_peer(self, multiaddr_text: str) -> dict[str, Any]:
+        """Remember a peer (source "operator"); it is dialled as soon as the node needs one."""
+        try:
+            peer = self._on_loop(self._connmgr().add, multiaddr_text)
+        except (DsoError, ValueError) as exc:
+            raise DaemonError(str(exc)) from None
+        return {"peer_id": peer.peer_id, "addrs": list(peer.addrs), "source": peer.source}
+
+    def forget_peer(self, peer_id: str) -> bool:
+        """Forget a known peer (its record goes from the store at the next flush)."""
+        return bool(self._on_loop(self._connmgr().forget, peer_id))
+
+    def _connmgr(self) -> ConnectionManager:
+        if self.connmgr is None:
+            raise DaemonError("the network is not running")
+        return self.connmgr
 
     def stats(self) -> dict[str, Any]:
         """From a worker thread: network state plus reputation by author."""

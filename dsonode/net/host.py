@@ -55,6 +55,7 @@ class HostConfig:
     dial_timeout_s: float = default("net.dial_timeout_s")
     upgrade_timeout_s: float = 10.0
     allow_non_loopback: bool = default("net.allow_non_loopback")
+    mdns: bool = default("net.mdns")
 
     def __post_init__(self) -> None:
         parse_multiaddr(
@@ -134,7 +135,7 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
         muxer_opt=muxer_opt,
         listen_addrs=[multiaddr.Multiaddr(config.listen_addr.tcp_multiaddr)],
         connection_config=conn_config,
-        enable_mDNS=False,
+        enable_mDNS=config.mdns,  # off unless net.mdns (a LAN); its dials pass our gate too
         enable_upnp=False,
     )
     network = host.get_network()

@@ -124,7 +124,13 @@ def register(subparsers: SubParsers) -> None:
 def run_config(args: argparse.Namespace) -> Any:
     """The NodeConfig of `dsonode run` (a `dsonode.node.NodeConfig`). Raises ConfigError/
     DaemonError/LibraryError (DsoError: a clean message, exit 2) before the model loads."""
-    from dsonode.node.node import NodeError, consensus_rules, daemon_config, node_config
+    from dsonode.node.node import (
+        NodeError,
+        consensus_rules,
+        daemon_config,
+        light_embedder,
+        node_config,
+    )
 
     overrides = flag_overrides(args)
     if args.config is None and "net.enabled" not in overrides:
@@ -141,6 +147,8 @@ def run_config(args: argparse.Namespace) -> Any:
     if config.listen is None and (config.peers or config.byzantine_attack):
         raise NodeError("--peer and --byzantine-attack need --listen (or net.enabled)")
     consensus_rules(config)
+    if config.role == "light":  # no gateway, a known space: checked before anything opens
+        light_embedder(config)
     if config.listen is not None:  # bad addresses stop the node before the model loads
         daemon_config(config)
     return config

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,17 +35,22 @@ from dsonode.config.paths import (
 from dsonode.config.settings import default
 from dsonode.core.errors import DsoError
 from dsonode.dirlock import release_lock, take_lock
-from dsonode.embed import Embedder, get_embedder
+from dsonode.embed.space import DEFAULT_MODEL_NAME, default_space_id
 from dsonode.gateway.app import serve_gateway
 from dsonode.gateway.config import GatewayConfig
 from dsonode.identity import load_or_create_key
-from dsonode.library import ConsensusRules, Library
+from dsonode.library import ConsensusRules, Library, LightEmbedder
 from dsonode.library.byzantine import ByzantinePolicy
+from dsonode.library.library import Embedder
+from dsonode.net.connmgr import ConnConfig
 from dsonode.net.daemon import DaemonConfig, NetDaemon
 from dsonode.net.gossip import GossipConfig
 from dsonode.ops.logs import setup_logging
 from dsonode.ops.metrics import MetricsServer, NodeMetrics, bind_tcp, parse_metrics_listen
 from dsonode.store import CodeIndex, Store
+
+if TYPE_CHECKING:  # the full embedder imports torch: a light node never imports it
+    from dsonode.embed.embedder import Embedder as FullEmbedder
 
 log = logging.getLogger("dsonode.node")
 
@@ -68,6 +73,8 @@ class NodeConfig:
     idle_timeout: float = default("api.idle_timeout_s")
     quorum: int = default("consensus.quorum")
     cpu_threads: int = default("node.cpu_threads")
+    role: str = default("node.role")  # "light": no encoder (see light_embedder)
+    space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
@@ -88,6 +95,7 @@ class NodeConfig:
     )
     committee: int | None = default("consensus.committee")  # None = everyone submits
     sync_interval_s: float = default("net.sync_interval_s")
+    conn: ConnConfig = field(default_factory=ConnConfig)  # discovery and connection bounds
     socket: Path | None = None  # the retrieval socket; None = <data_dir>/dsonode.sock
     # Operations (dsonode.ops): Prometheus metrics over HTTP when `metrics_listen` is set.
     metrics_listen: str | None = None  # HOST:PORT, loopback unless explicitly allowed
@@ -114,6 +122,21 @@ def gossip_config(cfg: Config) -> GossipConfig:
     )
 
 
+def conn_config(cfg: Config) -> ConnConfig:
+    net = cfg.net
+    return ConnConfig(
+        low_water=net.low_water,
+        high_water=net.high_water,
+        max_inbound=net.max_inbound,
+        max_inbound_per_ip=net.max_inbound_per_ip,
+        allow_peers=tuple(net.allow_peers),
+        discovery=net.discovery,
+        mdns=net.mdns,
+        known_peers_max=net.known_peers_max,
+        peers_flush_s=net.peers_flush_s,
+    )
+
+
 def node_config(cfg: Config) -> NodeConfig:
     """The `NodeConfig` of loaded settings (file, environment and flags)."""
     net_on = cfg.net.enabled
@@ -128,6 +151,8 @@ def node_config(cfg: Config) -> NodeConfig:
         idle_timeout=cfg.api.idle_timeout_s,
         quorum=cfg.consensus.quorum,
         cpu_threads=cfg.node.cpu_threads,
+        role=cfg.node.role,
+        space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
         listen=cfg.net.listen if net_on else None,
         peers=cfg.net.bootstrap if net_on else (),
@@ -144,6 +169,7 @@ def node_config(cfg: Config) -> NodeConfig:
         consensus_weights=cfg.consensus.weights,
         committee=cfg.consensus.committee,
         sync_interval_s=cfg.net.sync_interval_s,
+        conn=conn_config(cfg),
         socket=cfg.api.socket,
         metrics_listen=join_hostport(metrics.host, metrics.port) if metrics.enabled else None,
         metrics_allow_non_loopback=metrics.allow_non_loopback,
@@ -167,6 +193,8 @@ class Node:
         self.store: Store | None = None
         self.index: CodeIndex | None = None
         self.embedder: Embedder | None = None
+        #: The loaded model of a full node (the gateway serves it); None on a light node.
+        self.full_embedder: FullEmbedder | None = None
         self.key: Ed25519PrivateKey | None = None
         self.library: Library | None = None
         self.service: RetrievalService | None = None
@@ -197,8 +225,19 @@ class Node:
             daemon_settings = daemon_config(config) if config.listen is not None else None
             self.key = load_or_create_key(self.data_dir / KEY_FILE_NAME)
 
-            say("loading the embedding model")
-            self.embedder = get_embedder(config.encoder, config.head, config.device, config.threads)
+            if config.role == "light":
+                say("light node: no embedding model")
+                self.embedder = light_embedder(config)
+            else:
+                # Imported here, not at the top: it imports torch, which a light node never
+                # loads (ARCHITECTURE.md, the light role).
+                from dsonode.embed.embedder import get_embedder
+
+                say("loading the embedding model")
+                self.full_embedder = get_embedder(
+                    config.encoder, config.head, config.device, config.threads
+                )
+                self.embedder = self.full_embedder
             self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
             prev = self.store.previous_space_id
             if prev is not None and prev.hex() != self.embedder.space_id:
@@ -263,7 +302,8 @@ class Node:
                 await nursery.start(self.metrics.serve)
             gateway = self.config.gateway
             if gateway is not None:  # same model, same process: no second load
-                url = await nursery.start(serve_gateway, self.embedder, gateway)
+                assert self.full_embedder is not None  # light_embedder refuses a gateway
+                url = await nursery.start(serve_gateway, self.full_embedder, gateway)
                 log.info("gateway on %s (auth %s)", url, "on" if gateway.token else "off")
             await nursery.start(self.server.serve_unix, self.socket_path)
             if ready is not None:
@@ -288,6 +328,27 @@ def consensus_rules(config: NodeConfig) -> ConsensusRules:
     )
 
 
+def light_embedder(config: NodeConfig) -> LightEmbedder:
+    """The space of a light node (validates the settings; imports no torch).
+
+    A light node serves the space of the full nodes it follows: `node.space_id` when set,
+    else the default space (packaged encoder, seeded head), computed from the packaged files
+    by dsonode.embed.space. It has no model, so no gateway and no custom encoder or head
+    without an explicit space id."""
+    if config.role != "light":
+        raise NodeError(f"light_embedder: the role is {config.role!r}")
+    if config.gateway is not None:
+        raise NodeError("the gateway needs the model: a light node (node.role = light) has none")
+    if config.space_id:
+        return LightEmbedder(config.space_id, f"light-{config.space_id[:8]}")
+    if config.encoder is not None or config.head is not None:
+        raise NodeError(
+            "a light node with node.encoder or node.head needs node.space_id (the space_id "
+            "that a full node with that encoder and head shows in `dsonode stats`)"
+        )
+    return LightEmbedder(default_space_id(), DEFAULT_MODEL_NAME)
+
+
 def daemon_config(config: NodeConfig) -> DaemonConfig:
     """The `DaemonConfig` of a node with `listen` set (validates it)."""
     assert config.listen is not None
@@ -302,6 +363,7 @@ def daemon_config(config: NodeConfig) -> DaemonConfig:
         redial_max_s=config.redial_max_s,
         gossip=config.gossip,
         sync_interval_s=config.sync_interval_s,
+        conn=config.conn,
     )
 
 

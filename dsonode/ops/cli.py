@@ -80,15 +80,17 @@ def status_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
         counters = net.get("counters") or {}
         net_consensus = net.get("consensus") or {}
         mesh = net.get("mesh") or {}
-        discovered = net.get("discovered")  # the discovery layer's count, when it reports one
+        book = net.get("known_peers")  # the persisted peer book (dsonode.net.connmgr)
+        book = book if isinstance(book, list) else []
+        discovered = sum(1 for p in book if isinstance(p, Mapping) and p.get("source") == "dht")
         out["network"] = {
             "running": bool(net.get("running")),
             "peer_id": net.get("peer_id"),
             "listen": list(net.get("listen") or []),
             "connected": len(net.get("connected") or []),
             "space_peers": _int(net.get("space_peers")),
-            "known": _int(net.get("known_peers")),
-            "discovered": None if discovered is None else _int(discovered),
+            "known": len(book),
+            "discovered": discovered if book else None,
             "mesh": _int(net.get("mesh_peers")),
             "mesh_by_topic": {str(k): _int(v) for k, v in mesh.items()}
             if isinstance(mesh, Mapping)

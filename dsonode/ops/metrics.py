@@ -165,10 +165,16 @@ def _network_families(net: Mapping[str, Any], gauge: Callable, counter: Callable
         "Connected peers subscribed to this node's space topic",
         net.get("space_peers"),
     )
+    known = net.get("known_peers")
     yield gauge(
         "dsonode_peers_known",
+        "Peers in the node's persisted peer book (configured, discovered, added)",
+        len(known) if isinstance(known, list) else None,
+    )
+    yield gauge(
+        "dsonode_peers_in_peerstore",
         "Peers in the libp2p peerstore (met or told of)",
-        net.get("known_peers"),
+        net.get("peerstore_peers"),
     )
     mesh = net.get("mesh")
     if isinstance(mesh, Mapping):

@@ -19,6 +19,8 @@ feedback        experience id + author (64)                  {raw, created, scor
                                                              author's current vote only
 fb_by_time      created ms (8, BE) + feedback key (64)       b"" (current votes only, for sync)
 feedback_agg    experience id (32)                           {votes, median}
+known_peers     base58 peer id (utf-8)                       {v, addrs, seen, src, score}
+                                                             (``dsonode.core.peerbook``)
 ==============  ===========================================  ==================================
 
 Feedback (schema version 2): one vote per (experience, author); a vote replaces the stored
@@ -27,7 +29,10 @@ the old vote's bytes and time entry are deleted in the same transaction. ``feedb
 recomputed in that transaction too, so the aggregate is always that of the stored votes.
 A schema-1 store is migrated on open by creating the (empty) feedback databases.
 Stores written by earlier releases also hold a ``peers`` database that nothing ever used; it
-is left in the file and never opened (the schema version is unchanged: no data moved).
+is left in the file and never opened (the schema version is unchanged: no data moved). The
+node's memory of the network therefore lives in a database of another name, ``known_peers``
+(created on open like the feedback databases; a read-only open of an older store goes on
+without it), so no record of the old format can ever be read as a known peer.
 
 Guarantees:
 - Writes are batched: ``put_items`` stores a whole batch in one write transaction.
@@ -78,6 +83,7 @@ from dsonode.core.consensus import ConsensusRecord, submission_precedes
 from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
+from dsonode.core.peerbook import KnownPeer, PeerBookError, decode_peer, encode_peer
 from dsonode.core.wire import Experience, Feedback, Item, Submission, decode_item, item_hash
 from dsonode.dirlock import release_lock, take_lock
 
@@ -99,9 +105,10 @@ _DB_NAMES = (
     b"feedback",
     b"fb_by_time",
     b"feedback_agg",
+    b"known_peers",
 )
-#: Databases added after schema 1: a read-only open of a schema-1 store goes on without them.
-_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg")
+#: Databases added after schema 1: a read-only open of an older store goes on without them.
+_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers")
 _TIME = struct.Struct(">Q")
 #: meta key prefix of an experience whose consensus must be recomputed (see Guarantees).
 _PENDING = b"pending/"
@@ -892,6 +899,38 @@ class Store:
             return [(k, _unpack(v)) for k, v in txn.cursor(db=self._dbs[db_name])]
 
         return self._read(read)
+
+    # ------------------------------------------------------------------------ known peers
+
+    def load_known_peers(self, limit: int = 100_000) -> list[KnownPeer]:
+        """The remembered peers (records that do not decode are skipped: they are only hints)."""
+        if "known_peers" not in self._dbs:
+            return []
+
+        def read(txn: _Txn) -> list[KnownPeer]:
+            out: list[KnownPeer] = []
+            for key, value in txn.cursor(db=self._dbs["known_peers"]):
+                if len(out) >= limit:
+                    break
+                try:
+                    out.append(decode_peer(key.decode("ascii"), value))
+                except (PeerBookError, UnicodeDecodeError):
+                    continue
+            return out
+
+        return self._read(read)
+
+    def save_known_peers(self, peers: Sequence[KnownPeer], forget: Sequence[str] = ()) -> None:
+        """Write these records and delete those of `forget`, in one transaction."""
+
+        def write(txn: _Txn) -> None:
+            db = self._dbs["known_peers"]
+            for peer in peers:
+                txn.put(peer.peer_id.encode("ascii"), encode_peer(peer), db=db)
+            for peer_id in forget:
+                txn.delete(peer_id.encode("ascii"), db=db)
+
+        self._write(write)
 
 
 # ------------------------------------------------------------------------ record decoding

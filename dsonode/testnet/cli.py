@@ -105,6 +105,12 @@ def register(subparsers: SubParsers) -> None:
         help="seconds for every seeded experience to be confirmed everywhere (default 300)",
     )
     p.add_argument("--threads", type=bounded_int(1, 64), default=1, help="torch threads per node")
+    p.add_argument(
+        "--full-mesh",
+        action="store_true",
+        help="every node dials every other one (small tests); default: every node is given "
+        "node 1's address only and the rest is found by discovery",
+    )
     p.set_defaults(func=cmd_testnet)
 
 
@@ -122,7 +128,9 @@ def build_plan(args: argparse.Namespace) -> Any:
     ports = [args.base_port + i for i in range(n)] if args.base_port else free_ports(ips)
     if args.compose is not None:
         return plan_from_services(services, ports)
-    return plan_testnet(n, ports=ports, byzantine=args.byzantine, attack=args.attack)
+    return plan_testnet(
+        n, ports=ports, byzantine=args.byzantine, attack=args.attack, full_mesh=args.full_mesh
+    )
 
 
 def _fmt(value: Any) -> str:

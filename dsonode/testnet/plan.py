@@ -8,8 +8,9 @@ docker-compose.yml + configs/ (same topology, addresses rewritten to loopback).
 
 Two kinds of plans:
 
-* `plan_testnet(n, ...)`: a full mesh of n nodes (every node dials every other one, as the
-  daemon's own 4-process test does); the K Byzantine nodes sit just before the last node, so
+* `plan_testnet(n, ...)`: n nodes that are given only node 1's address (the bootstrap; they
+  find each other by discovery, dsonode/net/README.md "Discovery"), or with `full_mesh=True`
+  every node dials every other one (small tests); the K Byzantine nodes sit just before the last node, so
   node 1 (where the testnet seeds) and node n (where it queries) are always honest;
 * `plan_from_services(...)`: any topology given as named services with peer lists.
 """
@@ -60,6 +61,9 @@ class TestnetPlan:
     #: at that loopback address instead of j's listen address (same /p2p/ id: Noise still
     #: authenticates j). See `with_relays` and qa.relay.
     relays: tuple[tuple[int, int, str], ...] = ()
+    #: True: nodes are expected to find each other beyond their dial lists (discovery), so a
+    #: node counts as joined with min(net.low_water, n - 1) peers, not its planned neighbours.
+    discovered: bool = False
 
     __test__ = False  # not a pytest test class despite its name
 
@@ -103,6 +107,12 @@ class TestnetPlan:
         """Where the final query is asked: the last honest node."""
         return self.honest[-1]
 
+    def wanted_peers(self, i: int, low_water: int) -> int:
+        """Connected peers node i must have before the testnet counts as joined."""
+        if self.discovered:
+            return min(low_water, len(self.nodes) - 1)
+        return len(self.neighbours(i))
+
     def neighbours(self, i: int) -> set[int]:
         """Nodes connected to node i once everything runs (dialled by it or dialling it)."""
         out = set(self.nodes[i].dials)
@@ -142,8 +152,10 @@ def plan_testnet(
     ports: Sequence[int],
     byzantine: int = 0,
     attack: str = "gaussian",
+    full_mesh: bool = False,
 ) -> TestnetPlan:
-    """A full mesh of n nodes on 127.0.0.2.., K of them Byzantine (just before the last)."""
+    """n nodes on 127.0.0.2.., K of them Byzantine (just before the last); every node dials
+    node 1 only, or every other node with `full_mesh`."""
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NODES:
         raise PlanError(f"--nodes must be 1..{MAX_NODES}")
     if isinstance(byzantine, bool) or not isinstance(byzantine, int) or byzantine < 0:
@@ -164,11 +176,11 @@ def plan_testnet(
             ip=host_ip(i),
             port=ports[i],
             attack=attack if i in liars else None,
-            dials=tuple(j for j in range(n) if j != i),
+            dials=tuple(j for j in range(n) if j != i) if full_mesh else ((0,) if i else ()),
         )
         for i in range(n)
     )
-    return TestnetPlan(nodes)
+    return TestnetPlan(nodes, discovered=not full_mesh)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@
         hits = net.query("...")                        # search at the query node
     # every process stopped: SIGTERM to its process group, SIGKILL after the grace period
 
-No orphans: each node runs in its own process group (`start_new_session`) and, on Linux,
-asks the kernel to SIGTERM it when the supervisor dies (`PR_SET_PDEATHSIG`), so even a
-SIGKILLed supervisor leaves nothing running; a normal exit, an exception or an interpreter
-exit (`atexit`) stops them through `stop()`. Processes are started from the calling thread
-(the death signal follows the thread that forked), so create the Testnet in a thread that
-outlives it (the main thread, in the CLI and in tests).
+Each node is a `NodeHandle`, a `process.NodeProcess` (the one process core, shared with
+lone nodes) with its name, key and listen address. No orphans: each node runs in its own
+process group and, on Linux, asks the kernel to SIGTERM it when the supervisor dies
+(`PR_SET_PDEATHSIG`), so even a SIGKILLed supervisor leaves nothing running; a normal exit,
+an exception or an interpreter exit (`atexit`) stops them. Processes are started from the
+calling thread (the death signal follows the thread that forked), so create the Testnet in
+a thread that outlives it (the main thread, in the CLI and in tests).
 
 Each node keeps its data, its key and its log (`node.log`) in `<root>/<name>/`; a node that
 fails shows the tail of its log in the error.
@@ -20,9 +21,8 @@ fails shows the tail of its log in the error.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
+import functools
 import os
 import signal
 import socket
@@ -30,26 +30,30 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dsonode.config.settings import default, setting
 from dsonode.core.errors import DsoError
 from dsonode.testnet.plan import TestnetPlan
+from dsonode.testnet.process import (
+    DEFAULT_START_TIMEOUT_S,
+    NodeProcess,
+    NodeProcessError,
+    end_groups,
+    node_env,
+)
 
-SOCKET_NAME = "dsonode.sock"
-LOG_NAME = "node.log"
-#: Loading the model takes ~8 s alone; several nodes loading at once on 2 cores take longer.
-DEFAULT_START_TIMEOUT_S = 240.0
+if TYPE_CHECKING:
+    from dsonode.api.client import Client
+
 DEFAULT_MESH_TIMEOUT_S = 120.0
 DEFAULT_GRACE_S = 15.0
 POLL_S = 0.25
-_PR_SET_PDEATHSIG = 1
 
 
-class TestnetError(DsoError):
+class TestnetError(NodeProcessError):
     """A node failed to start, died, or a bounded wait ran out (with the node's log tail)."""
 
     __test__ = False
@@ -68,61 +72,56 @@ def free_ports(ips: Sequence[str]) -> list[int]:
     return [free_port(ip) for ip in ips]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+class NodeHandle(NodeProcess):
+    """One planned node of a testnet: its identity and its process (a `NodeProcess` whose
+    command, with listen address and peers, comes from the testnet). `start()`, `stop()`
+    and `kill()` work on it directly as on any `NodeProcess`."""
 
+    def __init__(
+        self,
+        *,
+        index: int,
+        name: str,
+        data_dir: Path,
+        peer_id: str,
+        author: str,
+        listen: str,
+        attack: str | None,
+        command: Callable[[], list[str]] | None = None,
+        env: dict[str, str] | None = None,
+        start_timeout: float = DEFAULT_START_TIMEOUT_S,
+    ) -> None:
+        super().__init__(data_dir, start_timeout=start_timeout, env=env)
+        self._command = command
+        self.index = index
+        self.name = name
+        self.peer_id = peer_id
+        self.author = author  # hex of the raw Ed25519 public key (the key of reputation records)
+        self.listen = listen
+        self.attack = attack
+        #: Ended on purpose (`stop_node`/`kill_node`): not a failure for `check_alive`.
+        self.stopped = False
 
-# Every running testnet of this interpreter, stopped at exit whatever happened.
-_LIVE: weakref.WeakSet[Testnet] = weakref.WeakSet()
+    def __repr__(self) -> str:
+        return f"NodeHandle({self.name!r}, {self.listen!r}, pid={getattr(self.proc, 'pid', None)})"
 
+    def command(self) -> list[str]:
+        return super().command() if self._command is None else self._command()
 
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for net in list(_LIVE):
-        with contextlib.suppress(Exception):
-            net.stop(grace=5.0)
+    def spawn(self, command: Sequence[str] | None = None) -> subprocess.Popen[bytes]:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
+        proc = super().spawn(command)
+        self.stopped = False
+        return proc
 
+    def stop(self, grace: float = DEFAULT_GRACE_S) -> int | None:
+        self.stopped = True  # on purpose: not a failure for `Testnet.check_alive`
+        return super().stop(grace)
 
-@dataclass
-class NodeHandle:
-    index: int
-    name: str
-    data_dir: Path
-    peer_id: str
-    author: str  # hex of the raw Ed25519 public key (the key of reputation records)
-    listen: str
-    attack: str | None
-    proc: subprocess.Popen[bytes] | None = None
-    #: Ended on purpose (`stop_node`/`kill_node`): not a failure for `check_alive`.
-    stopped: bool = False
-
-    @property
-    def socket_path(self) -> Path:
-        return self.data_dir / SOCKET_NAME
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / LOG_NAME
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 64 * 1024))
-                text = f.read().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def client(self, timeout: float = 60.0) -> Any:
-        from dsonode.api.client import Client
-
-        return Client(self.socket_path, timeout=timeout)
+    def kill(self) -> int | None:
+        self.stopped = True
+        return super().kill()
 
 
 def _write_seeded_key(path: Path, seed: str) -> Any:
@@ -144,20 +143,6 @@ def _write_seeded_key(path: Path, seed: str) -> Any:
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
     return load_key(path)
-
-
-def _end_group(proc: subprocess.Popen[bytes], sig: int, grace: float) -> None:
-    """`sig` to the process group of `proc`, up to `grace` s for it to exit, then SIGKILL to
-    the whole group (nothing of it may survive), and reap."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10.0)
 
 
 class Testnet:
@@ -186,12 +171,9 @@ class Testnet:
         self.start_timeout = start_timeout
         self.mesh_timeout = mesh_timeout
         self.grace = grace
-        self.env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            **(env or {}),
-        }
+        self.env = node_env(env)
+        if plan.relays:  # discovery would learn the direct addresses and go around the relays
+            self.env.setdefault(setting("net.discovery").env, "false")
         self.log = log or (lambda _msg: None)
         self.nodes: list[NodeHandle] = []
         self._stop_lock = threading.Lock()
@@ -234,6 +216,9 @@ class Testnet:
                     author=author.hex(),
                     listen=spec.listen,
                     attack=spec.attack,
+                    command=functools.partial(self.command, spec.index),
+                    env=self.env,
+                    start_timeout=self.start_timeout,
                 )
             )
         return self.nodes
@@ -266,43 +251,19 @@ class Testnet:
             self.prepare()
         node = self.nodes[i]
         if node.running():
-            pid = node.proc.pid if node.proc is not None else "?"
-            raise TestnetError(f"{node.name} is already running (pid {pid})")
-        _LIVE.add(self)
-        with contextlib.suppress(FileNotFoundError):
-            node.socket_path.unlink()  # a stale socket from an earlier run is not "ready"
-        with open(node.log_path, "ab") as log_file:
-            node.proc = subprocess.Popen(
-                self.command(i),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # only prctl: safe between fork and exec
-            )
-        node.stopped = False
-        self.log(f"started {node.name} (pid {node.proc.pid}) on {node.listen}")
+            raise TestnetError(f"{node.name} is already running (pid {node.pid})")
+        node.spawn()
+        self.log(f"started {node.name} (pid {node.pid}) on {node.listen}")
         return node
 
     def stop_node(self, i: int, grace: float | None = None) -> int | None:
         """SIGTERM node i's process group, SIGKILL after `grace` s; its exit code (None if
         it was never started). The other nodes keep running."""
-        proc = self.nodes[i].proc
-        if proc is None:
-            return None
-        self.nodes[i].stopped = True
-        _end_group(proc, signal.SIGTERM, self.grace if grace is None else grace)
-        return proc.returncode
+        return self.nodes[i].stop(self.grace if grace is None else grace)
 
     def kill_node(self, i: int) -> int | None:
         """SIGKILL node i's process group at once (no clean-up in the node); its exit code."""
-        proc = self.nodes[i].proc
-        if proc is None:
-            return None
-        self.nodes[i].stopped = True
-        _end_group(proc, signal.SIGKILL, 0.0)
-        return proc.returncode
+        return self.nodes[i].kill()
 
     def check_alive(self) -> None:
         """Raise TestnetError (with its log tail) if a node has exited that was not ended on
@@ -323,22 +284,14 @@ class Testnet:
 
     def wait_healthy(self, timeout: float, indices: Iterable[int] | None = None) -> None:
         """Until every node (or those of `indices`) answers `health` (bounded)."""
-        from dsonode.api.client import Client, ClientError
-
         deadline = time.monotonic() + timeout
         pending = list(self.nodes) if indices is None else [self.nodes[i] for i in indices]
         while pending and time.monotonic() < deadline:
             self.check_alive()
             for node in list(pending):
-                if not node.socket_path.exists():
-                    continue
-                with (
-                    contextlib.suppress(ClientError, OSError),
-                    Client(node.socket_path, timeout=5.0) as c,
-                ):
-                    if c.health().get("status") == "ok":
-                        pending.remove(node)
-                        self.log(f"{node.name} is healthy")
+                if node.ready():
+                    pending.remove(node)
+                    self.log(f"{node.name} is healthy")
             time.sleep(POLL_S)
         if pending:
             self.fail_waiting("every node to answer `health`", pending)
@@ -351,7 +304,7 @@ class Testnet:
             self.check_alive()
             behind = []
             for node in self.nodes:
-                want = len(self.plan.neighbours(node.index))
+                want = self.plan.wanted_peers(node.index, default("net.low_water"))
                 try:
                     net = self.stats(node.index, timeout=10.0).get("network", {})
                 except (DsoError, OSError) as exc:
@@ -373,26 +326,12 @@ class Testnet:
         grace = self.grace if grace is None else grace
         with self._stop_lock:
             procs = [(n, n.proc) for n in self.nodes if n.proc is not None]
-            for _node, proc in procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            for _node, proc in procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            for _node, proc in procs:
-                # SIGKILL the group even if the leader is gone: nothing of it may survive.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10.0)
-            _LIVE.discard(self)
+            end_groups([p for _n, p in procs], signal.SIGTERM, grace)  # all at once
             return {n.name: p.returncode for n, p in procs}
 
     # -- talking to the nodes
 
-    def client(self, i: int, timeout: float = 60.0) -> Any:
+    def client(self, i: int, timeout: float = 60.0) -> Client:
         return self.nodes[i].client(timeout=timeout)
 
     def stats(self, i: int, timeout: float = 60.0) -> dict[str, Any]:
