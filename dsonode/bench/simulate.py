@@ -354,11 +354,12 @@ class Simulation:
         now = self.env.now
         tokens = min(self.burst, self.tokens[node] + (now - self.token_t[node]) * self.pace_rate)
         self.token_t[node] = now
-        if tokens < 1.0:  # wait for the token; the batch keeps growing meanwhile
+        # 1e-9: rounding can leave 0.999... after the exact wait, which would loop forever.
+        if tokens < 1.0 - 1e-9:  # wait for the token; the batch keeps growing meanwhile
             self.tokens[node] = tokens
             self._at(now + (1.0 - tokens) / self.pace_rate, self._cut, node)
             return
-        self.tokens[node] = tokens - 1.0
+        self.tokens[node] = max(0.0, tokens - 1.0)
         items, self.outbox[node] = self.outbox[node], []
         self.pending[node] = False
         msg = Message(node, items, bytearray(len(self.keys)))
