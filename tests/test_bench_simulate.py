@@ -106,6 +106,28 @@ def test_byzantine_nodes_exploiting_the_verifier_slack_submit_about_4x_more():
     )
 
 
+@pytest.mark.timeout(60)
+def test_paced_single_publisher_batches_and_finishes():
+    """The calibration setting (5 nodes, node 0 publishing 20/s against a 10 msgs/s pacer):
+    batches grow, the run ends (a rounding loop in the pacer once hung it)."""
+    fig = simulate.run(
+        [5],
+        seed=1,
+        experiences=40,
+        hop_ms=0.1,
+        churn=0.0,
+        byzantine=0.0,
+        rate=20.0,
+        committee_size=1,
+        single_publisher=True,
+    )["by_nodes"]["5"]
+    assert fig["experiences_not_covered"] == 0
+    # Nothing can be faster than linger + publish + one validation.
+    floor = default("net.batch_linger_s") + simulate.PUBLISH_S + simulate.VALIDATE_S
+    assert fig["coverage_99_s"] >= floor
+    assert fig["consensus_correct_fraction"] == 1.0  # no Byzantine node: always right
+
+
 def test_same_seed_same_result():
     a, b = _small(experiences=3), _small(experiences=3)
     for r in (a, b):

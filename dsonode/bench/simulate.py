@@ -39,7 +39,8 @@ Figures (per N; experiences published at `--rate` per second by random live node
   published and still live at the end (joiners would catch up by sync, not modelled).
 * `msgs_per_node_per_experience`: receptions (duplicates included) of the gossip message
   carrying the experience, over the nodes live at publication, mean over experiences;
-  eager push with degree D gives about D - 1 (between D_low - 1 and D_high + 1).
+  eager push gives about the mean mesh degree minus one (3 for D = 4: every peer but the
+  first sender pushes it once more).
   `all_msgs_per_node_per_experience` counts every gossip message (submissions too).
 * `duplicates_per_node_per_experience`: the duplicate part of the same receptions.
 * `consensus_correct_fraction`: over (cohort node, experience) pairs, the share whose
@@ -354,11 +355,12 @@ class Simulation:
         now = self.env.now
         tokens = min(self.burst, self.tokens[node] + (now - self.token_t[node]) * self.pace_rate)
         self.token_t[node] = now
-        if tokens < 1.0:  # wait for the token; the batch keeps growing meanwhile
+        # 1e-9: rounding can leave 0.999... after the exact wait, which would loop forever.
+        if tokens < 1.0 - 1e-9:  # wait for the token; the batch keeps growing meanwhile
             self.tokens[node] = tokens
             self._at(now + (1.0 - tokens) / self.pace_rate, self._cut, node)
             return
-        self.tokens[node] = tokens - 1.0
+        self.tokens[node] = max(0.0, tokens - 1.0)
         items, self.outbox[node] = self.outbox[node], []
         self.pending[node] = False
         msg = Message(node, items, bytearray(len(self.keys)))
@@ -774,16 +776,23 @@ def register(bench_subparsers: Any) -> None:
         "simulate",
         help="the real core on a SimPy model of 1,000s of nodes (coverage, msgs, consensus)",
         description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (dsonode/bench/simulate.py) and BENCHMARKS.md "
-        "`## simulate` for the model and the exact definition of every figure. "
-        "consensus_correct_fraction: share of (node, experience) pairs whose consensus "
-        "code has cosine >= 0.99 to the honest-only consensus.",
+        epilog="Figures per N. coverage_99_s: median over experiences of the time from "
+        "add_experience at the author until 99% of the cohort (nodes live at publication "
+        "and at the end) have validated it. msgs_per_node_per_experience: receptions "
+        "(duplicates included) of the message carrying the experience per node live at "
+        "publication. consensus_correct_fraction: share of (cohort node, experience) pairs "
+        "whose consensus over the submissions the node holds at the end has cosine >= 0.99 "
+        "to the honest-only consensus (compute_consensus over every honest submission). "
+        "The model: dsonode/bench/simulate.py and BENCHMARKS.md `## simulate`.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--nodes", type=_node_list, default=[1000, 10000], help="default 1000,10000")
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="default 0")
     p.add_argument(
-        "--experiences", type=bounded_int(1, MAX_EXPERIENCES), default=30, help="default 30"
+        "--experiences",
+        type=bounded_int(1, MAX_EXPERIENCES),
+        default=30,
+        help="experiences published (default 30)",
     )
     p.add_argument(
         "--hop-ms",
