@@ -190,7 +190,7 @@ def run_partition(
     t_start = time.monotonic()
     result = PartitionResult(hold_s=hold_s)
     ports = free_ports([host_ip(i) for i in range(N_NODES)])
-    plan = plan_testnet(N_NODES, ports=ports)
+    plan = plan_testnet(N_NODES, ports=ports, full_mesh=True)  # every link through a relay
     pairs = [(n.index, j) for n in plan.nodes for j in n.dials]
     relays = RelaySet.for_nodes([(n.ip, n.port) for n in plan.nodes], pairs, avoid_ports=ports)
     with relays:

@@ -21,7 +21,7 @@ import time
 import pytest
 from netutil import JsonProcess, free_port, node_identity, node_mesh, wait_until
 
-from dsonode.api.testing import NodeProcess
+from dsonode.testnet import NodeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -54,7 +54,19 @@ STATS = {
         "listen": ["/ip4/127.0.0.2/tcp/4001/p2p/" + PEER_A],
         "connected": [PEER_B],
         "space_peers": 1,
-        "known_peers": 4,
+        # the persisted peer book (dsonode.net.connmgr) and the libp2p peerstore
+        "known_peers": [
+            {
+                "peer_id": f"peer{i}",
+                "addrs": [],
+                "last_seen_ms": 0,
+                "score": 0.0,
+                "source": "dht" if i else "config",
+                "connected": i == 0,
+            }
+            for i in range(4)
+        ],
+        "peerstore_peers": 6,
         "mesh_peers": 1,
         "mesh": {"/dso/1/space/ab": 1, "/other": 3},
         "pipeline": {
@@ -122,6 +134,7 @@ def test_metric_families_follow_the_node_state():
     assert got[("dsonode_mesh_peers", ())] == 1
     assert got[("dsonode_peers_in_space", ())] == 1
     assert got[("dsonode_peers_known", ())] == 4
+    assert got[("dsonode_peers_in_peerstore", ())] == 6
     assert got[("dsonode_gossip_mesh_degree", (("topic", "/other"),))] == 3
     assert got[("dsonode_network_size_estimate", ())] == 5
     assert got[("dsonode_committee_n", ())] == 2
@@ -330,9 +343,9 @@ def test_status_and_peers_summaries():
     assert s["consensus"] == {"confirmed": 7, "total": 10}
     assert s["network"]["connected"] == 1 and s["network"]["rejected"] == 5
     assert (s["network"]["space_peers"], s["network"]["known"], s["network"]["mesh"]) == (1, 4, 1)
+    assert s["network"]["discovered"] == 3  # the book's peers found by the DHT
     assert s["network"]["mesh_by_topic"] == {"/dso/1/space/ab": 1, "/other": 3}
     assert (s["network"]["network_size"], s["network"]["committee_n"]) == (5, 2)
-    assert s["network"]["discovered"] is None  # no discovery figure in this snapshot
     rows = peer_rows(STATS)
     assert [r["peer_id"] for r in rows] == [PEER_B, PEER_A]  # connected first, self last
     b, a = rows
@@ -347,3 +360,10 @@ def test_status_and_peers_summaries():
 def test_no_node_running_is_exit_1(tmp_path, capsys, command):
     assert main([command, "--data-dir", str(tmp_path)]) == 1
     assert "no node is running" in capsys.readouterr().err
+
+
+def test_status_without_a_peer_book_shows_no_discovery_figure():
+    """A node without the connection manager's book (e.g. before the network runs)."""
+    net = {k: v for k, v in STATS["network"].items() if k != "known_peers"}
+    s = status_summary({**STATS, "network": net})
+    assert s["network"]["known"] == 0 and s["network"]["discovered"] is None

@@ -157,7 +157,7 @@ def test_relay_set_cuts_only_the_links_between_the_groups(echo):
 
 def test_plan_with_relays_rewrites_only_the_relayed_dials():
     ports = free_ports([host_ip(i) for i in range(3)])
-    plan = plan_testnet(3, ports=ports)
+    plan = plan_testnet(3, ports=ports, full_mesh=True)
     ids = ["A", "B", "C"]
     relayed = plan.with_relays({(0, 1): "/ip4/127.0.0.3/tcp/50001"})
     assert relayed.peer_multiaddrs(0, ids) == [

@@ -67,9 +67,9 @@ import hashlib
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,6 +78,9 @@ from dsonode.bench.common import percentile, report
 from dsonode.config.settings import default
 from dsonode.core import attacks, bitdelta, committee, consensus, wire
 from dsonode.core.constants import DIM
+
+if TYPE_CHECKING:  # imported when a simulation runs: the CLI starts without it
+    import simpy
 
 #: CPU to validate + forward one gossip message at one node (BENCHMARKS.md `## gossip`).
 VALIDATE_S = 0.007
@@ -297,7 +300,7 @@ class Simulation:
 
     # --- churn ------------------------------------------------------------------------------
 
-    def _churn_process(self, leave: bool):
+    def _churn_process(self, leave: bool) -> Generator[simpy.events.Event, Any, None]:
         while True:
             rate = self.churn * max(self.live, 1)
             yield self.env.timeout(float(self.rng.exponential(1.0 / rate)))
@@ -328,7 +331,7 @@ class Simulation:
         self.joins += 1
         self._graft(a)
 
-    def _heartbeat_process(self):
+    def _heartbeat_process(self) -> Generator[simpy.events.Event, Any, None]:
         while self.env.now < self.end_t:
             yield self.env.timeout(self.heartbeat)
             for b in sorted(self.needs_repair):
@@ -500,7 +503,7 @@ class Simulation:
         self._queue(author, self.exps[j].item)
         self._submit(j, author)  # the author's own submission rides in the same batch
 
-    def _publisher_process(self):
+    def _publisher_process(self) -> Generator[simpy.events.Event, Any, None]:
         for j in range(self.n_experiences):
             self._publish(j)
             if j + 1 < self.n_experiences:
@@ -516,7 +519,7 @@ class Simulation:
         start = 0.1
         self.end_t = start + (self.n_experiences - 1) / self.rate + SETTLE_S
 
-        def delayed():
+        def delayed() -> Generator[simpy.events.Event, Any, None]:
             yield self.env.timeout(start)
             yield from self._publisher_process()
 

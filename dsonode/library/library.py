@@ -277,10 +277,10 @@ class Library:
             )
         return False
 
-    def network_size(self, connected: int = 0) -> int:
+    def network_size(self, connected: int | None = None) -> int:
         """Estimated nodes in the space.
 
-        Without `connected`: the committee draw's n (PROTOCOL.md section 16), the distinct
+        Without `connected` (None): the committee draw's n (PROTOCOL.md section 16), the distinct
         submission authors we aggregated (reputation rows) whose last judged submission is
         within NETWORK_SIZE_WINDOW_S, plus us. Only authors who submit count, not peers:
         light nodes and other implementations connect without submitting, and the draw is
@@ -312,6 +312,8 @@ class Library:
             self._network_size = len(authors)
             self._network_size_at = now
             self._network_size_rows = rows
+        if connected is None:  # the draw's n (0 on a light node that has heard no author)
+            return self._network_size
         return max(self._network_size, int(connected) + 1)
 
     def seen_codes(self, exp_id: bytes, limit: int) -> list[bytes]:
