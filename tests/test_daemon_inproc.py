@@ -305,3 +305,39 @@ def test_equivocating_submissions_converge_in_the_library(tmp_path):
         }
     finally:
         node.close()
+
+
+@pytest.mark.slow
+def test_the_authors_first_consensus_is_what_every_recomputation_gives(tmp_path):
+    """The consensus an add writes at once must be byte-identical to the one any node computes
+    from the same single submission: its raw code has another scale, which ranked the node's
+    own experiences differently from everyone else's (0.636 vs 0.798 for one query)."""
+    from dsonode.api.jsonrpc import AddExperienceParams
+    from dsonode.core.consensus import compute_consensus
+
+    node = _open_node(tmp_path)
+    try:
+        assert node.library is not None and node.service is not None and node.store is not None
+        text = "Write the failing test before the fix, then watch it pass."
+        out = node.service.add_experience(AddExperienceParams(text=text, domain="ml"))
+        exp_id = bytes.fromhex(out["id"])
+        space = node.library.space_id
+        written = node.store.get_consensus(space, exp_id)
+        subs = node.store.get_submissions(exp_id, space)
+        assert written is not None and len(subs) == 1
+        recomputed = compute_consensus(
+            subs,
+            experience_id=exp_id,
+            space_id=space,
+            domain="ml",
+            now_ms=wire.now_ms(),
+            ref=node.library.embedder.reference,
+            quorum=node.library.rules.quorum,
+            method=node.library.rules.method,
+        )
+        assert recomputed is not None
+        assert written.code == recomputed.record.code
+        assert written.code[4:] == subs[0].code[4:]  # same sign bits as our submission
+        assert written.code[:4] != subs[0].code[:4]  # the scale is the median's, not ours
+    finally:
+        node.close()

@@ -42,7 +42,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dsonode.core import bitdelta, committee, wire
-from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS
+from dsonode.core.aggregate import METHODS, WEIGHTED_METHODS, aggregate_codes
 from dsonode.core.consensus import (
     ConsensusRecord,
     apply_reputation,
@@ -390,7 +390,11 @@ class Library:
             fresh = ConsensusRecord(
                 space_id=self.space_id,
                 experience_id=experience.id,
-                code=code,
+                # Our code as the aggregation re-encodes it: the same sign bits, the scale of a
+                # unit median. Every node that recomputes this consensus gets exactly these
+                # bytes; our raw code's scale differs (by ~sqrt(2/pi)) and would rank our own
+                # experiences differently from everyone else's at this node.
+                code=self._single_consensus_code(code),
                 count=1,
                 confirmed=self.rules.quorum <= 1,
                 domain=experience.domain,
@@ -419,6 +423,17 @@ class Library:
         stored = self.store.get_experience(experience.id)
         assert stored is not None  # committed above; experiences are never deleted
         return AddOutcome(stored, consensus, bool(new[0]))
+
+    def _single_consensus_code(self, code: bytes) -> bytes:
+        """The consensus code of one submission, as `compute_consensus` would compute it."""
+        result = aggregate_codes(
+            [code],
+            ref=self.embedder.reference,
+            method=self.rules.method,
+            quorum=self.rules.quorum,
+        )
+        assert result.code is not None  # one valid code never cancels out
+        return result.code
 
     def record_feedback(self, exp_id: bytes, value: float) -> tuple[wire.Feedback, bool]:
         """Sign this node's vote on a stored experience, store it, publish it.
