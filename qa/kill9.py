@@ -4,7 +4,8 @@ One cycle (`kill9_cycle`): start a real node on the data directory, check it aga
 previous cycle left (see below), ingest with `add_experience` from two clients at once, and
 SIGKILL the node at a random moment. Then, with the node dead, `check_store_offline` opens
 the store (it must open clean), verifies every stored item's signature, checks that every
-acknowledged item is there with its consensus code (equal to the node's own submitted code),
+acknowledged item is there with its consensus code (the node's own submitted code as the
+aggregation re-encodes it),
 rebuilds the index from LMDB and records its answers to random query vectors. The next
 start must reproduce them exactly: the node's index after a crash is a fresh rebuild from
 LMDB, with the same ids and codes (checked through `search` by vector, k = 100, which is
@@ -149,6 +150,7 @@ def check_store_offline(
     """With the node dead: the store opens clean and holds every acknowledged item intact."""
     from dsonode.api.service import _full_query
     from dsonode.core import wire
+    from dsonode.core.aggregate import aggregate_codes
     from dsonode.identity import load_key, public_key_bytes
     from dsonode.store import CodeIndex, Store
 
@@ -169,7 +171,9 @@ def check_store_offline(
             own = [
                 s for s in store.get_submissions(cons.experience_id, space) if s.author == author
             ]
-            if not own or own[0].code != cons.code:
+            # a lone node's consensus is its one submission as the aggregation re-encodes it
+            # (same sign bits, the unit median's scale: Library.add_experience)
+            if not own or aggregate_codes([own[0].code]).code != cons.code:
                 raise Kill9Failure(
                     f"consensus of {cons.experience_id.hex()} is not the node's submitted code"
                 )
@@ -331,6 +335,7 @@ def check_consensus_offline(
 ) -> ConsensusCheck:
     """With the node dead: the store opens clean, items verify, consensus is consistent."""
     from dsonode.core import committee, wire
+    from dsonode.core.aggregate import aggregate_codes
     from dsonode.core.consensus import compute_consensus
     from dsonode.identity import load_key, public_key_bytes
     from dsonode.store import Store
@@ -367,7 +372,11 @@ def check_consensus_offline(
                 if committee.in_committee(exp_id, s.author, exp.author, limit)
             ]
             if "method" not in (cons.stats or {}):  # a local add's single-code record
-                if len(subs) != 1 or subs[0].author != author or subs[0].code != cons.code:
+                if (
+                    len(subs) != 1
+                    or subs[0].author != author
+                    or aggregate_codes([subs[0].code]).code != cons.code
+                ):
                     raise Kill9Failure(
                         f"consensus of {exp_id.hex()} is a single code but {len(subs)} "
                         "submissions are stored and it is not marked pending"

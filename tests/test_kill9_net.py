@@ -59,6 +59,7 @@ def test_the_consensus_check_catches_a_stale_record(tmp_path):
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from dsonode.core.aggregate import aggregate_codes
     from dsonode.core.constants import CODE_BYTES
     from dsonode.core.wire import encode_item, make_experience, make_submission
     from dsonode.identity import load_or_create_key
@@ -74,7 +75,10 @@ def test_the_consensus_check_catches_a_stale_record(tmp_path):
     own = make_submission(key, exp.id, space, code)
     theirs = make_submission(peer, exp.id, space, bytes([0, 0, 0x80, 0x3F]) + b"\xff" * 960)
     with Store(data_dir / "store", space_id=space) as store:
-        record = ConsensusRecord(space, exp.id, code, 1, False, "d", updated=1)
+        # what Library.add_experience writes: our code as the aggregation re-encodes it
+        single = aggregate_codes([code]).code
+        assert single is not None
+        record = ConsensusRecord(space, exp.id, single, 1, False, "d", updated=1)
         store.put_items(
             [encode_item(exp), encode_item(own)], decoded=[exp, own], consensus_if_absent=[record]
         )
