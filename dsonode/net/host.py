@@ -9,7 +9,9 @@ knows to clear libp2p's 60 s failed-dial cache first.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 import multiaddr
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -144,9 +146,42 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
     network.auto_connector = _NoAutoConnector(
         swarm=network, auto_connect_interval=conn_config.auto_connect_interval
     )
+    _bind_loopback_dials(network, config.listen_addr.ip)
     if host.get_id() != peer_id_of(private_key):  # our derivation and libp2p's must agree
         raise RuntimeError("libp2p derived a different peer id from our Ed25519 key")
     return host
+
+
+def _bind_loopback_dials(network: Swarm, listen_ip: str) -> None:
+    """Dial loopback peers from our own loopback listen address (127.0.0.N).
+
+    Left alone, the kernel sends every loopback dial from 127.0.0.1, so on a testnet of nodes
+    on 127.0.0.2.. all of them look like one IP to the inbound caps and more than
+    net.max_inbound_per_ip of them cannot connect to the same node (the bootstrap, first).
+    Only loopback to loopback: elsewhere the routing table picks the source, as it should.
+    py-libp2p 0.8.1's TCP transport has `dial_with_source` (an ephemeral port of that IP).
+    """
+    ip = ipaddress.ip_address(listen_ip)
+    if not ip.is_loopback:
+        return
+    for transport in network.transport_manager.get_transports():
+        dial_with_source = getattr(transport, "dial_with_source", None)
+        if dial_with_source is None:
+            continue
+        plain_dial = transport.dial
+
+        async def dial(
+            maddr: multiaddr.Multiaddr, plain: Any = plain_dial, via: Any = dial_with_source
+        ) -> Any:
+            try:
+                dest = ipaddress.ip_address(str(maddr).split("/")[2])
+            except (ValueError, IndexError):  # a DNS name: not ours to bind
+                return await plain(maddr)
+            if dest.is_loopback and dest.version == ip.version:
+                return await via(maddr, (listen_ip, 0))
+            return await plain(maddr)
+
+        transport.dial = dial  # type: ignore[method-assign]  # no source hook in 0.8.1
 
 
 def listen_multiaddrs(host: IHost) -> list[str]:
