@@ -107,7 +107,7 @@ def _ip_of(conn: Any) -> str | None:
 
 
 def _direction(conn: Any) -> str:
-    """ "inbound", "outbound" or "unknown" (py-libp2p 0.8.1's `SwarmConn.direction` is an
+    """The direction, inbound, outbound or unknown (py-libp2p 0.8.1's `SwarmConn.direction` is an
     IntEnum whose INBOUND is 0: its name, not its value, says the direction)."""
     d = getattr(conn, "direction", None)
     name = getattr(d, "name", None)
