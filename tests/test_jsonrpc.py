@@ -322,6 +322,40 @@ def test_add_experience_params():
     )
 
 
+#: An Ed25519 peer id (of 32 zero bytes) and a full loopback peer address.
+PEER = "12D3KooW9pNAk8aiBuGVQtWRdbkLmo5qVL3e2h5UxbN2Nz9ttwiw"
+
+
+def test_peer_params():
+    addr = f"/ip4/127.0.0.2/tcp/4001/p2p/{PEER}"
+    assert j.validate_params("add_peer", {"multiaddr": addr}) == j.AddPeerParams(addr)
+    # syntax only here: a non-loopback address passes, the node's policy decides (service)
+    assert j.validate_params("add_peer", {"multiaddr": addr.replace("127.0.0.2", "10.0.0.1")})
+    assert j.validate_params("forget_peer", {"peer_id": PEER}) == j.ForgetPeerParams(PEER)
+    for bad in (
+        {},
+        {"multiaddr": None},
+        {"multiaddr": 4001},
+        {"multiaddr": "  "},
+        {"multiaddr": "/ip4/127.0.0.2/tcp/4001"},  # no /p2p/: a peer address names the peer
+        {"multiaddr": "/ip4/127.0.0.2/udp/4001/p2p/" + PEER},
+        {"multiaddr": "/ip4/127.0.0.2/tcp/0/p2p/" + PEER},
+        {"multiaddr": "/ip4/127.0.0.2/tcp/4001/p2p/" + PEER[:-1] + "0"},  # not base58
+        {"multiaddr": "/ip4/127.0.0.2/tcp/4001/p2p/" + PEER + "a"},
+        {"multiaddr": "/ip4/" + "1" * 300},
+    ):
+        assert invalid_param("add_peer", bad) == "multiaddr", bad
+    assert invalid_param("add_peer", {"multiaddr": addr, "dial": True}) == "dial"
+    for bad in ({}, {"peer_id": 12}, {"peer_id": ""}, {"peer_id": "0OIl"}, {"peer_id": "x" * 65}):
+        assert invalid_param("forget_peer", bad) == "peer_id", bad
+    assert invalid_param("forget_peer", {"peer_id": "1" + PEER}) == "peer_id"  # not canonical
+    with pytest.raises(j.InvalidParams, match="peer_id") as err:
+        j.validate_params(
+            "forget_peer", {"peer_id": "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"}
+        )
+    assert err.value.code == j.INVALID_PARAMS  # an RSA/sha256 id: not an Ed25519 peer id
+
+
 def test_no_param_methods():
     assert j.validate_params("health", {}) == j.NoParams()
     assert invalid_param("stats", {"verbose": True}) == "verbose"

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dsonode.cli import main
 from dsonode.config.loader import ConfigError, config_from_mapping
-from dsonode.ops.cli import format_duration, peer_rows, status_summary
+from dsonode.ops.cli import format_ago, format_duration, peer_rows, status_summary
 from dsonode.ops.logs import JsonFormatter, setup_logging
 from dsonode.ops.metrics import (
     HttpLimits,
@@ -57,9 +57,9 @@ STATS = {
         # the persisted peer book (dsonode.net.connmgr) and the libp2p peerstore
         "known_peers": [
             {
-                "peer_id": f"peer{i}",
-                "addrs": [],
-                "last_seen_ms": 0,
+                "peer_id": f"peer{i}" if i else PEER_B,
+                "addrs": [] if i else ["/ip4/127.0.0.3/tcp/4001"],
+                "last_seen_ms": 0 if i else 1_700_000_000_000,
                 "score": 0.0,
                 "source": "dht" if i else "config",
                 "connected": i == 0,
@@ -347,19 +347,46 @@ def test_status_and_peers_summaries():
     assert s["network"]["mesh_by_topic"] == {"/dso/1/space/ab": 1, "/other": 3}
     assert (s["network"]["network_size"], s["network"]["committee_n"]) == (5, 2)
     rows = peer_rows(STATS)
-    assert [r["peer_id"] for r in rows] == [PEER_B, PEER_A]  # connected first, self last
-    b, a = rows
+    # connected first, then the rest of the book, self last
+    assert [r["peer_id"] for r in rows] == [PEER_B, "peer1", "peer2", "peer3", PEER_A]
+    b, p1, a = rows[0], rows[1], rows[-1]
     assert b["connected"] and b["accepted"] == 30 and b["rejected"] == 5 and b["penalty"] == 12.5
     assert b["reputation"] == {"score": 0.667, "accepted": 5, "rejected": 2}
-    assert a["self"] and not a["connected"]
+    assert (b["known"], b["source"], b["last_seen_ms"]) == (True, "config", 1_700_000_000_000)
+    assert b["addrs"] == ["/ip4/127.0.0.3/tcp/4001"]
+    assert (p1["known"], p1["connected"], p1["source"], p1["last_seen_ms"]) == (
+        True,
+        False,
+        "dht",
+        None,  # never connected
+    )
+    assert p1["reputation"] is None and p1["accepted"] == 0
+    assert a["self"] and not a["connected"] and not a["known"] and a["source"] is None
     assert peer_rows({k: v for k, v in STATS.items() if k != "network"}) == []
     assert format_duration(3723.5) == "1h 02m 03s" and format_duration(None) == "?"
 
 
-@pytest.mark.parametrize("command", ["status", "peers"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["peers"],
+        ["peers", "add", f"/ip4/127.0.0.3/tcp/4001/p2p/{PEER_B}"],
+        ["peers", "forget", PEER_B],
+    ],
+)
 def test_no_node_running_is_exit_1(tmp_path, capsys, command):
-    assert main([command, "--data-dir", str(tmp_path)]) == 1
+    assert main([*command, "--data-dir", str(tmp_path)]) == 1
     assert "no node is running" in capsys.readouterr().err
+    # the client options may also come before the subcommand (not reset by its defaults)
+    assert main([command[0], "--data-dir", str(tmp_path), *command[1:]]) == 1
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_format_ago():
+    assert format_ago(None, 5_000) == "-" and format_ago(0, 5_000) == "-"
+    assert format_ago(4_500, 5_000) == "now"
+    assert format_ago(5_000, 5_000 + 3_723_000) == "1h 02m 03s ago"
 
 
 def test_status_without_a_peer_book_shows_no_discovery_figure():

@@ -461,6 +461,36 @@ def test_cli_errors_are_clear(node, tmp_path, capsys):
     assert code == 2 and "already serving" in err
 
 
+PEER = "12D3KooW9pNAk8aiBuGVQtWRdbkLmo5qVL3e2h5UxbN2Nz9ttwiw"  # of the all-zero key
+
+
+def test_peer_methods_on_a_node_without_network(node, capsys):
+    """This node runs without --listen: the peer methods say so (-32003); bad params are
+    still -32602 first, naming the param."""
+    with node.client() as c:
+        for call in (
+            lambda: c.add_peer(f"/ip4/127.0.0.3/tcp/4001/p2p/{PEER}"),
+            lambda: c.forget_peer(PEER),
+        ):
+            with pytest.raises(RpcError) as err:
+                call()
+            assert err.value.code == j.NO_NETWORK
+            assert "networking is off" in err.value.message and "--listen" in err.value.message
+        with pytest.raises(RpcError) as err:
+            c.add_peer("/ip4/127.0.0.3/tcp/4001")
+        assert err.value.code == j.INVALID_PARAMS and err.value.data == {"param": "multiaddr"}
+        assert "/p2p/" in err.value.message
+        with pytest.raises(RpcError) as err:
+            c.forget_peer("not a peer id")
+        assert err.value.code == j.INVALID_PARAMS and err.value.data == {"param": "peer_id"}
+        assert c.health()["status"] == "ok"  # the connection goes on
+    d = ["--data-dir", str(node.data_dir)]
+    code, out, err_text = dsonode(capsys, "peers", "forget", PEER, *d)
+    assert code == 1 and "networking is off" in err_text and "Traceback" not in err_text
+    code, out, _ = dsonode(capsys, "peers", *d)
+    assert code == 0 and "networking is off" in out
+
+
 def test_client_without_node(tmp_path):
     with pytest.raises(NodeNotRunning):
         Client(tmp_path / "dsonode.sock").health()

@@ -262,3 +262,13 @@ class Client:
 
     def health(self) -> dict[str, Any]:
         return self.call("health")
+
+    def add_peer(self, multiaddr: str) -> dict[str, Any]:
+        """Have the node remember a peer, /ip4/<ip>/tcp/<port>/p2p/<peer id>, and dial it
+        when it wants peers. Returns {"peer_id", "addrs", "source": "operator"}."""
+        return self.call("add_peer", {"multiaddr": multiaddr})
+
+    def forget_peer(self, peer_id: str) -> dict[str, Any]:
+        """Have the node forget a known peer. Returns {"peer_id", "forgotten" (it was known),
+        "connected" (a connection stays open until either side closes it)}."""
+        return self.call("forget_peer", {"peer_id": peer_id})

@@ -32,6 +32,14 @@ import orjson
 
 from dsonode.core.constants import DIM, MAX_TEXT_BYTES, PREFIX_DIMS
 from dsonode.core.errors import DsoError
+from dsonode.core.peerinfo import (
+    MAX_MULTIADDR_CHARS,
+    MAX_PEER_ID_CHARS,
+    PeerAddrError,
+    parse_multiaddr,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+)
 from dsonode.core.wire import MAX_DOMAIN_BYTES, MAX_TAG_BYTES, MAX_TAGS
 
 JSONRPC_VERSION = "2.0"
@@ -60,6 +68,8 @@ SERVER_BUSY = -32000
 NOT_FOUND = -32001
 #: The method (or this form of it) needs the encoder and the node runs with role light.
 NEEDS_FULL_NODE = -32002
+#: A peer method on a node whose network is off (no --listen) or not running (yet, or any more).
+NO_NETWORK = -32003
 
 VECTOR_DIMS = (DIM, *PREFIX_DIMS)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -98,6 +108,16 @@ class NeedsFullNode(RpcError):
             f"{what} needs a full node: this node runs with role light (no encoder loaded)"
             + (f"; {hint}" if hint else ""),
             {"role": "light"},
+        )
+
+
+class NoNetwork(RpcError):
+    """A peer method was called on a node that runs without its network."""
+
+    def __init__(self, what: str, detail: str = "networking is off on this node"):
+        super().__init__(
+            NO_NETWORK,
+            f"{what} needs the network: {detail} (run the node with --listen to join peers)",
         )
 
 
@@ -357,6 +377,19 @@ class SubmitRolloutsParams:
     llm_model: str | None = None
 
 
+@dataclass(frozen=True)
+class AddPeerParams:
+    """A full peer address, /ip4|ip6/<ip>/tcp/<port>/p2p/<peer id> (syntax checked here; the
+    node's own policy, loopback unless net.allow_non_loopback, is applied by the daemon)."""
+
+    multiaddr: str
+
+
+@dataclass(frozen=True)
+class ForgetPeerParams:
+    peer_id: str  # canonical base58 of an Ed25519 peer id
+
+
 def _check_names(params: dict[str, Any], allowed: set[str]) -> None:
     for name in params:
         if name not in allowed:
@@ -507,6 +540,37 @@ def _give_feedback(params: dict[str, Any]) -> GiveFeedbackParams:
     return GiveFeedbackParams(exp_id, float(delta))
 
 
+def _add_peer(params: dict[str, Any]) -> AddPeerParams:
+    _check_names(params, {"multiaddr"})
+    text = _string(params, "multiaddr", max_bytes=MAX_MULTIADDR_CHARS, required=True)
+    assert text is not None
+    try:
+        parse_multiaddr(text, allow_non_loopback=True, require_peer_id=True)
+    except PeerAddrError as exc:
+        raise InvalidParams("multiaddr", f"is not a peer address: {exc}") from None
+    return AddPeerParams(text)
+
+
+def parse_peer_id(value: Any, name: str = "peer_id") -> str:
+    """A canonical base58 Ed25519 peer id ("12D3KooW..."), or InvalidParams naming `name`."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_PEER_ID_CHARS:
+        raise InvalidParams(name, f"must be a base58 peer id of at most {MAX_PEER_ID_CHARS} chars")
+    try:
+        canonical = peer_id_from_public_key(public_key_from_peer_id(value))
+    except PeerAddrError as exc:
+        raise InvalidParams(name, f"is not an Ed25519 peer id: {exc}") from None
+    if canonical != value:
+        raise InvalidParams(name, "is not in canonical base58")
+    return value
+
+
+def _forget_peer(params: dict[str, Any]) -> ForgetPeerParams:
+    _check_names(params, {"peer_id"})
+    if "peer_id" not in params:
+        raise InvalidParams("peer_id", "is required")
+    return ForgetPeerParams(parse_peer_id(params["peer_id"]))
+
+
 def _none(params: dict[str, Any]) -> NoParams:
     _check_names(params, set())
     return NoParams()
@@ -521,6 +585,8 @@ METHODS = {
     "submit_rollouts": _submit_rollouts,
     "stats": _none,
     "health": _none,
+    "add_peer": _add_peer,
+    "forget_peer": _forget_peer,
 }
 
 

@@ -21,10 +21,13 @@ from dsonode import __version__
 from dsonode.api import jsonrpc
 from dsonode.api.jsonrpc import (
     AddExperienceParams,
+    AddPeerParams,
+    ForgetPeerParams,
     GetParams,
     GiveFeedbackParams,
     InvalidParams,
     NeedsFullNode,
+    NoNetwork,
     NoParams,
     NotFound,
     SearchParams,
@@ -34,8 +37,9 @@ from dsonode.api.rollouts import submit_rollouts
 from dsonode.core import wire
 from dsonode.core.consensus import ConsensusRecord
 from dsonode.core.constants import DIM
-from dsonode.core.errors import WireError
+from dsonode.core.errors import DsoError, WireError
 from dsonode.core.feedback import rerank
+from dsonode.core.peerinfo import PeerAddrError
 from dsonode.library import Library
 from dsonode.store import ExperienceRecord
 
@@ -70,8 +74,19 @@ def _full_query(values: np.ndarray) -> np.ndarray:
     return vector / norm
 
 
-class NetworkView(Protocol):
-    """What `stats` shows of the network daemon (dsonode.net.daemon.NetDaemon)."""
+class PeerAdmin(Protocol):
+    """The operator's peer commands (dsonode.net.daemon.NetDaemon, from a worker thread).
+    Both raise PeerAddrError for an address the node refuses and another DsoError when the
+    network is not running."""
+
+    def add_peer(self, multiaddr_text: str) -> dict[str, Any]: ...
+
+    def forget_peer(self, peer_id: str) -> dict[str, Any]: ...
+
+
+class NetworkView(PeerAdmin, Protocol):
+    """What the socket sees of the network daemon (dsonode.net.daemon.NetDaemon): its state
+    for `stats`, and the peer commands."""
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -250,6 +265,30 @@ class RetrievalService:
             **({"network": self.network.stats()} if self.network is not None else {}),
         }
 
+    def _peers(self, what: str) -> PeerAdmin:
+        if self.network is None:
+            raise NoNetwork(what)
+        return self.network
+
+    def add_peer(self, p: AddPeerParams) -> dict[str, Any]:
+        """Remember a peer (source "operator") and dial it as soon as the node wants peers."""
+        network = self._peers("add_peer")
+        try:
+            return network.add_peer(p.multiaddr)
+        except PeerAddrError as exc:
+            raise InvalidParams("multiaddr", f"is refused by this node: {exc}") from None
+        except DsoError as exc:
+            raise NoNetwork("add_peer", str(exc)) from None
+
+    def forget_peer(self, p: ForgetPeerParams) -> dict[str, Any]:
+        """Drop a peer from the node's book: it is not dialled from it any more (it may still
+        dial us, and a Kademlia lookup may find it again)."""
+        network = self._peers("forget_peer")
+        try:
+            return network.forget_peer(p.peer_id)
+        except DsoError as exc:
+            raise NoNetwork("forget_peer", str(exc)) from None
+
     def health(self, _p: NoParams | None = None) -> dict[str, Any]:
         return {
             "status": "ok",
@@ -293,4 +332,7 @@ class RetrievalService:
             "submit_rollouts": submit_rollouts,
             "stats": in_thread(self.stats),
             "health": health,
+            # hop to the daemon's event loop and back: quick, but not on the server's loop
+            "add_peer": in_thread(self.add_peer),
+            "forget_peer": in_thread(self.forget_peer),
         }

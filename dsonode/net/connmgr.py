@@ -107,8 +107,11 @@ def _ip_of(conn: Any) -> str | None:
 
 
 def _direction(conn: Any) -> str:
+    """The direction, inbound, outbound or unknown (py-libp2p 0.8.1's `SwarmConn.direction` is an
+    IntEnum whose INBOUND is 0: its name, not its value, says the direction)."""
     d = getattr(conn, "direction", None)
-    return str(getattr(d, "value", d) or "").lower()
+    name = getattr(d, "name", None)
+    return str(name if isinstance(name, str) else d or "unknown").lower()
 
 
 class ConnectionManager:
@@ -144,6 +147,11 @@ class ConnectionManager:
         self._dialing: set[str] = set()
         self._useful: dict[str, float] = {}
         self._forget: set[str] = set()
+        #: Peers the operator forgot -> "has been disconnected since" (insertion order: the
+        #: oldest are dropped past known_peers_max). Not learned back from libp2p's peerstore,
+        #: which still holds their addresses, until the operator adds them again or they
+        #: connect anew (they dial us, or a lookup dials them).
+        self._forgotten: dict[str, bool] = {}
         self._dirty = False
         self._last_flush = 0.0
         self._next_lookup = 0.0
@@ -373,6 +381,9 @@ class ConnectionManager:
 
     def _harvest(self, connected: set[str]) -> None:
         """What libp2p learned (identify, Kademlia answers) into the book, by policy."""
+        for pid in self._forgotten:
+            if pid not in connected:
+                self._forgotten[pid] = True
         peerstore = self.host.get_peerstore()
         for peer in peerstore.peers_with_addrs():
             pid = peer.to_base58()
@@ -382,6 +393,10 @@ class ConnectionManager:
                 addrs = [str(a) for a in peerstore.addrs(peer)]
             except Exception:  # expired between the two calls
                 continue
+            if pid in self._forgotten:
+                if pid not in connected or not self._forgotten[pid]:
+                    continue  # not back, or still the connection it had when forgotten
+                del self._forgotten[pid]  # a new connection: it dialled us or a lookup did
             source = "inbound" if pid in connected and pid not in self.book else "dht"
             self._learn(pid, addrs, source)
 
@@ -468,14 +483,24 @@ class ConnectionManager:
         assert addr.peer_id is not None
         if addr.peer_id == self.self_id:
             raise PeerAddrError("that is this node's own peer id")
+        if self.addr_allowed(addr.tcp_multiaddr) is None:
+            raise PeerAddrError(f"{addr.tcp_multiaddr} is this node's own listen address")
+        self._forgotten.pop(addr.peer_id, None)
         self._learn(addr.peer_id, [addr.tcp_multiaddr], "operator")
         self._backoff.pop(addr.peer_id, None)  # the operator asks for it now
         return self.book[addr.peer_id]
 
     def forget(self, pid: str) -> bool:
+        """Drop a peer from the book (and the store at the next flush); True if it was known.
+
+        It is not dialled from the book any more and not learned back from the peerstore;
+        an open connection stays, and the peer may dial us or be found by a lookup again."""
         found = self.book.pop(pid, None) is not None
         self._backoff.pop(pid, None)
         self.configured.discard(pid)
+        self._forgotten[pid] = False
+        while len(self._forgotten) > self.config.known_peers_max:
+            del self._forgotten[next(iter(self._forgotten))]
         if found:
             self._forget.add(pid)
             self._dirty = True

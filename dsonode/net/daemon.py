@@ -551,16 +551,25 @@ class NetDaemon:
             raise DaemonError("the network is not running") from None
 
     def add_peer(self, multiaddr_text: str) -> dict[str, Any]:
-        """Remember a peer (source "operator"); it is dialled as soon as the node needs one."""
-        try:
-            peer = self._on_loop(self._connmgr().add, multiaddr_text)
-        except (DsoError, ValueError) as exc:
-            raise DaemonError(str(exc)) from None
+        """Remember a peer (source "operator"); it is dialled as soon as the node needs one.
+
+        Raises PeerAddrError for an address this node refuses (not loopback without
+        net.allow_non_loopback, our own id or listen address) and DaemonError when the
+        network is not running."""
+        peer = self._on_loop(self._connmgr().add, multiaddr_text)
         return {"peer_id": peer.peer_id, "addrs": list(peer.addrs), "source": peer.source}
 
-    def forget_peer(self, peer_id: str) -> bool:
-        """Forget a known peer (its record goes from the store at the next flush)."""
-        return bool(self._on_loop(self._connmgr().forget, peer_id))
+    def forget_peer(self, peer_id: str) -> dict[str, Any]:
+        """Forget a known peer (its record goes from the store at the next flush): it is no
+        longer dialled from the book; an open connection stays (see ConnectionManager.forget)."""
+
+        def forget() -> dict[str, Any]:
+            known = self._connmgr().forget(peer_id)
+            connected = {p.to_base58() for p in connected_peers(self.host)} if self.host else set()
+            return {"peer_id": peer_id, "forgotten": known, "connected": peer_id in connected}
+
+        result: dict[str, Any] = self._on_loop(forget)
+        return result
 
     def _connmgr(self) -> ConnectionManager:
         if self.connmgr is None:

@@ -9,24 +9,32 @@ knows to clear libp2p's 60 s failed-dial cache first.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass
+from typing import Any, cast
 
 import multiaddr
+import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, IRawConnection
 from libp2p.crypto.ed25519 import Ed25519PrivateKey as P2PEd25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.exceptions import OpenConnectionError
+from libp2p.transport.tcp.tcp import TCP
 
 from dsonode.config.settings import default
 from dsonode.core.peerinfo import (
@@ -144,9 +152,51 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
     network.auto_connector = _NoAutoConnector(
         swarm=network, auto_connect_interval=conn_config.auto_connect_interval
     )
+    _bind_loopback_dials(network, config.listen_addr.ip)
     if host.get_id() != peer_id_of(private_key):  # our derivation and libp2p's must agree
         raise RuntimeError("libp2p derived a different peer id from our Ed25519 key")
     return host
+
+
+def _bind_loopback_dials(network: Swarm, listen_ip: str) -> None:
+    """Dial loopback peers from our own loopback listen address (127.0.0.N).
+
+    Left alone, the kernel sends every loopback dial from 127.0.0.1, so on a testnet of nodes
+    on 127.0.0.2.. all of them look like one IP to the inbound caps and more than
+    net.max_inbound_per_ip of them cannot connect to the same node (the bootstrap, first).
+    Only loopback to loopback: elsewhere the routing table picks the source, as it should.
+    The TCP transport of py-libp2p 0.8.1 takes no source address (its `dial_with_source`
+    binds with SO_REUSEPORT and logs a refused dial at ERROR), so the socket is opened here.
+    """
+    ip = ipaddress.ip_address(listen_ip)
+    if not ip.is_loopback:
+        return
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    for transport in network.transport_manager.get_transports():
+        if not isinstance(transport, TCP):
+            continue
+        plain_dial = transport.dial
+
+        async def dial(maddr: multiaddr.Multiaddr, plain: Any = plain_dial) -> IRawConnection:
+            try:
+                addr = parse_multiaddr(str(maddr))
+            except PeerAddrError:  # not a loopback /ip4|ip6/.../tcp/N: not ours to bind
+                return cast(IRawConnection, await plain(maddr))
+            if ipaddress.ip_address(addr.ip).version != ip.version:
+                return cast(IRawConnection, await plain(maddr))
+            sock = trio.socket.socket(family, socket.SOCK_STREAM)
+            try:
+                await sock.bind((listen_ip, 0))
+                await sock.connect((addr.ip, addr.port))
+            except OSError as exc:
+                sock.close()
+                raise OpenConnectionError(f"Failed to open TCP stream to {maddr}: {exc}") from exc
+            except BaseException:  # cancelled (dial timeout)
+                sock.close()
+                raise
+            return RawConnection(TrioTCPStream(trio.SocketStream(sock)), True)
+
+        transport.dial = dial  # type: ignore[method-assign]  # no source hook in 0.8.1
 
 
 def listen_multiaddrs(host: IHost) -> list[str]:

@@ -1,8 +1,9 @@
 """Commands: `dsonode status` and `dsonode peers`, read from the running node's socket.
 
 Both call the socket's `stats` method (the same figures Prometheus scrapes) and print a
-summary; `--json` prints the summary as one JSON document instead. No node on the socket is
-exit code 1 with a message saying so. Building these commands imports nothing heavy
+summary; `--json` prints the summary as one JSON document instead. `dsonode peers add
+MULTIADDR` and `dsonode peers forget PEER_ID` call the socket's `add_peer` / `forget_peer`.
+No node on the socket is exit code 1 with a message saying so; so is a refused request. Building these commands imports nothing heavy
 (tests/test_cli.py): the client is plain `socket`, tables are rich.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,16 @@ from dsonode.argtypes import SubParsers
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     add_node_args(p, timeout=30.0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_sub_client_args(p: argparse.ArgumentParser) -> None:
+    """The client arguments again on `peers add|forget`, without defaults of their own:
+    argparse would otherwise overwrite `dsonode peers --data-dir X add ...`'s X with the
+    subcommand's default (a subparser copies every attribute it sets onto the namespace)."""
+    _add_client_args(p)
+    for action in p._actions:
+        if action.dest in ("data_dir", "socket", "timeout", "json"):
+            action.default = argparse.SUPPRESS
 
 
 def register(subparsers: SubParsers) -> None:
@@ -34,12 +46,38 @@ def register(subparsers: SubParsers) -> None:
 
     p = subparsers.add_parser(
         "peers",
-        help="the running node's known peers: traffic, penalties, reputation",
-        description="One row a known peer: connected or not, items accepted and rejected from "
-        "it, its penalty and graylisting, and the reputation of its submissions.",
+        help="the running node's known peers (list, add, forget)",
+        description="Without a subcommand: one row a peer the node knows of (its book of "
+        "known peers, connected peers, peers it heard from or judged): in the book or not, "
+        "connected or not, how it was learned (config, operator, dht, inbound, stored), when "
+        "it was last connected, items accepted and rejected from it, its penalty and "
+        "graylisting, and the reputation of its submissions.",
     )
     _add_client_args(p)
     p.set_defaults(func=cmd_peers)
+    sub = p.add_subparsers(dest="peers_command", metavar="{add,forget}")
+    a = sub.add_parser(
+        "add",
+        help="remember a peer and dial it when the node wants peers",
+        description="Add a peer to the running node's book (source operator, kept in its "
+        "store): /ip4/<ip>/tcp/<port>/p2p/<peer id> (or /ip6/...). Loopback only unless the "
+        "node runs with net.allow_non_loopback. It is dialled while the node has fewer than "
+        "net.low_water peers.",
+    )
+    a.add_argument("multiaddr", help="/ip4/<ip>/tcp/<port>/p2p/<peer id>")
+    _add_sub_client_args(a)
+    a.set_defaults(func=cmd_peers_add)
+    f = sub.add_parser(
+        "forget",
+        help="drop a peer from the node's book",
+        description="Remove a peer from the running node's book of known peers (and its "
+        "store): it is no longer dialled from the book. An open connection stays until "
+        "either side closes it; the peer may still dial this node, and a Kademlia lookup may "
+        "find it again; a --peer given at start comes back at the next start.",
+    )
+    f.add_argument("peer_id", help="base58 peer id (12D3KooW...)")
+    _add_sub_client_args(f)
+    f.set_defaults(func=cmd_peers_forget)
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,8 +147,9 @@ def status_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What `dsonode peers` shows: one row a peer the node knows of (connected, heard from,
-    or judged by consensus), sorted connected first, then by peer id."""
+    """What `dsonode peers` shows: one row a peer the node knows of (in its book of known
+    peers, connected, heard from, or judged by consensus), sorted connected first, then by
+    peer id, the node itself last."""
     net = stats.get("network")
     if not isinstance(net, Mapping):
         return []
@@ -118,20 +157,30 @@ def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     connected = set(net.get("connected") or [])
     graylisted = set((net.get("pipeline") or {}).get("graylisted") or [])
     traffic = net.get("peers") or {}
+    book: dict[str, Mapping[str, Any]] = {}
+    for rec in net.get("known_peers") or []:  # the persisted book (dsonode.net.connmgr)
+        if isinstance(rec, Mapping) and isinstance(rec.get("peer_id"), str):
+            book[rec["peer_id"]] = rec
     reputation: dict[str, Mapping[str, Any]] = {}
     for author, rec in (net.get("reputation") or {}).items():
         if isinstance(rec, Mapping):
             reputation[str(rec.get("peer_id") or author)] = rec
     rows = []
-    for pid in sorted(connected | set(traffic) | set(reputation)):
+    for pid in sorted(connected | set(traffic) | set(reputation) | set(book)):
         t = traffic.get(pid) or {}
         rep = reputation.get(pid)
+        known = book.get(pid)
         rejected = t.get("rejected") or {}
+        seen = _int(known.get("last_seen_ms")) if known is not None else 0
         rows.append(
             {
                 "peer_id": pid,
                 "self": pid == own,
+                "known": known is not None,
                 "connected": pid in connected,
+                "source": str(known.get("source")) if known is not None else None,
+                "last_seen_ms": seen or None,
+                "addrs": [str(a) for a in known.get("addrs") or []] if known is not None else [],
                 "accepted": _int(t.get("accepted")),
                 "rejected": _sum(rejected),
                 "rejected_by_reason": {str(k): _int(v) for k, v in rejected.items()}
@@ -150,6 +199,13 @@ def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
         )
     rows.sort(key=lambda r: (r["self"], not r["connected"], r["peer_id"]))
     return rows
+
+
+def format_ago(ms: int | None, now_ms: int) -> str:
+    """How long ago an epoch-milliseconds time was ("-" for never)."""
+    if not ms:
+        return "-"
+    return "now" if now_ms - ms < 1000 else f"{format_duration((now_ms - ms) / 1000)} ago"
 
 
 def format_duration(seconds: Any) -> str:
@@ -269,15 +325,20 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
+    now_ms = int(time.time() * 1000)
     t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for name in ("peer id", "connected", "accepted", "rejected", "penalty", "graylisted"):
+    names = ("peer id", "known", "connected", "source", "last seen", "accepted", "rejected")
+    for name in (*names, "penalty", "graylisted"):
         t.add_column(name, no_wrap=True, justify="left" if name == "peer id" else "right")
     t.add_column("reputation (score, ok/rejected)", no_wrap=True, justify="right")
     for r in rows:
         rep = r["reputation"]
         t.add_row(
             r["peer_id"] + (" (self)" if r["self"] else ""),
+            "-" if r["self"] else "yes" if r["known"] else "no",
             "-" if r["self"] else "yes" if r["connected"] else "no",
+            r["source"] or "-",
+            format_ago(r["last_seen_ms"], now_ms),
             str(r["accepted"]),
             str(r["rejected"]),
             f"{r['penalty']:.1f}",
@@ -285,4 +346,45 @@ def cmd_peers(args: argparse.Namespace) -> int:
             "-" if rep is None else f"{rep['score']:.3f}, {rep['accepted']}/{rep['rejected']}",
         )
     _print_table(t)
+    return 0
+
+
+def _peer_command(args: argparse.Namespace, method: str, value: str) -> dict[str, Any] | None:
+    """Call `add_peer`/`forget_peer`; None after telling the user why not (exit code 1)."""
+    from dsonode.api.client import ClientError
+    from dsonode.api.jsonrpc import RpcError
+
+    try:
+        with node_client(args) as client:
+            result: dict[str, Any] = getattr(client, method)(value)
+            return result
+    except (ClientError, RpcError) as exc:
+        message = exc.message if isinstance(exc, RpcError) else str(exc)
+        print(f"dsonode: {message}", file=sys.stderr)
+        return None
+
+
+def cmd_peers_add(args: argparse.Namespace) -> int:
+    result = _peer_command(args, "add_peer", args.multiaddr)
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        addrs = ", ".join(result.get("addrs") or [])
+        print(f"added {result.get('peer_id')} ({addrs}); dialled when the node wants peers")
+    return 0
+
+
+def cmd_peers_forget(args: argparse.Namespace) -> int:
+    result = _peer_command(args, "forget_peer", args.peer_id)
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif not result.get("forgotten"):
+        print(f"{args.peer_id} was not in the node's book of known peers")
+    else:
+        still = " (still connected: it may keep the connection or dial again)"
+        print(f"forgot {args.peer_id}" + (still if result.get("connected") else ""))
     return 0
