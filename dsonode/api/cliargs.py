@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     from dsonode.api.client import Client
 
 
-def add_data_dir_arg(p: argparse.ArgumentParser) -> None:
-    """`--data-dir DIR` (default None: resolved to $DSONODE_DATA_DIR or ~/.dsonode when used)."""
+def add_data_dir_arg(p: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    """`--data-dir DIR` (default None: resolved to $DSONODE_DATA_DIR or ~/.dsonode when used;
+    `inherit`: no default of its own, see `add_node_args`)."""
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=None,
+        default=argparse.SUPPRESS if inherit else None,
         help=f"the node's data directory (default: $DSONODE_DATA_DIR or {default_data_dir()})",
     )
 
@@ -37,15 +38,23 @@ def add_node_args(
     timeout: float,
     timeout_max: float = math.inf,
     timeout_help: str = "seconds to wait for the node",
+    inherit: bool = False,
 ) -> None:
     """`--data-dir`, `--socket` and `--timeout` (seconds in (0, timeout_max], default
-    `timeout`; the help text ends with the default)."""
-    add_data_dir_arg(p)
-    p.add_argument("--socket", type=Path, default=None, help="socket path (overrides --data-dir)")
+    `timeout`; the help text ends with the default). `inherit` (on a subcommand whose parent
+    command has the same arguments): no defaults of their own, because argparse copies a
+    subparser's defaults over what was given before the subcommand."""
+    add_data_dir_arg(p, inherit=inherit)
+    p.add_argument(
+        "--socket",
+        type=Path,
+        default=argparse.SUPPRESS if inherit else None,
+        help="socket path (overrides --data-dir)",
+    )
     p.add_argument(
         "--timeout",
         type=bounded_float(0, timeout_max, open_low=True),
-        default=timeout,
+        default=argparse.SUPPRESS if inherit else timeout,
         help=f"{timeout_help} (default {timeout:g})",
     )
 

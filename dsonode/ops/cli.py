@@ -29,10 +29,10 @@ def _add_sub_client_args(p: argparse.ArgumentParser) -> None:
     """The client arguments again on `peers add|forget`, without defaults of their own:
     argparse would otherwise overwrite `dsonode peers --data-dir X add ...`'s X with the
     subcommand's default (a subparser copies every attribute it sets onto the namespace)."""
-    _add_client_args(p)
-    for action in p._actions:
-        if action.dest in ("data_dir", "socket", "timeout", "json"):
-            action.default = argparse.SUPPRESS
+    add_node_args(p, timeout=30.0, inherit=True)
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the summary as JSON"
+    )
 
 
 def register(subparsers: SubParsers) -> None:
