@@ -27,6 +27,11 @@ Figures per N:
 * `p50_ms` / `p99_ms`: per such pair, the time the node first stored the experience minus
   the time its author stored it (both `stats.network.arrivals`, `Library.arrivals`: unix ms
   at each node's own commit; one clock, the machine's).
+* `coverage_99_ms`: per experience, its author's store until 99 % of the nodes stored it,
+  median over experiences (`dsonode bench simulate`'s `coverage_99_s`).
+* `msgs_in_per_item_per_node`: gossip messages handed to each node's handler during batch 1
+  (`gossip.received_msgs`, submissions' messages included, libp2p's seen-cache duplicates
+  not) per experience it received, mean over nodes.
 * `bytes_in_per_item_per_node`: gossip message bytes handed to each node's handler during
   batch 1 (`gossip.received_bytes`: the experiences, the committee's submissions, the batch
   envelopes; not libp2p's framing, control messages or the copies libp2p's seen-cache drops)
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import random
 import re
 import shutil
@@ -264,8 +270,14 @@ def _delivery(
 ) -> dict[str, Any]:
     pairs = delivered = 0
     lat: list[float] = []
+    coverage: list[float] = []
+    need = math.ceil(0.99 * len(alive))  # as simulate's coverage_99_s: 99 % of the nodes
     for exp, author in ids.items():
         t_author = snap.get(author, {}).get("arrivals", {}).get(exp)
+        times = [snap.get(i, {}).get("arrivals", {}).get(exp) for i in alive]
+        got = sorted(t for t in times if t is not None)
+        if t_author is not None and len(got) >= need:
+            coverage.append(float(got[need - 1] - t_author))
         for i in alive:
             if i == author:
                 continue
@@ -282,6 +294,7 @@ def _delivery(
         "p50_ms": round(percentile(lat, 50), 1) if lat else None,
         "p99_ms": round(percentile(lat, 99), 1) if lat else None,
         "max_ms": round(max(lat), 1) if lat else None,
+        "coverage_99_ms": round(statistics.median(coverage), 1) if coverage else None,
     }
 
 
@@ -345,8 +358,13 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
         after = run.wait_delivered(ids, args.delivery_timeout)
         tcp1 = _tcp_bytes_in(list(pids.values()))
         d1 = _delivery(ids, after, run.alive)
-        out.update({k: d1[k] for k in ("delivered_fraction", "p50_ms", "p99_ms", "max_ms")})
-        per_node_bytes, per_node_tcp, dups = [], [], 0
+        out.update(
+            {
+                k: d1[k]
+                for k in ("delivered_fraction", "p50_ms", "p99_ms", "max_ms", "coverage_99_ms")
+            }
+        )
+        per_node_bytes, per_node_tcp, per_node_msgs, dups = [], [], [], 0
         for i in run.alive:
             got = sum(
                 1 for e, a in ids.items() if a != i and e in after.get(i, {}).get("arrivals", {})
@@ -356,6 +374,10 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
                     before[i], "gossip", "received_bytes"
                 )
                 per_node_bytes.append(rb / got)
+                rm = _counter(after[i], "gossip", "received_msgs") - _counter(
+                    before[i], "gossip", "received_msgs"
+                )
+                per_node_msgs.append(rm / got)
                 if tcp0 and tcp1:
                     per_node_tcp.append((tcp1[pids[i]] - tcp0[pids[i]]) / got)
             if i in after and i in before:
@@ -365,6 +387,9 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
         )
         out["tcp_bytes_in_per_item_per_node"] = (
             round(statistics.mean(per_node_tcp), 1) if per_node_tcp else None
+        )
+        out["msgs_in_per_item_per_node"] = (
+            round(statistics.mean(per_node_msgs), 2) if per_node_msgs else None
         )
         out["duplicates_per_item"] = round(dups / len(ids), 2)
         out["duplicates_per_item_per_node"] = round(dups / len(ids) / n, 3)
