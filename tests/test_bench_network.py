@@ -79,3 +79,43 @@ def test_bench_network_refuses_more_full_nodes_than_nodes():
 def test_bench_network_refuses_a_bad_node_list():
     out = _bench("--nodes", "2", timeout=60)
     assert out.returncode == 2 and "--nodes" in out.stderr
+
+
+def test_library_arrivals_keep_the_first_store_time_of_recent_experiences(tmp_path, monkeypatch):
+    """The per-node arrival times the bench reads (`stats.network.arrivals`): set once at the
+    first store of an experience (a repeat changes nothing), bounded to the most recent."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from dsonode.core import wire
+    from dsonode.embed.space import DEFAULT_MODEL_NAME, default_space_id
+    from dsonode.library import ConsensusRules, Library, LightEmbedder
+    from dsonode.library import library as library_module
+    from dsonode.store import CodeIndex, Store
+
+    monkeypatch.setattr(library_module, "ARRIVALS_KEPT", 3)
+    space = default_space_id()
+    author = Ed25519PrivateKey.generate()
+    store = Store(tmp_path / "store", space_id=space)
+    try:
+        lib = Library(
+            store=store,
+            index=CodeIndex.from_store(store, space),
+            embedder=LightEmbedder(space, DEFAULT_MODEL_NAME),
+            key=Ed25519PrivateKey.generate(),
+            rules=ConsensusRules(quorum=1, method="median", committee=None),
+        )
+        exps = [wire.make_experience(author, "ops", f"lesson {k}") for k in range(5)]
+        before = time.time_ns() // 1_000_000
+        lib.accept_items([(wire.encode_item(e), e) for e in exps[:2]])
+        first = lib.arrivals()
+        assert set(first) == {exps[0].id.hex(), exps[1].id.hex()}
+        assert all(before <= t <= time.time_ns() // 1_000_000 for t in first.values())
+        time.sleep(0.01)
+        lib.accept_items([(wire.encode_item(exps[0]), exps[0])])  # already stored
+        assert lib.arrivals() == first
+        lib.accept_items([(wire.encode_item(e), e) for e in exps[2:]])
+        assert list(lib.arrivals()) == [e.id.hex() for e in exps[2:]]  # the 3 most recent
+    finally:
+        store.close()

@@ -14,6 +14,11 @@ a small machine; node 1 (the bootstrap) is full. Steps, every wait bounded:
 3. wait until every node holds every one, then SIGKILL node 1 (the bootstrap) and publish
    batch 2 (`--items-after-kill`) from the surviving full nodes; wait again.
 
+Loopback caveat: every outbound connection of a node leaves from 127.0.0.1 (the kernel's
+source address; libp2p does not bind it to the node's 127.0.0.N), so the bootstrap sees all
+joiners as one IP; `--max-inbound-per-ip` (default 64) lifts `net.max_inbound_per_ip` (4)
+for that reason only (0 keeps 4: then at 50 nodes most joiners are refused for good).
+
 Figures per N:
 
 * `discovery_s`: t0 (the light nodes' spawn, interpreter start included) until every node
@@ -116,6 +121,14 @@ def register(bench_subparsers: Any) -> None:
         default=50,
         help="batch 2 experiences, after the bootstrap is killed (default 50)",
     )
+    p.add_argument(
+        "--max-inbound-per-ip",
+        type=bounded_int(0, 1000),
+        default=64,
+        help="net.max_inbound_per_ip of every node (default 64; 0 = the setting's default, "
+        "4). On loopback every outbound connection leaves from 127.0.0.1 (libp2p does not "
+        "bind it to the node's address), so the per-IP cap would count all nodes as one",
+    )
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="publisher draw")
     p.add_argument(
         "--start-timeout",
@@ -211,6 +224,7 @@ class _Run:
         self.full = full
         self.alive = list(range(n))
         self.connected_max_seen = 0
+        self.trace: list[tuple[float, int, int]] = []
         self.poll_log = poll_log
 
     def poll(self) -> dict[int, dict[str, Any]]:
@@ -228,6 +242,15 @@ class _Run:
         snap: dict[int, dict[str, Any]] = {}
         while time.monotonic() - t0 < timeout:
             snap = self.poll()
+            conns = [_connected(s) for s in snap.values()]
+            # (s, nodes at the target, fewest peers): where the time of discovery goes
+            self.trace.append(
+                (
+                    round(time.monotonic() - t0, 1),
+                    sum(c >= want for c in conns),
+                    min(conns, default=0),
+                )
+            )
             if len(snap) == len(self.alive) and all(
                 _connected(s) >= want and s.get("mesh_peers", 0) >= min(2, want)
                 for s in snap.values()
@@ -317,9 +340,15 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
 
     full = min(args.full, n)
     plan = plan_testnet(n, ports=free_ports([host_ip(i) for i in range(n)]))
+    from dsonode.config.settings import setting
+
+    env = {}
+    if args.max_inbound_per_ip:
+        env[setting("net.max_inbound_per_ip").env] = str(args.max_inbound_per_ip)
     net = Testnet(
         plan,
         root / f"n{n}",
+        env=env,
         start_timeout=args.start_timeout,
         node_args=lambda node: ["--role", "light"] if node.index >= full else [],
         log=log,
@@ -327,7 +356,12 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
     rng = random.Random(args.seed * 1000 + n)
     polls: list[float] = []
     run = _Run(net, n, full, polls)
-    out: dict[str, Any] = {"nodes": n, "full": full, "light": n - full}
+    out: dict[str, Any] = {
+        "nodes": n,
+        "full": full,
+        "light": n - full,
+        "max_inbound_per_ip": args.max_inbound_per_ip or None,  # None: the setting's default
+    }
     try:
         net.prepare()
         t_start = time.monotonic()
@@ -410,9 +444,13 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
         out["p99_ms_after_kill"] = d2["p99_ms"]
         conns2 = [_connected(s) for s in after2.values()]
         out["connected_min_after_kill"] = min(conns2) if conns2 else None
+        out["connected_max_after_kill"] = max(conns2) if conns2 else None
         out["connected_max_seen"] = run.connected_max_seen
         out["items"] = len(ids)
         out["items_after_kill"] = len(ids2)
+        # one row in ten: (s since the healthy joiners were first polled, nodes with
+        # min(8, N - 1) peers, fewest peers of a node)
+        out["discovery_trace"] = run.trace[:: max(1, len(run.trace) // 10)] + run.trace[-1:]
         out["poll_round_s"] = round(statistics.median(polls), 2) if polls else None
     finally:
         net.stop()
