@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -57,6 +57,9 @@ from dsonode.library.light import LightEmbedder, LightNodeError
 from dsonode.store import CodeIndex, ExperienceRecord, Store
 
 log = logging.getLogger("dsonode.library")
+#: Experiences whose first-store time `arrivals()` keeps (the most recent ones): enough for a
+#: benchmark batch (`dsonode bench network` reads them after each batch), small in `stats`.
+ARRIVALS_KEPT = 512
 
 #: The estimate of the network size (committee threshold) is recounted at least this often,
 #: and at once when a new author appears in the reputation table.
@@ -179,6 +182,7 @@ class Library:
         self._embed_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
+        self._arrivals: OrderedDict[bytes, int] = OrderedDict()  # exp id -> unix ms (bounded)
         self._network_size = 1
         self._network_size_at = -float("inf")
         self._network_size_rows = -1  # reputation rows at the last count
@@ -207,6 +211,21 @@ class Library:
         """What the library did since start (for `stats` and metrics)."""
         with self._counter_lock:
             return dict(self._counters)
+
+    def _note_arrival(self, exp_id: bytes) -> None:
+        """Remember when this node first stored an experience (its commit returned)."""
+        now_ms = time.time_ns() // 1_000_000  # wall clock: comparable across local processes
+        with self._counter_lock:
+            self._arrivals.setdefault(exp_id, now_ms)
+            while len(self._arrivals) > ARRIVALS_KEPT:
+                self._arrivals.popitem(last=False)
+
+    def arrivals(self) -> dict[str, int]:
+        """Hex experience id -> unix ms of its first store here, for the last ARRIVALS_KEPT
+        experiences stored since start (ours at `add_experience`, peers' at `accept_items`):
+        the per-node arrival time `dsonode bench network` measures latency with."""
+        with self._counter_lock:
+            return {k.hex(): v for k, v in self._arrivals.items()}
 
     # ---- reads -------------------------------------------------------------------------------
 
@@ -407,6 +426,8 @@ class Library:
                 raws.append(wire.encode_item(submission))
                 decoded.append(submission)
             new = self.store.put_items(raws, decoded=decoded, consensus_if_absent=[fresh])
+            if new[0]:
+                self._note_arrival(experience.id)
             if mine is None and not new[-1]:
                 # A smaller submission of our key was stored by accept_items (which does not
                 # take the write lock) since own_code: `fresh` may not be the stored code's
@@ -498,6 +519,9 @@ class Library:
         new = self.store.put_items([r for r, _ in kept], decoded=items) if kept else []
         if report is not None:
             report["stored"] = report.get("stored", 0) + sum(bool(n) for n in new)
+        for item, is_new in zip(items, new, strict=True):  # before any embedding below
+            if is_new and isinstance(item, wire.Experience):
+                self._note_arrival(item.id)
         outbound: list[bytes] = []
         touched: dict[bytes, None] = {}
         for item, is_new in zip(items, new, strict=True):

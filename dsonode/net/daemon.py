@@ -587,6 +587,9 @@ class NetDaemon:
                 snap["running"] = False
         with self._lock:
             snap["counters"] = {**self.library.counters(), **self.counters}
+        # When each recent experience was first stored here (unix ms): arrival times for
+        # `dsonode bench network` (Library.arrivals, bounded).
+        snap["arrivals"] = self.library.arrivals()
         snap["reputation"] = {
             author.hex(): {**record, "peer_id": _peer_name(author)}
             for author, record in self.store.iter_reputation()
