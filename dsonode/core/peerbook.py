@@ -133,7 +133,7 @@ class ConnInfo:
     peer_id: str
     in_mesh: bool = False
     last_useful_s: float = 0.0  # monotonic time of the last gossip/sync it brought us
-    protected: bool = False  # e.g. a sync exchange is running with it
+    protected: bool = False  # e.g. a sync exchange is running with it, or it is brand new
 
 
 def choose_prunes(connected: Sequence[ConnInfo], *, low_water: int, high_water: int) -> list[str]:

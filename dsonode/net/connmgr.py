@@ -80,6 +80,11 @@ class ConnConfig:
     lookup_timeout_s: float = 20.0
     #: Dials in flight at once.
     max_dialing: int = 8
+    #: A connection younger than this is never pruned: a joiner that reached us first must
+    #: have time for a lookup (every lookup_interval_s) to learn other peers, or a bootstrap
+    #: at high water cuts every newcomer off before it knows anyone else (measured at 50
+    #: nodes: 33 joiners left with no peer at all).
+    prune_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.low_water <= self.high_water:
@@ -146,6 +151,8 @@ class ConnectionManager:
         self._backoff: dict[str, tuple[Backoff, float]] = {}  # peer -> (backoff, next try)
         self._dialing: set[str] = set()
         self._useful: dict[str, float] = {}
+        #: peer -> monotonic time its current connection was first seen (prune grace)
+        self._since: dict[str, float] = {}
         self._forget: set[str] = set()
         #: Peers the operator forgot -> "has been disconnected since" (insertion order: the
         #: oldest are dropped past known_peers_max). Not learned back from libp2p's peerstore,
@@ -343,8 +350,16 @@ class ConnectionManager:
             self._harvest(connected)
         # prune above high water
         busy = {p.to_base58() for p in self.busy()}
+        for pid in list(self._since):
+            if pid not in connected:
+                del self._since[pid]
+        young = {
+            pid
+            for pid in connected
+            if now - self._since.setdefault(pid, now) < self.config.prune_grace_s
+        }
         infos = [
-            ConnInfo(pid, pid in mesh, self._useful.get(pid, 0.0), pid in busy)
+            ConnInfo(pid, pid in mesh, self._useful.get(pid, 0.0), pid in busy or pid in young)
             for pid in sorted(connected)
         ]
         for pid in choose_prunes(
