@@ -14,10 +14,9 @@ a small machine; node 1 (the bootstrap) is full. Steps, every wait bounded:
 3. wait until every node holds every one, then SIGKILL node 1 (the bootstrap) and publish
    batch 2 (`--items-after-kill`) from the surviving full nodes; wait again.
 
-Loopback caveat: every outbound connection of a node leaves from 127.0.0.1 (the kernel's
-source address; libp2p does not bind it to the node's 127.0.0.N), so the bootstrap sees all
-joiners as one IP; `--max-inbound-per-ip` (default 64) lifts `net.max_inbound_per_ip` (4)
-for that reason only (0 keeps 4: then at 50 nodes most joiners are refused for good).
+Loopback: a node's outbound connections leave from its own 127.0.0.N (dsonode/net/host.py binds
+loopback dials), so the per-IP inbound cap sees one IP per node, as on a real network; the
+nodes run with their default `net.max_inbound_per_ip` unless `--max-inbound-per-ip` sets it.
 
 Figures per N:
 
@@ -124,10 +123,8 @@ def register(bench_subparsers: Any) -> None:
     p.add_argument(
         "--max-inbound-per-ip",
         type=bounded_int(0, 1000),
-        default=64,
-        help="net.max_inbound_per_ip of every node (default 64; 0 = the setting's default, "
-        "4). On loopback every outbound connection leaves from 127.0.0.1 (libp2p does not "
-        "bind it to the node's address), so the per-IP cap would count all nodes as one",
+        default=0,
+        help="net.max_inbound_per_ip of every node (default 0 = the setting's default)",
     )
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="publisher draw")
     p.add_argument(
