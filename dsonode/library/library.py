@@ -315,7 +315,9 @@ class Library:
         net.max_connections.
         """
         now = time.monotonic()
-        rows = self.store.counts().get("reputation", 0)
+        # one database's entry count, not `counts()` of all: this runs for every submission
+        # received (the committee filter) and every recomputation
+        rows = self.store.count("reputation")
         if rows != self._network_size_rows or now - self._network_size_at >= (
             NETWORK_SIZE_REFRESH_S
         ):

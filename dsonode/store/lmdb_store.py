@@ -303,7 +303,7 @@ class Store:
         if version is None:
             if self.readonly:
                 raise StoreError(f"store at {self.path} has no schema version")
-            has_data = any(self._count(name) for name in ("experiences", "submissions"))
+            has_data = any(self.count(name) for name in ("experiences", "submissions"))
             if has_data:
                 raise StoreSchemaError(f"store at {self.path} has data but no schema version")
         elif not isinstance(version, int) or isinstance(version, bool):
@@ -356,7 +356,8 @@ class Store:
         with self._lock, self.env.begin(buffers=False) as txn:
             return fn(txn)
 
-    def _count(self, name: str) -> int:
+    def count(self, name: str) -> int:
+        """Entries in one database (`counts` for all of them)."""
         with self._lock, self.env.begin() as txn:
             return txn.stat(self._dbs[name])["entries"]
 
