@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "identity": 1,
     "dirlock": 1,
     "argtypes": 1,
+    "lazy": 1,
     "data": 1,
     "embed": 2,
     "store": 2,

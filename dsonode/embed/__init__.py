@@ -6,8 +6,9 @@ command does, does not pay for importing torch and transformers.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from dsonode.lazy import lazy_attribute
 
 _EXPORTS = {
     "Embedder": "dsonode.embed.embedder",
@@ -29,9 +30,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dsonode.embed' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _EXPORTS, name)

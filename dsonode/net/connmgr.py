@@ -68,7 +68,7 @@ class ConnConfig:
     high_water: int = default("net.high_water")
     max_inbound: int = default("net.max_inbound")
     max_inbound_per_ip: int = default("net.max_inbound_per_ip")
-    allow_peers: tuple[str, ...] = tuple(default("net.allow_peers"))
+    allow_peers: tuple[str, ...] = default("net.allow_peers")
     discovery: bool = default("net.discovery")
     mdns: bool = default("net.mdns")
     known_peers_max: int = default("net.known_peers_max")

@@ -6,8 +6,9 @@ command, and the composition root imports torch, libp2p and trio.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from dsonode.lazy import lazy_attribute
 
 _EXPORTS = {
     "Node": "dsonode.node.node",
@@ -22,9 +23,4 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dsonode.node' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _EXPORTS, name)

@@ -20,7 +20,7 @@ from typing import Any
 from dsonode.api.cliargs import add_data_dir_arg
 from dsonode.argtypes import SubParsers, bounded_float, bounded_int
 from dsonode.config.loader import ConfigError, load_config
-from dsonode.config.settings import SPEC, Setting
+from dsonode.config.settings import SPEC, Setting, setting
 
 
 def _flag_type(s: Setting) -> Callable[[str], Any]:
@@ -94,10 +94,10 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _flag_of(key: str) -> str | None:
     """The flag of the setting a ConfigError names ("net.bootstrap[0]" -> "--peer")."""
-    for s in SPEC:
-        if s.flag and key.split("[")[0] == s.name:
-            return s.flag
-    return None
+    try:
+        return setting(key.split("[")[0]).flag or None
+    except KeyError:  # a section or an unknown key: no flag
+        return None
 
 
 def register(subparsers: SubParsers) -> None:
