@@ -2,9 +2,10 @@
 
 `NetDaemon` runs inside the node's trio nursery (`dsonode run --config F` or `--listen ...`):
 
-- one libp2p host (Noise, yamux), the `Gossip` layer on the node's space topic, a `Dialer`
-  for the configured peers (see dsonode/net/README.md for the traps handled there), and the
-  `/dso/sync/1.0.0` server (registered before the host runs);
+- one libp2p host (Noise, yamux), the `Gossip` layer on the node's space topic, the
+  `ConnectionManager` (dsonode/net/connmgr.py: configured and known peers, Kademlia
+  discovery, watermarks, inbound caps; see dsonode/net/README.md for the traps handled
+  there), and the `/dso/sync/1.0.0` server (registered before the host runs);
 - every received batch goes through `Pipeline` (size, envelope, duplicates, per-peer rate,
   schema, signature, clock skew; penalties and graylist) on the event loop, then the
   accepted items go to the node's library in one worker thread (`Library.accept_items`:
@@ -178,8 +179,8 @@ class NetDaemon:
         self,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,  # type: ignore[name-defined]  # trio-typing's stubs shadow trio's own TaskStatus
     ) -> None:
-        """Start host, sync server, gossip, dialer and the sync loop; `task_status.started()`
-        once joined to the topic."""
+        """Start host, sync server, gossip, connection manager and the sync loop;
+        `task_status.started()` once joined to the topic."""
         host_config = self.config.host_config()
         quiet_normal_libp2p_errors()
         self.host = build_host(self.key, host_config)
