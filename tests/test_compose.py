@@ -222,10 +222,13 @@ def test_the_compose_topology_runs_as_local_processes(compose, tmp_path):
             net_stats = net.stats(node.index)["network"]
             assert net_stats["peer_id"] == node.peer_id
             assert net_stats["listen"][0].startswith(f"/ip4/{host_ip(node.index)}/tcp/")
-        for node in net.nodes:  # connected exactly along the planned graph
-            connected = net.stats(node.index)["network"]["connected"]
+        everyone = {n.peer_id for n in net.nodes}
+        for node in net.nodes:  # every planned link is up; discovery may add links, never a
+            # stranger (the configs' dial graph is where a node starts, not all it may learn)
+            connected = set(net.stats(node.index)["network"]["connected"])
             want = {net.nodes[j].peer_id for j in plan.neighbours(node.index)}
-            assert set(connected) == want
+            assert want <= connected, (node.name, want - connected)
+            assert connected <= everyone - {node.peer_id}, (node.name, connected - everyone)
         with net.client(idx["node1"]) as c:
             exp_id = c.add_experience(
                 "Read the failing test's assertion before reading the code under test.",
