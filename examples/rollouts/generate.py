@@ -7,7 +7,8 @@ Each task template is a sequence of step slots:
 A rollout succeeds iff every key slot takes its good variant. `meta.good_steps` lists the step
 indices of the good key steps of a successful rollout (empty for the others), so a benchmark
 can measure whether an extractor picks the steps that made the difference rather than the
-answer line or the filler. Variants are paraphrases, chosen by a seeded RNG, so the lines read
+answer line or the filler. `meta.params` lists the values filled into the task (names, numbers,
+entities, derived results): a lesson that repeats one of them is about this task, not general. Variants are paraphrases, chosen by a seeded RNG, so the lines read
 like several different model samples rather than one string repeated.
 
 Text responses put one step per line (the extractor splits on lines); agent trajectories are
@@ -473,10 +474,11 @@ def _chat(template, params, steps, rng) -> list[dict]:
     return msgs
 
 
-def generate() -> dict[str, list[dict]]:
-    rng = random.Random(SEED)
+def generate(domains=None, seed: int = SEED) -> dict[str, list[dict]]:
+    """Rollouts per domain; `domains` defaults to DOMAINS (heldout/generate.py passes its own)."""
+    rng = random.Random(seed)
     out: dict[str, list[dict]] = {}
-    for domain, templates in DOMAINS:
+    for domain, templates in domains or DOMAINS:
         rows: list[dict] = []
         for template in templates:
             n_keys = sum(1 for s in template["slots"] if s[0] == "k")
@@ -499,20 +501,30 @@ def generate() -> dict[str, list[dict]]:
                             "reward": reward,
                             "ground_truth": template["answer"].format(**params),
                             "domain": domain,
-                            "meta": {"good_steps": good, "sample": ri, "template": template["name"]},
+                            "meta": {
+                                "good_steps": good,
+                                "sample": ri,
+                                "template": template["name"],
+                                # the instance's values: a lesson naming one is task-specific
+                                "params": sorted({str(v) for v in params.values()}),
+                            },
                         }
                     )
         out[domain] = rows
     return out
 
 
-def main() -> None:
-    for domain, rows in generate().items():
-        path = HERE / f"{domain}.jsonl"
+def write(rows_by_domain: dict[str, list[dict]], folder: Path) -> None:
+    for domain, rows in rows_by_domain.items():
+        path = folder / f"{domain}.jsonl"
         with open(path, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         print(f"{path.name}: {len(rows)} rollouts")
+
+
+def main() -> None:
+    write(generate(), HERE)
 
 
 if __name__ == "__main__":
