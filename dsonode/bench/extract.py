@@ -1,16 +1,36 @@
-"""`dsonode bench extract`: the offline extractor on the sample rollouts (examples/rollouts).
+"""`dsonode bench extract`: the offline extractor on held-out and on tuned rollouts.
 
-Reports `rollouts`, `groups`, `experiences`, `rollouts_per_s` (extraction including the
-embedding of every step, model already loaded; median of --repeats runs), and `precision`:
-the share of lessons whose source step is annotated as a step that made the difference
-(`meta.good_steps` of its rollout). `recall` is the share of groups with signal that yield at
-least one correct lesson. `baseline_precision` is what picking a random step of a successful
-rollout would score, so the ratio says how much the contrast adds.
+Two sets, both from the generator of examples/rollouts (generate.py), which labels every
+rollout: `meta.good_steps` (the steps that made a successful attempt succeed) and
+`meta.params` (the values filled into the task: names, numbers, entities, derived results).
+
+- tuned (`--path`, default examples/rollouts): the set the extractor was developed on;
+- held-out (`--heldout`, default examples/rollouts/heldout): other task templates, another
+  generator seed, never run through the extractor while it was tuned (BENCHMARKS.md).
+
+Quality figures, on the held-out set, and the tuned set's beside them as `tuned_<name>`:
+
+- `precision`: the share of lessons whose source step is one of its rollout's
+  `meta.good_steps` (a step that made the difference, not filler, setup or the answer);
+- `recall`: the share of annotated groups with signal that yield >= 1 such lesson (a merged
+  lesson counts for every group it came from);
+- `task_specific_fraction`: the share of lessons that `dsonode.extract.general.task_specific`
+  flags against any of their source tasks (0 by construction for the offline path: the
+  figure guards against regressions of the wiring, not of the rule);
+- `param_leak_fraction`: the share of lessons holding, as a whole word (case-insensitive),
+  any of the `meta.params` values of any of their source tasks. This label is the
+  generator's own record, independent of the rule, so it sees what the rule cannot (a value
+  that is in neither the prompt nor the ground truth, or a common word such as "orders");
+- `baseline_precision`: a random step of a successful rollout, for scale.
+
+Throughput (`rollouts_per_s`: extraction including the embedding of every step, model already
+loaded; median of --repeats runs) is measured on the tuned set, as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,6 +50,21 @@ def default_rollouts_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "examples" / "rollouts"
 
 
+def default_heldout_dir() -> Path:
+    return default_rollouts_dir() / "heldout"
+
+
+def _load(path: Path) -> tuple[list[Any], int]:
+    from dsonode.api.ingest import load_rollouts
+
+    rollouts, bad = [], 0
+    for f in _files(path):
+        parsed = load_rollouts(f)
+        rollouts.extend(parsed.rollouts)
+        bad += len(parsed.errors)
+    return rollouts, bad
+
+
 def register(bench_sub: SubParsers) -> None:
     p = bench_sub.add_parser("extract", help="offline extractor on the sample rollouts")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -39,6 +74,12 @@ def register(bench_sub: SubParsers) -> None:
         type=Path,
         default=None,
         help="a .jsonl file or a folder of them (default: examples/rollouts)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        default=None,
+        help="held-out rollouts for the quality figures (default: examples/rollouts/heldout)",
     )
     p.add_argument(
         "--llm-recorded",
@@ -85,9 +126,28 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
+def _leaks(text: str, params: Sequence[Any]) -> bool:
+    low = text.lower()
+    for value in params:
+        v = str(value).strip().lower()
+        if v and re.search(r"(?<![\w.])" + re.escape(v) + r"(?![\w]|\.\d)", low):
+            return True
+    return False
+
+
 def score_lessons(groups: Sequence[Group], lessons: Sequence[Lesson]) -> dict[str, Any]:
-    """precision/recall of lessons against meta.good_steps (see the module docstring)."""
+    """precision, recall, task_specific_fraction, param_leak_fraction (module docstring)."""
+    from dsonode.extract.general import task_specific
+
     by_task = {g.task_id: g for g in groups}
+    specific = leaked = 0
+    for lesson in lessons:
+        tasks = {s.task_id for s in lesson.sources}
+        if any(task_specific(lesson.text, by_task[t]) is not None for t in tasks):
+            specific += 1
+        params = [p for t in tasks for r in by_task[t].rollouts for p in r.meta.get("params") or []]
+        if _leaks(lesson.text, params):
+            leaked += 1
 
     def is_good(src: Source) -> bool:
         meta = by_task[src.task_id].rollouts[src.rollout].meta
@@ -112,21 +172,22 @@ def score_lessons(groups: Sequence[Group], lessons: Sequence[Lesson]) -> dict[st
         "recall": len(tasks_hit) / len(annotated) if annotated else None,
         "baseline_precision": good_steps / all_steps if all_steps else None,
         "annotated_groups": len(annotated),
+        "task_specific_fraction": specific / len(lessons) if lessons else None,
+        "param_leak_fraction": leaked / len(lessons) if lessons else None,
+        "lessons": len(lessons),
+        "max_words": max((len(lesson.text.split()) for lesson in lessons), default=0),
     }
 
 
 def cmd_bench_extract(args: argparse.Namespace) -> int:
-    from dsonode.api.ingest import load_rollouts
     from dsonode.embed import get_embedder
     from dsonode.extract.offline import OfflineExtractor
     from dsonode.extract.rollouts import group_rollouts
 
-    rollouts, bad = [], 0
-    for f in _files(args.path or default_rollouts_dir()):
-        parsed = load_rollouts(f)
-        rollouts.extend(parsed.rollouts)
-        bad += len(parsed.errors)
+    rollouts, bad = _load(args.path or default_rollouts_dir())
+    heldout_rollouts, heldout_bad = _load(args.heldout or default_heldout_dir())
     groups, skipped = group_rollouts(rollouts)
+    heldout_groups, _ = group_rollouts(heldout_rollouts)
     t0 = time.perf_counter()
     embedder = get_embedder()
     load_s = time.perf_counter() - t0
@@ -138,24 +199,33 @@ def cmd_bench_extract(args: argparse.Namespace) -> int:
         result = extractor.extract(groups)
         times.append(time.perf_counter() - t0)
     assert result is not None
+    heldout = extractor.extract(heldout_groups)
     med = statistics.median(times)
     in_groups = sum(len(g.rollouts) for g in groups)
     out: dict[str, Any] = {
         "rollouts": len(rollouts),
-        "bad_lines": bad,
+        "bad_lines": bad + heldout_bad,
         "groups": len(groups),
         "skipped_groups": len(skipped),
         "steps": result.steps,
         "experiences": len(result.lessons),
         "merged": result.merged,
+        "dropped_steps": len(result.dropped),
         "rollouts_per_s": in_groups / med,
         "steps_per_s": result.steps / med,
         "extract_s_median": med,
         "extract_s_all": times,
         "model_load_s": load_s,
         "encoder": "encoder only (encode_base, 384-d), as the extractor uses it",
+        "heldout_rollouts": len(heldout_rollouts),
+        "heldout_groups": len(heldout_groups),
+        "heldout_dropped_steps": len(heldout.dropped),
+        "labels": "meta.good_steps and meta.params of the same generator (generate.py) for "
+        "both sets; held-out = other templates and seed, not the extractor's tuning data",
     }
-    out.update(score_lessons(groups, result.lessons))
+    out.update(score_lessons(heldout_groups, heldout.lessons))
+    tuned = score_lessons(groups, result.lessons)
+    out.update({f"tuned_{k}": v for k, v in tuned.items()})
     if out["precision"] is not None and out["baseline_precision"]:
         out["precision_vs_baseline"] = out["precision"] / out["baseline_precision"]
     if args.llm_recorded:

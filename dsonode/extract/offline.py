@@ -17,9 +17,13 @@ prefixed with the task's domain. For each group (rollouts of one task with diffe
    (holders + 1). Boilerplate ("Let me think step by step.") is held by good and bad
    attempts alike and gets ~0, so a lucky in-group contrast alone does not make a lesson;
    the last step of a rollout of 3 or more steps (the final answer) is not a candidate;
-4. the best steps above `min_score` (at most `per_group`) become lessons
-   "In <domain> tasks: <step>", cut to 32 words;
-5. lessons of one domain whose embeddings have cosine > `merge_threshold` are merged
+4. the best steps above `min_score` are rewritten, best first, into general lessons by
+   `dsonode.extract.general.generalise`: one imperative sentence of at most 32 words with
+   the condition it applies to, without the task's values, names, quoted literals or
+   entities (the `task_specific` rule of that module). A step that cannot be rewritten is
+   dropped and the reason recorded in `Extraction.dropped` ("<task> rollout i step k: why");
+   the next best step is tried, until `per_group` lessons;
+5. lessons of one domain whose texts' embeddings have cosine > `merge_threshold` are merged
    (the higher-scored text stays, the provenance of both is kept).
 
 Deterministic: same input, same encoder -> same lessons in the same order. An LLM extractor
@@ -34,7 +38,14 @@ from typing import Protocol
 
 import numpy as np
 
-from dsonode.core.wire import MAX_TEXT_BYTES, normalize_text
+from dsonode.extract.general import (
+    MAX_LESSON_WORDS,
+    compose,
+    domain_condition,
+    facts_of,
+    generalise,
+    task_specific,
+)
 from dsonode.extract.rollouts import Group, SkippedGroup
 
 __all__ = [
@@ -45,11 +56,9 @@ __all__ = [
     "Lesson",
     "OfflineExtractor",
     "Source",
-    "lesson_text",
     "provenance_of",
 ]
 
-MAX_LESSON_WORDS = 32
 EXTRACTOR_TAG = "extracted"
 OFFLINE_TAG = "offline"
 
@@ -78,6 +87,11 @@ class Lesson:
     #: Experiences are immutable: a modify or merge is a new experience naming what it revises.
     op: str = "add"
     supersedes: tuple[str, ...] = ()
+    #: kinds of task facts the offline rewrite took out of the step ("number", "entity", ...)
+    abstracted: tuple[str, ...] = ()
+    #: offline path: text == general.compose(condition, action); the merge compares actions
+    condition: str = ""
+    action: str = ""
 
     @property
     def source(self) -> Source:
@@ -123,7 +137,8 @@ def provenance_of(lesson: Lesson) -> list[tuple[str, str]]:
 
     extractor = offline | llm; source = "<task_id> rollout <i> step <k>" of its first source
     (step -1: the whole rollout); sources = how many rollouts support it; supersedes.N = the
-    hex ids of the experiences a modify/merge revises (they stay in the store: immutable).
+    hex ids of the experiences a modify/merge revises (they stay in the store: immutable);
+    abstracted = the kinds of task facts the offline rewrite removed from the step.
     """
     src = lesson.source
     pairs = [
@@ -138,26 +153,13 @@ def provenance_of(lesson: Lesson) -> list[tuple[str, str]]:
         pairs.append(("op", lesson.op))
     for i, exp_id in enumerate(lesson.supersedes[:MAX_SUPERSEDES]):
         pairs.append((f"supersedes.{i}", exp_id))
+    if lesson.abstracted:
+        pairs.append(("abstracted", ",".join(lesson.abstracted)))
     return pairs
 
 
 class Extractor(Protocol):
     def extract(self, groups: Sequence[Group]) -> Extraction: ...
-
-
-def lesson_text(domain: str, step: str, max_words: int = MAX_LESSON_WORDS) -> str:
-    """ "In <domain> tasks: <step>", at most `max_words` words and MAX_TEXT_BYTES bytes."""
-    prefix = f"In {domain} tasks:".split()
-    words = normalize_text(step).split(" ")
-    body = words[: max(1, max_words - len(prefix))]
-    text = " ".join(prefix + body)
-    if len(body) < len(words):
-        text = text.rstrip(",;:") + " ..."
-        if len(text.split()) > max_words:  # the ellipsis counts as a word
-            text = " ".join(text.split()[: max_words - 1]) + " ..."
-    while len(text.encode("utf-8")) > MAX_TEXT_BYTES:  # only for very long "words"
-        text = text[: len(text) - 16]
-    return text
 
 
 class OfflineExtractor:
@@ -169,9 +171,12 @@ class OfflineExtractor:
         merge_threshold: float = 0.9,
         batch_weight: float = 1.0,
         holder_threshold: float = 0.85,
+        max_tries: int = 12,
     ) -> None:
         if per_group < 1:
             raise ValueError("per_group must be >= 1")
+        if max_tries < 1:
+            raise ValueError("max_tries must be >= 1")
         if not -1.0 <= merge_threshold <= 1.0:
             raise ValueError("merge_threshold must be a cosine in [-1, 1]")
         self.embed = embed
@@ -180,6 +185,8 @@ class OfflineExtractor:
         self.merge_threshold = merge_threshold
         self.batch_weight = batch_weight
         self.holder_threshold = holder_threshold
+        #: steps of a group tried in turn when the best ones cannot be made general
+        self.max_tries = max_tries
 
     def extract(self, groups: Sequence[Group]) -> Extraction:
         # One embedding call for every step of every group (batching is what makes it fast).
@@ -202,13 +209,23 @@ class OfflineExtractor:
                 label.append(1 if success[i] else -1 if failure[i] else 0)
         evidence = self._batch_evidence(vecs, owner, np.array(label, dtype=np.int64))
 
-        candidates: list[tuple[Lesson, np.ndarray]] = []
+        picked: list[tuple[Lesson, np.ndarray]] = []
+        dropped: list[tuple[str, str]] = []
         for group, success, failure, per_rollout in plans:
-            candidates.extend(
-                self._group_candidates(group, success, failure, per_rollout, vecs, evidence)
-            )
+            got, why = self._group_candidates(group, success, failure, per_rollout, vecs, evidence)
+            picked.extend(got)
+            dropped.extend(why)
+        # the merge compares what the lessons tell to do (one embedding call for all)
+        lesson_vecs = self._embed([lesson.action or lesson.text for lesson, _ in picked])
+        candidates = [(lesson, lesson_vecs[i]) for i, (lesson, _) in enumerate(picked)]
         lessons, merged = self._merge(candidates)
-        return Extraction(lessons=lessons, groups=len(groups), merged=merged, steps=len(texts))
+        return Extraction(
+            lessons=lessons,
+            groups=len(groups),
+            merged=merged,
+            steps=len(texts),
+            dropped=dropped,
+        )
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -241,9 +258,10 @@ class OfflineExtractor:
         per_rollout: list[tuple[int, int]],
         vecs: np.ndarray,
         evidence: np.ndarray,
-    ) -> list[tuple[Lesson, np.ndarray]]:
+    ) -> tuple[list[tuple[Lesson, np.ndarray]], list[tuple[str, str]]]:
         """Up to `per_group` lessons of one group: steps of successful rollouts that resemble
-        the other successes more than the failures; `per_rollout[i]` is (first row, steps)."""
+        the other successes more than the failures, rewritten as general lessons; and the
+        steps dropped on the way, with why. `per_rollout[i]` is (first row, steps)."""
 
         def block(i: int) -> np.ndarray:
             start, n = per_rollout[i]
@@ -252,7 +270,7 @@ class OfflineExtractor:
         succ = [int(i) for i in np.flatnonzero(success) if per_rollout[i][1]]
         fail = [int(i) for i in np.flatnonzero(failure) if per_rollout[i][1]]
         if not succ or not fail:
-            return []
+            return [], []
         scored: list[tuple[float, int, int]] = []
         for i in succ:
             own = block(i)
@@ -270,23 +288,35 @@ class OfflineExtractor:
                 scored.append((float(score[k]), int(i), k))
         # best first; ties broken by position, so the order is deterministic
         scored.sort(key=lambda t: (-round(t[0], 6), t[1], t[2]))
+        facts = facts_of(group)
         out: list[tuple[Lesson, np.ndarray]] = []
-        for score, i, k in scored:
+        dropped: list[tuple[str, str]] = []
+        for score, i, k in scored[: self.max_tries]:
             if len(out) >= self.per_group or score < self.min_score:
                 break
             v = block(i)[k]
             # within a group, a step that repeats an already chosen one adds nothing
             if any(float(v @ w) > self.merge_threshold for _, w in out):
                 continue
-            step = group.rollouts[i].steps()[k]
+            general = generalise(group.rollouts[i].steps()[k], group, facts)
+            # the rule guards every lesson, whatever the rewrite did (never a task's fact)
+            why = general.dropped if general.text is None else task_specific(general.text, facts)
+            if general.text is None or why is not None:
+                dropped.append((group.task_id, f"rollout {i} step {k}: {why}"))
+                continue
+            if any(general.text == kept.text for kept, _ in out):
+                continue
             lesson = Lesson(
-                text=lesson_text(group.domain, step),
+                text=general.text,
                 domain=group.domain,
                 score=score,
                 sources=[Source(group.task_id, i, k)],
+                abstracted=general.removed,
+                condition=general.condition,
+                action=general.action,
             )
             out.append((lesson, v))
-        return out
+        return out, dropped
 
     def _merge(self, candidates: list[tuple[Lesson, np.ndarray]]) -> tuple[list[Lesson], int]:
         """Greedy near-duplicate merge across groups, best score first, per domain."""
@@ -312,4 +342,10 @@ class OfflineExtractor:
                 target.sources.extend(lesson.sources)
                 target.merged += 1 + lesson.merged
                 merged += 1
+                if target.condition != lesson.condition and target.action:
+                    # tasks that teach the same thing under different conditions: the
+                    # condition of one of them is not the lesson's, the domain's is
+                    general = compose(domain_condition(target.domain), target.action)
+                    if len(general.split(" ")) <= MAX_LESSON_WORDS:
+                        target.condition, target.text = domain_condition(target.domain), general
         return [lesson for lesson, _ in kept], merged
