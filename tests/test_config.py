@@ -83,6 +83,9 @@ def test_defaults_match_the_classes_that_consume_them(tmp_path):
         off = node_config_of(load({"net": {"enabled": False}}, tmp_path))
         assert off.listen is None and off.peers == ()
     assert cfg.gateway_config() == GatewayConfig()
+    from dsonode.extract.config import ExtractConfig
+
+    assert node_config.extract == ExtractConfig()
     from dsonode.config import settings as loader
 
     assert set(loader.CONSENSUS_METHODS) <= set(METHODS)
@@ -191,6 +194,8 @@ def test_out_of_range_numbers_name_the_key(setting, tmp_path):
         ({"gateway": {"listen": "0.0.0.0:8080"}}, "gateway.listen", "without a token"),
         ({"gateway": {"token": "short"}}, "gateway.token", "characters"),
         ({"testnet": {"attack": "sign_flip"}}, "testnet.attack", "testnet.enabled = true"),
+        ({"extract": {"endpoint": "127.0.0.1:8000/v1"}}, "extract.endpoint", "http(s)://"),
+        ({"extract": {"backend": "gpt"}}, "extract.backend", "one of"),
         ({"testnet": {"attack": "flip", "enabled": True}}, "testnet.attack", "sign_flip"),
     ],
 )
@@ -221,6 +226,23 @@ def test_good_non_default_settings_load(tmp_path):
     assert cfg.net.allow_non_loopback is True
     assert cfg.gateway_config().host == "0.0.0.0"
     assert cfg.to_toml_dict()["gateway"]["token"] == "<set>"  # never printed
+
+
+def test_extract_section_reaches_the_node_and_never_holds_the_key(tmp_path):
+    from dsonode.node.node import extract_config
+
+    data = {"extract": {"backend": "llm", "endpoint": "http://127.0.0.1:8000/v1", "model": "m"}}
+    cfg = load(data, tmp_path, env={"DSONODE_EXTRACT_PER_GROUP": "3"})
+    ex = extract_config(cfg)
+    assert (ex.backend, ex.endpoint, ex.model, ex.per_group) == (
+        "llm",
+        data["extract"]["endpoint"],
+        "m",
+        3,
+    )
+    assert not any("key" in s.key for s in SPEC if s.section == "extract")
+    # a key in the file is refused as an unknown setting: it comes from the environment only
+    assert str(error_of({"extract": {"api_key": "x"}}, tmp_path)).startswith("extract.api_key")
 
 
 def test_unreadable_and_invalid_files_are_named(tmp_path):

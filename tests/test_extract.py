@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import pytest
 
 from dsonode.api.ingest import load_rollouts
 from dsonode.core.wire import MAX_TEXT_BYTES
-from dsonode.extract.offline import MAX_LESSON_WORDS, OfflineExtractor
+from dsonode.extract.general import compose, task_specific
+from dsonode.extract.offline import MAX_LESSON_WORDS, OfflineExtractor, provenance_of
 from dsonode.extract.rollouts import Group, group_rollouts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rollouts"
+CONDITION_WORDS = {"When", "Before", "After", "If", "On", "Once", "While", "Whenever", "For"}
+WORD = re.compile(r"[a-z0-9]+")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,24 @@ def test_lessons_come_from_successful_rollouts(math_groups, extractor):
             mean = sum(group.rewards) / len(group.rewards)
             rollout = group.rollouts[src.rollout]
             assert rollout.reward > mean, "lesson taken from a failed rollout"
+            # general: nothing of any task it came from (the rule of extract/general.py)
+            assert task_specific(lesson.text, group) is None, lesson.text
+        # one sentence, its condition first ("When ..., do ..."), then what to do
+        assert lesson.text.endswith(".") and ". " not in lesson.text[:-1], lesson.text
+        assert lesson.text.split(" ")[0] in CONDITION_WORDS and ", " in lesson.text
+        assert lesson.text == compose(lesson.condition, lesson.action)
+        # what to do is the step's own words (the rewrite removes, it does not invent)
         step = by_task[lesson.source.task_id].rollouts[lesson.source.rollout].steps()
-        assert lesson.text.split(": ", 1)[1].split(" ...")[0] in step[lesson.source.step]
+        step_words = set(WORD.findall(step[lesson.source.step].lower()))
+        assert set(WORD.findall(lesson.action.lower())) <= step_words, lesson.text
+        if lesson.abstracted:
+            assert dict(provenance_of(lesson))["abstracted"] == ",".join(lesson.abstracted)
+    # the sample's math steps are full of the tasks' numbers and equations: some cannot be made
+    # general, and each is reported with where it was and why
+    assert result.dropped
+    for task_id, why in result.dropped:
+        assert task_id in by_task and re.match(r"rollout \d+ step \d+: \S", why), why
+    assert any("equation" in why or "number" in why for _, why in result.dropped)
     again = extractor.extract(math_groups)
     assert [(x.text, x.sources) for x in again.lessons] == [
         (x.text, x.sources) for x in result.lessons

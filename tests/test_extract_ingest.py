@@ -100,3 +100,32 @@ def test_socket_objects_with_deep_meta_are_reported_not_fatal():
     row = {"task_id": "t", "prompt": "p", "response": "r", "reward": 1, "meta": deep}
     with pytest.raises(RolloutError, match="meta"):
         parse_object(row)
+
+
+def test_the_extract_section_chooses_the_backend_and_its_limits(monkeypatch):
+    """[extract] decides what `submit_rollouts` runs: the request's server first, then the
+    section's (backend llm), then the environment's; the key only ever from the environment."""
+    from dsonode.api.rollouts import _llm_config
+    from dsonode.extract.config import ExtractConfig
+
+    for name in ("DSONODE_LLM_BASE_URL", "DSONODE_LLM_MODEL", "DSONODE_LLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    plain = validate_params("submit_rollouts", {"rollouts": [{}]})
+    assert _llm_config(plain, ExtractConfig()) is None  # offline by default
+    llm = ExtractConfig(
+        backend="llm", endpoint="http://127.0.0.1:9/v1", model="m", timeout_s=7, max_retries=1
+    )
+    config = _llm_config(plain, llm)
+    assert config is not None and (config.base_url, config.model) == ("http://127.0.0.1:9/v1", "m")
+    assert (config.timeout_s, config.max_retries, config.api_key) == (7, 1, None)
+    monkeypatch.setenv("DSONODE_LLM_API_KEY", "sk-from-env")
+    assert _llm_config(plain, llm).api_key == "sk-from-env"
+    asked = validate_params(
+        "submit_rollouts",
+        {"rollouts": [{}], "llm": {"base_url": "http://127.0.0.2:9/v1", "model": "other"}},
+    )
+    assert _llm_config(asked, llm).model == "other"  # the request's server wins
+    with pytest.raises(InvalidParams, match="backend is llm"):
+        _llm_config(plain, ExtractConfig(backend="llm"))
+    with pytest.raises(ValueError, match=r"extract\.per_group"):
+        ExtractConfig(per_group=0)

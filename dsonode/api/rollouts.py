@@ -2,8 +2,9 @@
 
 `submit_rollouts(service, params)` runs in one of the socket server's worker threads. It checks
 every rollout (a bad one is reported by its index, never fatal), groups them by task, runs the
-extractor (the offline one with the node's encoder by default; the LLM one when the request
-names a server or the node's environment does: $DSONODE_LLM_BASE_URL and $DSONODE_LLM_MODEL)
+extractor (as `[extract]` says: the offline one with the node's encoder by default; the LLM
+one when the request names a server, or when `extract.backend = "llm"`, or when the node's
+environment names one: $DSONODE_LLM_BASE_URL and $DSONODE_LLM_MODEL)
 and hands each lesson, signed with its provenance, to the same code path as `add_experience`
 (`RetrievalService.add_signed`, then `Library.add_experience`: embed, sign the submission,
 store, index, publish).
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from dsonode.api.jsonrpc import MAX_QUERY_BYTES, InvalidParams, SearchParams, SubmitRolloutsParams
 from dsonode.core import wire
 from dsonode.core.errors import WireError
+from dsonode.extract.config import ExtractConfig
 from dsonode.extract.llm import ChatClient, Existing, LLMConfig, LLMError, LLMExtractor
 from dsonode.extract.offline import Lesson, OfflineExtractor, provenance_of
 from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
@@ -24,8 +26,6 @@ from dsonode.extract.rollouts import RolloutError, group_rollouts, parse_object
 if TYPE_CHECKING:  # the service imports this module
     from dsonode.api.service import RetrievalService
 
-#: retrieved experiences shown to the LLM per task
-RETRIEVE_K = 5
 #: sources listed per lesson in a reply (their count is always given)
 MAX_REPLY_SOURCES = 16
 #: steps of one request (the offline extractor embeds each one and compares it with all the
@@ -44,11 +44,20 @@ def _retriever(service: RetrievalService) -> Callable[[str, int], list[Existing]
     return retrieve
 
 
-def _llm_config(params: SubmitRolloutsParams) -> LLMConfig | None:
+def _llm_config(params: SubmitRolloutsParams, extract: ExtractConfig) -> LLMConfig | None:
+    """The request's server, else [extract]'s (backend "llm"), else the environment's."""
+    base_url, model = params.llm_base_url, params.llm_model
+    if base_url is None and model is None and extract.backend == "llm":
+        base_url, model = extract.endpoint or None, extract.model or None
     try:
-        return LLMConfig.from_env(base_url=params.llm_base_url, model=params.llm_model)
+        config = LLMConfig.from_env(None, base_url=base_url, model=model, **extract.llm_settings)
     except LLMError as exc:
         raise InvalidParams("llm", f"is rejected: {exc}") from None
+    if config is None and extract.backend == "llm":
+        raise InvalidParams(
+            "llm", "is needed: extract.backend is llm but no endpoint and model are configured"
+        )
+    return config
 
 
 def lesson_row(lesson: Lesson, exp_id: bytes) -> dict[str, Any]:
@@ -82,13 +91,15 @@ def submit_rollouts(service: RetrievalService, params: SubmitRolloutsParams) -> 
         raise InvalidParams(
             "rollouts", f"hold {steps} steps, the limit is {MAX_SUBMIT_STEPS}: send fewer a call"
         )
-    llm = _llm_config(params)
+    extract = service.extract
+    llm = _llm_config(params, extract)
     embed = service.library.embed_base
     if llm is None:
-        result = OfflineExtractor(embed).extract(groups)
+        result = OfflineExtractor(embed, per_group=extract.per_group).extract(groups)
     else:
         with ChatClient(llm) as chat:
-            result = LLMExtractor(chat, embed, _retriever(service), k=RETRIEVE_K).extract(groups)
+            retrieve = _retriever(service)
+            result = LLMExtractor(chat, embed, retrieve, k=extract.retrieve_k).extract(groups)
 
     added: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []

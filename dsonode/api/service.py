@@ -40,6 +40,7 @@ from dsonode.core.constants import DIM
 from dsonode.core.errors import DsoError, WireError
 from dsonode.core.feedback import rerank
 from dsonode.core.peerinfo import PeerAddrError
+from dsonode.extract.config import ExtractConfig
 from dsonode.library import Library
 from dsonode.store import ExperienceRecord
 
@@ -101,8 +102,16 @@ class ServerView(Protocol):
 
 
 class RetrievalService:
-    def __init__(self, library: Library, *, feedback_weight: float):
+    def __init__(
+        self,
+        library: Library,
+        *,
+        feedback_weight: float,
+        extract: ExtractConfig | None = None,
+    ):
         self.library = library
+        #: How `submit_rollouts` extracts lessons (`[extract]`; None = the defaults).
+        self.extract = extract or ExtractConfig()
         self.store = library.store
         self.author = library.author
         self.space_id = library.space_id

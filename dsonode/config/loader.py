@@ -25,7 +25,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -39,6 +39,7 @@ from dsonode.config.settings import (
     SETTINGS,
     WEIGHTED_METHODS,
     Setting,
+    default,
     setting,
 )
 from dsonode.core.errors import DsoError
@@ -168,6 +169,19 @@ class TestnetSection:
 
 
 @dataclass(frozen=True)
+class ExtractSection:
+    backend: str = default("extract.backend")
+    endpoint: str = default("extract.endpoint")
+    model: str = default("extract.model")
+    timeout_s: float = default("extract.timeout_s")
+    max_retries: int = default("extract.max_retries")
+    concurrency: int = default("extract.concurrency")
+    max_tokens: int = default("extract.max_tokens")
+    retrieve_k: int = default("extract.retrieve_k")
+    per_group: int = default("extract.per_group")
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSection
     net: NetSection
@@ -180,6 +194,7 @@ class Config:
     source: Path | None = None
     #: Environment variables that overrode a setting, e.g. ("DSONODE_NET_LISTEN",).
     env_overrides: tuple[str, ...] = ()
+    extract: ExtractSection = field(default_factory=ExtractSection)
 
     # -- adapters to the classes that consume the settings (imported lazily: heavy) --
 
@@ -578,7 +593,14 @@ def _finish(
             "testnet.attack", "a Byzantine attack is only honoured with testnet.enabled = true"
         )
     testnet = TestnetSection(**tn)
-    return Config(node, net, consensus, api, gateway, metrics, testnet, source, overridden)
+
+    ex = v["extract"]
+    if ex["endpoint"] and not re.match(r"https?://[^\s/?#@]+", ex["endpoint"]):
+        raise fail("extract.endpoint", "must be http(s)://host[:port][/path] (e.g. .../v1)")
+    extract = ExtractSection(**ex)
+    return Config(
+        node, net, consensus, api, gateway, metrics, testnet, source, overridden, extract=extract
+    )
 
 
 def _parse_metrics_listen(

@@ -23,6 +23,8 @@ from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
 from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_WEIGHT
 from dsonode.embed.defaults import DEFAULT_DEVICE
+from dsonode.extract.config import BACKENDS as EXTRACT_BACKENDS
+from dsonode.extract.config import ExtractConfig as _EX  # its defaults are the [extract] ones
 from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
 
 ENV_PREFIX = "DSONODE_"
@@ -77,6 +79,8 @@ SECTION_DOCS = {
     "api": "The local JSON-RPC retrieval socket (Unix socket, mode 0600).",
     "gateway": "The HTTP gateway (`dsonode gateway`): OpenAI embeddings, Cohere/Jina rerank.",
     "metrics": "Prometheus metrics over HTTP.",
+    "extract": "Rollouts -> lessons (`submit_rollouts`, `dsonode ingest`). The LLM's API key is "
+    "never a setting: only $DSONODE_LLM_API_KEY.",
     "testnet": "Test networks only. A Byzantine node is an ordinary node with an attack set here.",
 }
 
@@ -343,6 +347,29 @@ SPEC: tuple[Setting, ...] = (
         "let metrics.listen be a non-loopback IP",
         flag="--metrics-allow-non-loopback",
     ),
+    # [extract]
+    _s(
+        "extract",
+        "backend",
+        "choice",
+        _EX.backend,
+        "offline (the node's encoder only) or llm (an OpenAI-compatible server)",
+        choices=EXTRACT_BACKENDS,
+    ),
+    _s(
+        "extract",
+        "endpoint",
+        "str",
+        _EX.endpoint,
+        'LLM base URL .../v1; "" = $DSONODE_LLM_BASE_URL',
+    ),
+    _s("extract", "model", "str", _EX.model, 'LLM model name; "" = $DSONODE_LLM_MODEL'),
+    _s("extract", "timeout_s", "float", _EX.timeout_s, "per LLM request", lo=0.1, hi=3600),
+    _s("extract", "max_retries", "int", _EX.max_retries, "LLM retries on 429/5xx", lo=0, hi=10),
+    _s("extract", "concurrency", "int", _EX.concurrency, "LLM requests in flight", lo=1, hi=64),
+    _s("extract", "max_tokens", "int", _EX.max_tokens, "per LLM completion", lo=1, hi=32768),
+    _s("extract", "retrieve_k", "int", _EX.retrieve_k, "experiences shown to the LLM", lo=0, hi=20),
+    _s("extract", "per_group", "int", _EX.per_group, "offline: lessons per task", lo=1, hi=16),
     # [testnet]
     _s("testnet", "enabled", "bool", False, "this node is part of a test network"),
     _s(

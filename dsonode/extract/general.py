@@ -20,8 +20,11 @@ that fires is the reason returned:
    prompt or a ground truth, except 0, 1 and 2 (the constants of general methods: "1 - P",
    "halve", "pairs"); "2.0" and "2" are the same number;
 6. **identifier**: a token of the prompt that is a code or variable name (it holds "_", a
-   digit after a letter, an inner capital as in camelCase, or a dot between names), or a
-   single letter other than a/A/I, found as a whole token (case-sensitive) in the lesson;
+   digit after a letter, an inner capital as in camelCase, or a dot between names; or it is
+   a parameter of a call written in the prompt, "xs" of "f(xs, target)"), or a single letter
+   other than a/A/I (letters of units such as km/h excepted), found as a whole token
+   (case-sensitive) in the lesson; and any snake_case or camelCase token of the lesson that
+   is part of such a name ("report_job" of "test_report_job_runs");
 7. **entity**: a capitalised word of the prompt or a ground truth that is not the first word
    of its sentence and not an all-capitals acronym (API, CSV, HTTP name kinds of things, not
    this task's), found as a whole word (case-sensitive) in the lesson.
@@ -84,6 +87,7 @@ _QUOTED = re.compile(
 )
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_CALL_ARGS = re.compile(r"[A-Za-z_]\w*\(([^()]{1,200})\)")
 
 
 # ------------------------------------------------------------------------------- the rule
@@ -155,6 +159,8 @@ def facts_of(group: Group) -> TaskFacts:
     for t in truths:
         entities |= _entities(t)
     identifiers = {tok for tok in _TOKEN.findall(_UNIT.sub(" ", prompt)) if _is_identifier(tok)}
+    for args in _CALL_ARGS.findall(prompt):  # the parameters of "find_index(xs, target)"
+        identifiers.update(a for a in _TOKEN.findall(args) if len(a) > 1)
     return TaskFacts(
         task_id=group.task_id,
         prompt_runs=runs,
@@ -257,6 +263,7 @@ _VERBS = _set("""
     treat trim try update use validate verify wait watch weigh write
     """)
 _ADVERBS = _set("first always never then also only explicitly carefully briefly still again next")
+_CONNECTORS = _set("so and then thus hence therefore")
 _SUBORDINATORS = _set("when whenever if before after once while unless on for until where as")
 _PREPOSITIONS = _set("""to for with on in of by from at as into like about against over under between via
     than per without""")
@@ -299,6 +306,9 @@ def _is_verb(word: str) -> bool:
 def _split_condition(clause: str) -> tuple[str, str] | None:
     """(condition, imperative) of "Before X, do Y" / "First do Y" / "Do Y"; None if no verb."""
     words = clause.split(" ")
+    while len(words) > 1 and words[0].lower().strip(",") in _CONNECTORS:
+        words = words[1:]  # "..., so compare ...": the instruction starts after "so"
+    clause = " ".join(words)
     cond = ""
     if words and words[0].lower() in _SUBORDINATORS and "," in clause:
         head, _, rest = clause.partition(",")

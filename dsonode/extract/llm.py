@@ -8,8 +8,9 @@ rollouts of one task (see `dsonode.extract.prompts` for the exact prompts):
    node: its own search) and ask for operations `add` / `modify` / `merge` / `keep` as JSON;
 3. apply them (`LLMExtractor._apply`): the JSON is repaired (code fences, trailing commas, prose
    around the first array/object) and validated, never trusted: ids must be among the
-   experiences shown, lessons at most 32 words, not copied from the task; a bad operation is
-   dropped with its reason, an answer without any usable JSON fails the group.
+   experiences shown, lessons at most 32 words, not task-specific (the rule of
+   `dsonode.extract.general.task_specific`, the same that guards the offline path); a bad
+   operation is dropped with its reason, an answer without any usable JSON fails the group.
 
 Experiences are immutable signed items identified by (domain, text), so nothing is edited in
 place. `modify` of E yields a new experience whose provenance names E (`supersedes.0`, op
@@ -44,6 +45,7 @@ import numpy as np
 from dsonode.core.errors import DsoError
 from dsonode.core.wire import MAX_TEXT_BYTES, normalize_text
 from dsonode.extract import prompts
+from dsonode.extract.general import task_specific
 from dsonode.extract.offline import (
     EXTRACTOR_TAG,
     MAX_LESSON_WORDS,
@@ -82,8 +84,6 @@ MAX_MODEL_CHARS = 256
 #: the most characters of a completion that the JSON repair looks at
 MAX_JSON_CHARS = 64 * 1024
 MAX_OPERATIONS = 8
-#: a run of this many words copied from the task makes a lesson task-specific
-COPIED_WORDS = 6
 
 
 class LLMError(DsoError):
@@ -470,23 +470,6 @@ def validate_operations(obj: Any, labels: Mapping[str, str]) -> tuple[list[Opera
     if len(obj) > MAX_OPERATIONS * 4:
         dropped.append(f"operations after the first {MAX_OPERATIONS * 4} ignored")
     return ops, dropped
-
-
-def task_specific(text: str, group: Group) -> str | None:
-    """Why a lesson is about this task rather than general (None if it looks general)."""
-    low = text.lower()
-    if group.task_id.lower() in low:
-        return "it names the task id"
-    words = _WORD.findall(low)
-    task = _WORD.findall(group.prompt.lower())
-    runs = {tuple(task[i : i + COPIED_WORDS]) for i in range(len(task) - COPIED_WORDS + 1)}
-    for i in range(len(words) - COPIED_WORDS + 1):
-        if tuple(words[i : i + COPIED_WORDS]) in runs:
-            return f"it copies {COPIED_WORDS} words of the task"
-    truths = {r.ground_truth.strip().lower() for r in group.rollouts if r.ground_truth}
-    if any(len(t) >= 8 and t in low for t in truths):
-        return "it states the task's answer"
-    return None
 
 
 # ------------------------------------------------------------------------------- extractor

@@ -36,6 +36,7 @@ from dsonode.config.settings import default
 from dsonode.core.errors import DsoError
 from dsonode.dirlock import release_lock, take_lock
 from dsonode.embed.space import DEFAULT_MODEL_NAME, default_space_id
+from dsonode.extract.config import ExtractConfig
 from dsonode.gateway.app import serve_gateway
 from dsonode.gateway.config import GatewayConfig
 from dsonode.identity import load_or_create_key
@@ -104,6 +105,8 @@ class NodeConfig:
     log_level: str = default("node.log_level")
     # The HTTP gateway (dsonode.gateway) over the node's own model: None = off.
     gateway: GatewayConfig | None = None
+    # How `submit_rollouts` extracts lessons ([extract]).
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
 
 def gossip_config(cfg: Config) -> GossipConfig:
@@ -134,6 +137,21 @@ def conn_config(cfg: Config) -> ConnConfig:
         mdns=net.mdns,
         known_peers_max=net.known_peers_max,
         peers_flush_s=net.peers_flush_s,
+    )
+
+
+def extract_config(cfg: Config) -> ExtractConfig:
+    ex = cfg.extract
+    return ExtractConfig(
+        backend=ex.backend,
+        endpoint=ex.endpoint,
+        model=ex.model,
+        timeout_s=ex.timeout_s,
+        max_retries=ex.max_retries,
+        concurrency=ex.concurrency,
+        max_tokens=ex.max_tokens,
+        retrieve_k=ex.retrieve_k,
+        per_group=ex.per_group,
     )
 
 
@@ -173,6 +191,7 @@ def node_config(cfg: Config) -> NodeConfig:
         socket=cfg.api.socket,
         metrics_listen=join_hostport(metrics.host, metrics.port) if metrics.enabled else None,
         metrics_allow_non_loopback=metrics.allow_non_loopback,
+        extract=extract_config(cfg),
         log_format=cfg.node.log_format,
         log_level=cfg.node.log_level,
         gateway=cfg.gateway_config() if cfg.gateway.enabled else None,
@@ -262,7 +281,9 @@ class Node:
                 self.library.policy = ByzantinePolicy(
                     self.library, config.byzantine_attack, config.attack_scale
                 )
-            self.service = RetrievalService(self.library, feedback_weight=config.feedback_weight)
+            self.service = RetrievalService(
+                self.library, feedback_weight=config.feedback_weight, extract=config.extract
+            )
             self.server = RpcServer(
                 self.service.handlers(config.cpu_threads),
                 ServerLimits(
