@@ -16,6 +16,7 @@ import pytest
 from dsonode.api.ingest import load_rollouts
 from dsonode.api.jsonrpc import RpcError
 from dsonode.core import wire
+from dsonode.extract.general import task_specific
 from dsonode.extract.rollouts import group_rollouts
 from dsonode.extract.testing import RecordedLLMServer
 from dsonode.testnet.process import NodeProcess
@@ -99,7 +100,13 @@ def test_rollouts_into_a_running_node(tmp_path, capsys, monkeypatch):
             llm_reply = c.submit_rollouts(picked, llm_base_url=llm.base_url, llm_model="recorded")
             assert llm_reply["extractor"] == "llm" and not llm_reply["failed_groups"]
             ops = sorted(row["op"] for row in llm_reply["added"])
-            assert ops == ["add", "add", "add", "modify"]
+            # the weather task's second add quotes the task's 'tomorrow': the task_specific
+            # rule drops it in the node too, and says why
+            assert ops == ["add", "add", "modify"]
+            assert any(
+                d["task_id"] == "agents/weather-tool/0" and "quoted literal" in d["reason"]
+                for d in llm_reply["dropped_operations"]
+            )
             modify = next(row for row in llm_reply["added"] if row["op"] == "modify")
             assert c.get(modify["supersedes"][0])["id"] == modify["supersedes"][0]
             assert c.search(modify["text"], k=1)[0]["id"] == modify["id"]
@@ -132,6 +139,7 @@ def test_rollouts_into_a_running_node(tmp_path, capsys, monkeypatch):
             mean = sum(group.rewards) / len(group.rewards)
             assert group.rollouts[rollout].reward > mean, "lesson from a failed rollout"
             assert step < len(group.rollouts[rollout].steps())
+            assert task_specific(row["text"], group) is None, row["text"]
         prov = _provenance(store, modify["id"])
         assert prov["extractor"] == "llm" and prov["op"] == "modify"
         assert prov["supersedes.0"] == modify["supersedes"][0]

@@ -276,6 +276,10 @@ _ASIDE = re.compile(r"\s+\([^()]{0,200}\)|\s+\[[^\[\]]{0,200}\]")
 _UNIT = re.compile(r"\b[A-Za-z]{1,3}(?:/[A-Za-z]{1,3})+\b")
 #: words after which a name is not an appositive: "is 10", "equals 12", "substituting x"
 _NOT_NOUN = _set("is are was were be been equals gives give makes make has have")
+#: "x = 3": one name set to one number, nothing computed on either side
+_ASSIGNMENT = re.compile(
+    r"(?<![=+*/^<>-]\s)(?<![=+*/^<>-])\b([A-Za-z]\w*)\s*=\s*(-?\d+(?:\.\d+)?)(?![\w.]|\s*[-+*/^=])"
+)
 _EQUATION = re.compile(r"[=<>≤≥≈]|\d\s*[-+*/×^]\s*\d")
 _FIRST_PERSON = re.compile(r"\b(?:I|I'm|I'll|I've|I'd|(?i:me|my|mine|we|us|our))\b")
 _LEAD_FILLER = re.compile(
@@ -326,6 +330,16 @@ def _split_condition(clause: str) -> tuple[str, str] | None:
 def _abstract(clause: str, facts: TaskFacts) -> tuple[str | None, set[str]]:
     """The clause without the task's facts where they can go; None if it still holds one."""
     removed: set[str] = set()
+
+    def value(m: re.Match[str]) -> str:
+        # "x = 3" of the task (its variable or its number) is "the value" in general
+        var, num = m.group(1), _decimal(m.group(2))
+        if var in facts.identifiers or num in facts.numbers:
+            removed.add("equation")
+            return "the value"
+        return m.group(0)
+
+    clause = _ASSIGNMENT.sub(value, clause)
     for _ in range(16):  # bounded: each pass removes one span
         spans = _specific_spans(clause, facts)
         if not spans:
