@@ -146,3 +146,27 @@ def test_facts_are_computed_once_and_reused():
     facts = facts_of(CODE)
     assert "find_index" in facts.identifiers and "xs" in facts.identifiers
     assert task_specific("Keep xs sorted.", facts) == task_specific("Keep xs sorted.", CODE)
+
+
+def test_the_benchmark_counts_specific_and_leaking_lessons_by_their_sources():
+    """bench extract: task_specific_fraction by the rule, param_leak_fraction by the generator's
+    meta.params (which sees what the rule cannot, e.g. a computed value); precision by
+    meta.good_steps."""
+    from dsonode.bench.extract import score_lessons
+    from dsonode.extract.offline import Lesson, Source
+
+    meta = [{"good_steps": [1], "params": ["820", "Lyon"]}, {"good_steps": [], "params": []}]
+    rollouts = tuple(
+        Rollout("t/0", "What was the population of Lyon?", "a\nb\nc", reward, meta=m)
+        for reward, m in zip((1.0, 0.0), meta, strict=True)
+    )
+    group = Group("t/0", "general", rollouts[0].prompt, rollouts)
+    lessons = [
+        Lesson("When citing, prefer the statistics office.", "general", 1.0, [Source("t/0", 0, 1)]),
+        Lesson("Check the figure for Lyon.", "general", 1.0, [Source("t/0", 0, 0)]),
+        Lesson("When summing, expect about 820 in total.", "general", 1.0, [Source("t/0", 0, 1)]),
+    ]
+    out = score_lessons([group], lessons)
+    assert out["task_specific_fraction"] == pytest.approx(1 / 3)  # "Lyon": an entity
+    assert out["param_leak_fraction"] == pytest.approx(2 / 3)  # "Lyon" and the computed 820
+    assert out["precision"] == pytest.approx(2 / 3) and out["recall"] == 1.0
