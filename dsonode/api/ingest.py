@@ -310,7 +310,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     for g in s["failed_groups"]:
         print(f"failed task {g['task_id']}: {g['error']}", file=out)
     for d in s["dropped_operations"]:
-        print(f"dropped an operation for {d['task_id']}: {d['reason']}", file=out)
+        # offline: a step that could not be made a general lesson; LLM: an invalid operation
+        print(f"dropped for {d['task_id']}: {d['reason']}", file=out)
     for r in s["lessons"]:
         state = "lesson" if s["dry_run"] else "added"
         if r.get("op", "add") != "add":
@@ -326,6 +327,6 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"{s['rollouts']} rollouts ({len(s['bad_lines'])} bad lines), {s['groups']} groups "
         f"with signal ({len(s['skipped_groups'])} skipped, {len(s['failed_groups'])} failed), "
         f"{s['extractor']} extractor: {len(s['lessons'])} lessons{stored}, "
-        f"{s['merged']} merged into others",
+        f"{s['merged']} merged into others, {len(s['dropped_operations'])} dropped",
         file=out,
     )
