@@ -251,29 +251,26 @@ def plot_retrieval(reports: Sequence[Report], path: Path) -> Path:
     ax_lat.axhline(RETRIEVAL_P50_TARGET_MS, color="tab:blue", lw=0.9, ls="-.")
     ax_lat.axhline(SOCKET_P50_TARGET_MS, color="tab:red", lw=0.9, ls="-.")
     left = min(ns)
-    ax_lat.annotate(
-        f"{RETRIEVAL_P50_TARGET_MS:g} ms: index p50 target (at 1M)",
-        (left, RETRIEVAL_P50_TARGET_MS),
-        xytext=(0, -10),
-        textcoords="offset points",
-        fontsize=7,
-        color="tab:blue",
-    )
-    ax_lat.annotate(
-        f"{SOCKET_P50_TARGET_MS:g} ms: socket p50 target",
-        (left, SOCKET_P50_TARGET_MS),
-        xytext=(0, 3),
-        textcoords="offset points",
-        fontsize=7,
-        color="tab:red",
-    )
+    for target, text, colour, dy in (
+        (RETRIEVAL_P50_TARGET_MS, "index p50 target (at 1M)", "tab:blue", -10),
+        (SOCKET_P50_TARGET_MS, "socket p50 target (text query)", "tab:red", 3),
+    ):
+        ax_lat.annotate(
+            f"{target:g} ms: {text}",
+            (left, target),
+            xytext=(2, dy),
+            textcoords="offset points",
+            fontsize=7,
+            color=colour,
+        )
     ax_lat.set_xscale("log")
     ax_lat.set_yscale("log")
     ax_lat.set_xlabel("items in the index")
     ax_lat.set_ylabel("ms per query (one at a time)")
     ax_lat.set_title("Search latency")
     ax_lat.grid(alpha=0.25, which="both")
-    ax_lat.legend(fontsize=7, loc="upper left")
+    _node_ticks(ax_lat, ns)
+    ax_lat.legend(fontsize=7, loc="lower right")
 
     for key, label, style in (
         ("recall_at_10", "index (rescored)", dict(color="tab:blue", marker="o")),
@@ -296,6 +293,7 @@ def plot_retrieval(reports: Sequence[Report], path: Path) -> Path:
         color="tab:blue",
     )
     ax_rec.set_xscale("log")
+    _node_ticks(ax_rec, ns)
     ax_rec.set_ylim(0.0, 1.05)
     ax_rec.set_xlabel("items in the index")
     ax_rec.set_ylabel("recall@10 vs exhaustive asymmetric scoring")
@@ -490,7 +488,15 @@ def plot_representations(
     ax_abs.grid(alpha=0.25, axis="x")
     for y, r in zip(ys, rows, strict=True):
         if r.name == baseline:
-            ax_diff.plot([0], [y], marker="|", color="0.55", ms=12)
+            ax_diff.annotate(
+                "baseline",
+                (0, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+                color="0.45",
+            )
             continue
         base = next((b.ndcg10 for b in rows if b.name == baseline), None)
         d = r.ndcg10 - base if base is not None else None
@@ -508,7 +514,7 @@ def plot_representations(
         elif d is not None:
             ax_diff.plot([d], [y], marker="o", color="tab:blue")
     ax_diff.axvline(0, color="0.3", lw=0.8)
-    ax_diff.set_xlabel(f"nDCG@10 - {baseline} (paired bootstrap 95% CI)")
+    ax_diff.set_xlabel("nDCG@10 minus the baseline's, 95% CI (paired bootstrap)")
     ax_diff.set_title("Difference to the baseline (red: interval excludes 0)", fontsize=9)
     ax_diff.grid(alpha=0.25, axis="x")
     fig.suptitle(title, fontsize=10)
