@@ -88,7 +88,9 @@ def _caption(fig: Figure, reports: Sequence[Report]) -> None:
     for r in reports:
         env = r.get("env") or {}
         if env:
-            lines.append(f"{env.get('command', '?')}  ({env.get('date', '?')})")
+            load = r.get("loadavg_before")  # where a benchmark records it: the machine's load
+            at_load = f", load average {float(load[0]):.1f}" if load else ""
+            lines.append(f"{env.get('command', '?')}  ({env.get('date', '?')}{at_load})")
     if lines:
         fig.supxlabel("\n".join(lines), fontsize=7, color="0.35")
 
@@ -233,6 +235,11 @@ def plot_retrieval(reports: Sequence[Report], path: Path) -> Path:
     for key, label, style in (
         ("p50_ms", "index p50", dict(color="tab:blue", marker="o", ls="-")),
         ("p99_ms", "index p99", dict(color="tab:blue", marker="o", ls="--", mfc="white")),
+        (
+            "cpu_ms_per_query",
+            "index CPU time per query (no waiting for a core)",
+            dict(color="tab:cyan", marker="x", ls=":"),
+        ),
         ("faiss_p50_ms", "faiss flat p50 (full codes)", dict(color="tab:orange", marker="s")),
         (
             "faiss_prefix_p50_ms",
