@@ -133,8 +133,21 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "command": "dsonode " + " ".join(sys.argv[1:]),
+        "command": f"{_program()} " + " ".join(sys.argv[1:]),
     }
+
+
+def _program() -> str:
+    """How the benchmark was started: `dsonode`, or `python -m qa.faults` for a driver run
+    as a module from the checkout (whose argv[0] is the file)."""
+    script = Path(sys.argv[0])
+    if script.suffix != ".py" or script.name == "__main__.py":
+        return "dsonode"
+    try:
+        module = script.resolve().relative_to(Path(__file__).resolve().parents[2])
+    except ValueError:
+        return f"python {script.name}"
+    return "python -m " + ".".join(module.with_suffix("").parts)
 
 
 def report(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,8 @@ def _caption(fig: Figure, reports: Sequence[Report]) -> None:
         if env:
             load = r.get("loadavg_before")  # where a benchmark records it: the machine's load
             at_load = f", load average {float(load[0]):.1f}" if load else ""
-            lines.append(f"{env.get('command', '?')}  ({env.get('date', '?')}{at_load})")
+            line = f"{env.get('command', '?')}  ({env.get('date', '?')}{at_load})"
+            lines += textwrap.wrap(line, 170, subsequent_indent="    ")
     if lines:
         fig.supxlabel("\n".join(lines), fontsize=7, color="0.35")
 
@@ -583,20 +585,35 @@ def plot_faults(report: Report, path: Path) -> Path:
     kinds = list(runs[0].get("modes") or runs[0]["peers"])
     fig = _figure(10.5, 4.4)
     ax_gl, ax_del = fig.subplots(1, 2, width_ratios=[1.8, 1])
+    run_colours = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink"]
     for k, kind in enumerate(kinds):
         times: list[float] = []
         never = 0
-        for r in runs:
+        for j, r in enumerate(runs):
             peer = r["peers"].get(kind, {})
             per_node = [float(t) for t in (peer.get("graylist_s") or {}).values()]
             times += per_node
             never += len(r.get("nodes", {})) - len(per_node)
-        jitter = [k + 0.18 * ((i % 7) - 3) / 3 for i in range(len(times))]
-        ax_gl.plot(jitter, [max(t, 0.01) for t in times], "o", ms=4, alpha=0.7, color="tab:blue")
+            offset = 0.25 * (j - (len(runs) - 1) / 2) / max(1, len(runs) - 1)
+            ax_gl.plot(
+                [k + offset] * len(per_node),
+                [max(t, 0.01) for t in per_node],
+                "o",
+                ms=4,
+                alpha=0.75,
+                color=run_colours[j % len(run_colours)],
+                label=f"run {j + 1}" if k == 0 else None,
+            )
         if times:
             med = sorted(times)[len(times) // 2]
             ax_gl.plot([k - 0.3, k + 0.3], [med, med], color="black", lw=2)
-        label = f"{len(times)} graylistings" + (f"\n{never} never" if never else "")
+        sent = [((r["peers"].get(kind, {}).get("sent") or {}).get("msgs")) for r in runs]
+        label = (
+            f"{len(times)} graylistings"
+            + (f", {never} never" if never else "")
+            + "\nmsgs sent per run:\n"
+            + ", ".join("?" if m is None else str(m) for m in sent)
+        )
         ax_gl.annotate(
             label,
             (k, 0.012),
@@ -621,6 +638,7 @@ def plot_faults(report: Report, path: Path) -> Path:
     ax_gl.set_xlabel("hostile peer kind (dots: one honest node in one run; bar: median)")
     ax_gl.set_title("Time to graylist", fontsize=9)
     ax_gl.grid(alpha=0.25, axis="y", which="both")
+    ax_gl.legend(fontsize=7, loc="upper right")
 
     fracs = [r.get("flood_honest_delivered_fraction") for r in runs]
     xs = list(range(1, len(runs) + 1))
