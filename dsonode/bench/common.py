@@ -159,12 +159,19 @@ def report(
     `--save` the same JSON is written to a file, with `--plot` that JSON is drawn (the
     picture is made from the saved form, so it cannot disagree with the numbers)."""
     result = {**result, "env": environment()}
-    text = json.dumps(result, indent=2, sort_keys=False, default=_jsonable)
+    wants_file = outputs is not None and (
+        getattr(outputs, "save", None) is not None or getattr(outputs, "plot", None) is not None
+    )
+    text = (
+        json.dumps(result, indent=2, sort_keys=False, default=_jsonable)
+        if as_json or wants_file
+        else ""
+    )
     if as_json:
         print(text)
     else:
         _print_human(result)
-    if outputs is None:
+    if outputs is None or not wants_file:
         return
     save: Path | None = getattr(outputs, "save", None)
     if save == _DEFAULT_SAVE:
