@@ -535,7 +535,7 @@ def plot_representations(
         elif d is not None:
             ax_diff.plot([d], [y], marker="o", color="tab:blue")
     ax_diff.axvline(0, color="0.3", lw=0.8)
-    ax_diff.set_xlabel("nDCG@10 minus the baseline's, 95% CI (paired bootstrap)")
+    ax_diff.set_xlabel("difference in nDCG@10 (95% CI, paired bootstrap)")
     ax_diff.set_title("Difference to the baseline (red: interval excludes 0)", fontsize=9)
     ax_diff.grid(alpha=0.25, axis="x")
     fig.suptitle(title, fontsize=10)
