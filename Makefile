@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dsonode-installed
 
-.PHONY: run test lint bench bench-faults clean-venv
+.PHONY: run test lint bench bench-faults plots clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dsonode needs Python >= 3.11")'
@@ -36,6 +36,11 @@ lint: $(STAMP)
 # not installed, so it runs from this checkout: `make bench-faults ARGS="--json --seed 1"`.
 bench-faults: $(STAMP)
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python -m qa.faults $(ARGS)
+
+# Every picture of BENCHMARKS.md, redrawn from the JSON the benchmarks saved with `--json
+# --save` (docs/bench/*.json -> docs/bench/*.png); needs the plots extra (in dev).
+plots: $(STAMP)
+	$(BIN)/python -m dsonode.bench.plots --src docs/bench --out docs/bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dsonode.argtypes import bounded_int
-from dsonode.bench.common import report
+from dsonode.bench.common import add_output_args, report
 
 NOT_MEASURED = "not measured yet: needs the multi-node `dsonode testnet` (next round)"
 LESSONS = [
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="new experiences per (attack, fraction) of the live Byzantine sweep (1..10)",
     )
+    add_output_args(parser, "faults")
     return parser
 
 
@@ -435,7 +436,7 @@ def run(args) -> int:
         "flood_honest_delivered_fraction_min": 0.99,
         "met": met and kill_failures == 0 and _partition_ok(part) and _flood_ok(flood),
     }
-    report(result, args.json)
+    report(result, args.json, args)
     return 0 if result["targets"]["met"] else 1
 
 

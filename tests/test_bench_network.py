@@ -64,6 +64,8 @@ def test_bench_network_four_nodes_deliver_before_and_after_the_bootstrap_dies():
     # Joined from one address: everyone found everyone (min(8, N - 1) = 3 peers).
     assert run["connected_min"] == run["connected_max"] == 3
     assert 0 <= run["p50_ms"] <= run["p99_ms"] < 60_000
+    cdf = dict(run["latency_cdf_ms"])  # the same latencies at more percentiles (for a CDF)
+    assert (cdf[50], cdf[99], cdf[100]) == (run["p50_ms"], run["p99_ms"], run["max_ms"])
     assert run["bytes_in_per_item_per_node"] > 964  # at least one code's worth per item
     # A light node loads no model: it is far smaller than a full one.
     assert 0 < run["rss_mb_light"] < run["rss_mb_full"]

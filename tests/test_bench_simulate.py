@@ -64,6 +64,15 @@ def test_small_network_covers_stays_in_the_push_bound_and_decodes():
     assert fig["mesh_degree"]["min"] >= D_LOW and fig["mesh_degree"]["max"] <= D_HIGH
     assert fig["churn_events"]["leaves"] + fig["churn_events"]["joins"] > 0
     assert fig["items_decoded"] > 0 and fig["decode_failures"] == 0
+    # The delivery CDF (drawn by bench/plots.py): percentiles rise with their values; a
+    # node validates after the author published (one hop at least), and by the time the
+    # slowest experience reached 99 % of its cohort, far more than half the deliveries had
+    # happened.
+    cdf = fig["delivery_cdf_ms"]
+    assert [q for q, _ in cdf] == sorted(q for q, _ in cdf) and cdf[0][0] == 0
+    values = [v for _, v in cdf]
+    assert values == sorted(values)
+    assert cdf[0][1] > 0 and dict(cdf)[50] <= 1000 * fig["coverage_99_s_max"]
 
 
 def test_consensus_follows_the_honest_majority_of_submitters():

@@ -1,7 +1,8 @@
 """Benchmark commands: `dsonode bench NAME [--json]`.
 
-Each module dsonode/bench/<name>.py (other than `common` and `_private` helpers) registers one subcommand through
-`register(subparsers)`; adding a benchmark is adding a file.
+Each module dsonode/bench/<name>.py (other than the helpers `common`, `plots` and `_private`
+ones) registers one subcommand through `register(subparsers)`; adding a benchmark is adding a
+file. `plots` draws the benchmarks' JSON (`--plot`, `make plots`).
 Benchmarks measure side by side in one run and report medians and ratios, because this
 machine is shared and noisy; targets live here, never in timed tests.
 """
@@ -11,12 +12,14 @@ import pkgutil
 
 from dsonode.argtypes import SubParsers
 
+HELPERS = frozenset({"common", "plots"})
+
 
 def benchmark_modules() -> list[str]:
     return sorted(
         m.name
         for m in pkgutil.iter_modules(__path__)
-        if m.name != "common" and not m.name.startswith("_") and not m.ispkg
+        if m.name not in HELPERS and not m.name.startswith("_") and not m.ispkg
     )
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from dsonode.argtypes import SubParsers, bounded_int
-from dsonode.bench.common import code_rows, report
+from dsonode.bench.common import add_output_args, code_rows, report
 from dsonode.core import attacks, bitdelta
 from dsonode.core.aggregate import aggregate, aggregate_codes
 from dsonode.core.constants import CODE_BYTES, DIM
@@ -419,12 +419,13 @@ def register(bench_subparsers: SubParsers) -> None:
         "--submitters", type=bounded_int(3, 100), default=20, help="per experience (default 20)"
     )
     p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="default 0")
+    add_output_args(p, "byzantine")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     fractions = args.fractions or [args.fraction]
-    report(run(fractions, args.experiences, args.submitters, args.seed), args.json)
+    report(run(fractions, args.experiences, args.submitters, args.seed), args.json, args)
     return 0
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dsonode.argtypes import SubParsers
-from dsonode.bench.common import add_common_args, code_rows, report
+from dsonode.bench.common import add_common_args, add_output_args, code_rows, report
 from dsonode.core import bitdelta
 from dsonode.core.constants import CODE_BYTES, DIM, FLOAT32_BYTES
 from dsonode.core.errors import DsoError
@@ -51,6 +51,7 @@ def register(subparsers: SubParsers) -> None:
         "codec", help="BitDelta codec: encode/decode/hamming/rescoring speed and fidelity"
     )
     add_common_args(parser)
+    add_output_args(parser, "codec", plot=False)
     parser.add_argument("--n", type=int, default=10_000, help="vectors in the batch")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.set_defaults(func=run)
@@ -201,5 +202,5 @@ def run(args: argparse.Namespace) -> int:
         "median_s": med,
         "cpu_per_s": cpu_per_s,
     }
-    report(result, args.json)
+    report(result, args.json, args)
     return 0

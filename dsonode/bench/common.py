@@ -35,6 +35,64 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Where `--save` writes by default: docs/bench/ of the checkout this package runs from, read
+#: back by `make plots` (`python -m dsonode.bench.plots`).
+SAVE_DIR = Path(__file__).resolve().parents[2] / "docs" / "bench"
+
+
+def add_output_args(
+    parser: argparse.ArgumentParser, name: str, plot: bool = True, save_as: str | None = None
+) -> None:
+    """`--save [FILE.json]` (and `--plot FILE.png` when plots.py draws `name`) on a benchmark
+    command; `report(result, args.json, args)` then honours them. `save_as`: the default file
+    name when one command saves several runs, formatted with the arguments (e.g.
+    "retrieval-n{n}")."""
+    stem = save_as or name
+    parser.add_argument(
+        "--save",
+        nargs="?",
+        const=_DEFAULT_SAVE,
+        default=None,
+        type=_json_path,
+        metavar="FILE.json",
+        help=f"also write the JSON report to FILE (default docs/bench/{stem}.json)",
+    )
+    if plot:
+        parser.add_argument(
+            "--plot",
+            type=_png_path,
+            default=None,
+            metavar="FILE.png",
+            help="draw the result into FILE.png (needs: pip install 'dsonode[plots]')",
+        )
+    parser.set_defaults(output_name=name, output_save_as=stem)
+
+
+_DEFAULT_SAVE = Path("<default>")
+
+
+def _json_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix != ".json":
+        raise argparse.ArgumentTypeError(f"--save wants a .json file, got {text!r}")
+    return path
+
+
+def _png_path(text: str) -> Path:
+    """Checked when the command line is parsed, so a missing extra fails before an hour of
+    benchmark rather than after it."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"--plot wants a .png file, got {text!r}")
+    from dsonode.bench import plots  # the module imports matplotlib only when it draws
+
+    try:
+        plots.require_matplotlib()
+    except plots.PlotsUnavailable as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return path
+
+
 def median_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds over `repeats` runs after `warmup` untimed runs."""
     if repeats < 1:
@@ -60,23 +118,76 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+#: The percentiles a latency distribution is kept at in a report (enough to draw its CDF).
+CDF_PERCENTILES = (0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 100)
+
+
+def cdf_points(values: list[float], digits: int = 1) -> list[list[float]]:
+    """[[percentile, value], ...] at CDF_PERCENTILES: a distribution in ~15 pairs of JSON."""
+    return [[q, round(percentile(values, q), digits)] for q in CDF_PERCENTILES] if values else []
+
+
 def environment() -> dict[str, Any]:
     return {
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "command": "dsonode " + " ".join(sys.argv[1:]),
+        "command": f"{_program()} " + " ".join(sys.argv[1:]),
     }
 
 
-def report(result: dict[str, Any], as_json: bool) -> None:
-    """Print a benchmark result: one JSON object (with --json) or aligned key: value lines."""
+def _program() -> str:
+    """How the benchmark was started: `dsonode`, or `python -m qa.faults` for a driver run
+    as a module from the checkout (whose argv[0] is the file)."""
+    script = Path(sys.argv[0])
+    if script.suffix != ".py" or script.name == "__main__.py":
+        return "dsonode"
+    try:
+        module = script.resolve().relative_to(Path(__file__).resolve().parents[2])
+    except ValueError:
+        return f"python {script.name}"
+    return "python -m " + ".".join(module.with_suffix("").parts)
+
+
+def report(
+    result: dict[str, Any], as_json: bool, outputs: argparse.Namespace | None = None
+) -> None:
+    """Print a benchmark result: one JSON object (with --json) or aligned key: value lines.
+
+    `outputs`, the parsed arguments of a command registered with `add_output_args`: with
+    `--save` the same JSON is written to a file, with `--plot` that JSON is drawn (the
+    picture is made from the saved form, so it cannot disagree with the numbers)."""
     result = {**result, "env": environment()}
+    wants_file = outputs is not None and (
+        getattr(outputs, "save", None) is not None or getattr(outputs, "plot", None) is not None
+    )
+    text = (
+        json.dumps(result, indent=2, sort_keys=False, default=_jsonable)
+        if as_json or wants_file
+        else ""
+    )
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=False, default=_jsonable))
+        print(text)
+    else:
+        _print_human(result)
+    if outputs is None or not wants_file:
         return
-    _print_human(result)
+    save: Path | None = getattr(outputs, "save", None)
+    if save == _DEFAULT_SAVE:
+        save = SAVE_DIR / (outputs.output_save_as.format(**vars(outputs)) + ".json")
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save.with_name(save.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(save)
+        print(f"saved {save}", file=sys.stderr)
+    png: Path | None = getattr(outputs, "plot", None)
+    if png is not None:
+        from dsonode.bench import plots
+
+        plots.plot_report(outputs.output_name, json.loads(text), png)
+        print(f"plotted {png}", file=sys.stderr)
 
 
 def _print_human(obj: dict[str, Any], indent: int = 0) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from dsonode.argtypes import SubParsers
 from dsonode.bench.common import (
     add_common_args,
+    add_output_args,
     default_vaswani_dir,
     median_time,
     percentile,
@@ -331,6 +332,7 @@ def register(bench_subparsers: SubParsers) -> None:
     p.add_argument("--data", type=Path, default=None, help="Vaswani folder (TREC files)")
     p.add_argument("--limit-docs", type=int, default=None, help="use only the first N documents")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPUs)")
+    add_output_args(p, "embed")
     p.set_defaults(func=_main)
 
 
@@ -340,5 +342,5 @@ def _main(args: argparse.Namespace) -> int:
     data = args.data or default_vaswani_dir()
     if args.repeats < 1:
         raise BenchDataError("--repeats must be >= 1")
-    report(run(Path(data), args.limit_docs, args.threads, args.repeats), args.json)
+    report(run(Path(data), args.limit_docs, args.threads, args.repeats), args.json, args)
     return 0

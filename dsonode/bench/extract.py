@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsonode.argtypes import SubParsers, bounded_int
-from dsonode.bench.common import report
+from dsonode.bench.common import add_output_args, report
 from dsonode.core.errors import DsoError
 
 if TYPE_CHECKING:  # types only: the CLI imports this module at start (ARCHITECTURE.md)
@@ -87,6 +87,7 @@ def register(bench_sub: SubParsers) -> None:
         help="also time the LLM path against a local server of canned completions: our "
         "overhead (HTTP, prompts, parsing), not a model's speed",
     )
+    add_output_args(p, "extract", plot=False)
     p.set_defaults(func=cmd_bench_extract)
 
 
@@ -230,5 +231,5 @@ def cmd_bench_extract(args: argparse.Namespace) -> int:
         out["precision_vs_baseline"] = out["precision"] / out["baseline_precision"]
     if args.llm_recorded:
         out.update(_llm_overhead(groups, embedder.encode_base, args.repeats))
-    report(out, args.json)
+    report(out, args.json, args)
     return 0

@@ -31,7 +31,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from dsonode.argtypes import SubParsers
-from dsonode.bench.common import add_common_args, default_vaswani_dir, percentile, report
+from dsonode.bench.common import (
+    add_common_args,
+    add_output_args,
+    default_vaswani_dir,
+    percentile,
+    report,
+)
 
 SHORT_INPUT = "What is the speed of light in a vacuum?"
 RATIO_TARGET = 0.8
@@ -44,6 +50,7 @@ def register(subparsers: SubParsers) -> None:
         "gateway", help="HTTP gateway latency and micro-batched throughput vs the direct encoder"
     )
     add_common_args(p)
+    add_output_args(p, "gateway", plot=False)
     p.add_argument("--texts", type=int, default=256, help="texts per throughput pass")
     p.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     p.add_argument("--per-request", type=int, default=1, help="texts per request")
@@ -290,5 +297,5 @@ def run(args: argparse.Namespace) -> int:
         "model": gw.model,
         "runs": {"direct": direct, "batch": batched, "float_json": floats},
     }
-    report(result, args.json)
+    report(result, args.json, args)
     return 0

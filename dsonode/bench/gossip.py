@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dsonode.bench.common import percentile, report
+from dsonode.bench.common import add_output_args, percentile, report
 from dsonode.core.errors import DsoError
 
 N_AUTHORS = 8
@@ -90,6 +90,7 @@ def register(bench_subparsers: Any) -> None:
         help="seconds each phase may take before the bench gives up on missing items",
     )
     p.add_argument("--keep", type=Path, default=None, help="keep stores and logs in this dir")
+    add_output_args(p, "gossip", plot=False)
     p.set_defaults(func=cmd_gossip)
 
 
@@ -379,7 +380,7 @@ def cmd_gossip(args: argparse.Namespace) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    report(result, args.json)
+    report(result, args.json, args)
     return 0
 
 

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dsonode.argtypes import bounded_float, bounded_int
-from dsonode.bench.common import percentile, report
+from dsonode.bench.common import add_output_args, cdf_points, percentile, report
 from dsonode.core.errors import DsoError
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ def register(bench_subparsers: Any) -> None:
         help="seconds, after a batch is published, for every node to hold it (default 300)",
     )
     p.add_argument("--keep", type=Path, default=None, help="keep data dirs and logs here")
+    add_output_args(p, "network")
     p.set_defaults(func=cmd_network)
 
 
@@ -315,6 +316,7 @@ def _delivery(
         "p99_ms": round(percentile(lat, 99), 1) if lat else None,
         "max_ms": round(max(lat), 1) if lat else None,
         "coverage_99_ms": round(statistics.median(coverage), 1) if coverage else None,
+        "latency_cdf_ms": cdf_points(lat),  # the delivered pairs' latencies, for a CDF
     }
 
 
@@ -392,7 +394,14 @@ def run_one(n: int, args: argparse.Namespace, root: Path, log: Any) -> dict[str,
         out.update(
             {
                 k: d1[k]
-                for k in ("delivered_fraction", "p50_ms", "p99_ms", "max_ms", "coverage_99_ms")
+                for k in (
+                    "delivered_fraction",
+                    "p50_ms",
+                    "p99_ms",
+                    "max_ms",
+                    "coverage_99_ms",
+                    "latency_cdf_ms",
+                )
             }
         )
         per_node_bytes, per_node_tcp, per_node_msgs, dups = [], [], [], 0
@@ -502,5 +511,5 @@ def cmd_network(args: argparse.Namespace) -> int:
         if args.keep is None:
             with contextlib.suppress(OSError):
                 shutil.rmtree(root, ignore_errors=True)
-    report({"runs": runs, "targets": _targets(runs)}, args.json)
+    report({"runs": runs, "targets": _targets(runs)}, args.json, args)
     return 0

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from dsonode.argtypes import SubParsers
-from dsonode.bench.common import code_rows, percentile, report
+from dsonode.bench.common import add_output_args, code_rows, percentile, report
 from dsonode.core.constants import BITS_BYTES, DIM, SCALE_BYTES
 
 LATENT = 384
@@ -71,6 +71,7 @@ def register(bench_sub: SubParsers) -> None:
         help="also measure a full search over the retrieval socket (n = 100,000)",
     )
     p.add_argument("--socket-queries", type=int, default=100)
+    add_output_args(p, "retrieval", save_as="retrieval-n{n}")
     p.set_defaults(func=run)
 
 
@@ -352,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result["socket_p50_ms"] = None
         result["socket_note"] = "not measured (--no-socket)"
-    report(result, args.json)
+    report(result, args.json, args)
     return 0
 
 

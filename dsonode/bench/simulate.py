@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsonode.argtypes import bounded_float, bounded_int
-from dsonode.bench.common import percentile, report
+from dsonode.bench.common import add_output_args, cdf_points, percentile, report
 from dsonode.config.settings import default
 from dsonode.core import attacks, bitdelta, committee, consensus, wire
 from dsonode.core.constants import DIM
@@ -554,6 +554,7 @@ class Simulation:
     def figures(self) -> dict[str, Any]:
         survivors = [i for i in range(len(self.alive)) if self.alive[i]]
         coverage: list[float] = []
+        delivery: list[float] = []
         uncovered = 0
         msgs, dups, all_recv = [], [], 0
         correct = total = 0
@@ -571,6 +572,11 @@ class Simulation:
         for e in self.exps:
             cohort = [n for n in e.live_at_publish if self.alive[n]]
             times = sorted(e.held_at[n] - e.published for n in cohort if n in e.held_at)
+            if e.author in e.held_at:  # as bench network: a node's store minus the author's
+                t_author = e.held_at[e.author]
+                delivery.extend(
+                    e.held_at[n] - t_author for n in cohort if n != e.author and n in e.held_at
+                )
             need = math.ceil(COVERAGE * len(cohort))
             if len(times) >= need and need > 0:
                 coverage.append(times[need - 1])
@@ -633,6 +639,9 @@ class Simulation:
             "coverage_99_s_p99": round(percentile(coverage, 99), 6) if coverage else None,
             "coverage_99_s_max": round(max(coverage), 6) if coverage else None,
             "experiences_not_covered": uncovered,
+            # (cohort node, experience) pairs, author excluded: validated there minus held
+            # by the author (its publication), in ms; the real network's latency_cdf_ms
+            "delivery_cdf_ms": cdf_points([1000 * t for t in delivery], digits=2),
             "msgs_per_node_per_experience": round(statistics.fmean(msgs), 4),
             "duplicates_per_node_per_experience": round(statistics.fmean(dups), 4),
             "all_msgs_per_node_per_experience": round(all_recv / live_mean / len(self.exps), 4),
@@ -844,6 +853,7 @@ def register(bench_subparsers: Any) -> None:
         action="store_true",
         help="node 0 publishes every experience (the calibration against bench gossip)",
     )
+    add_output_args(p, "simulate")
     p.set_defaults(func=_main)
 
 
@@ -861,7 +871,7 @@ def _main(args: argparse.Namespace) -> int:
         exploit_slack=args.exploit_slack,
         single_publisher=args.single_publisher,
     )
-    report(result, args.json)
+    report(result, args.json, args)
     return 0
 
 
