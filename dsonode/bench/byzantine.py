@@ -33,6 +33,10 @@ codes, attackers craft codes from the decoded honest codes they see, the node ag
 decoded codes (`aggregate_codes`) and queries score the consensus codes (decode(code) @ q,
 which is what `asymmetric_scores` computes; checked on one key each run). `targets` holds each
 accuracy over the clean accuracy of the same method and pipeline, and the issue's targets.
+
+`--paper-setting` (`run_paper`) runs Table 5 as the paper did: mean and median with no row
+normalisation and no rejection, 30% attackers drawing N(0, 10 sigma^2), under three readings of
+sigma, beside the paper's figures (BENCHMARKS.md "byzantine, paper setting").
 """
 
 from __future__ import annotations
