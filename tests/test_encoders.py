@@ -89,10 +89,16 @@ def _build(folder: Path, style: str) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    from dsonode.embed.head import build_seeded_head, save_head
+
     root = tmp_path_factory.mktemp("encoders")
+    # A narrow seeded head (hidden 64): the pooling is what is under test, and building the
+    # default 6144-wide head for every embedder would cost seconds each.
+    save_head(build_seeded_head(HIDDEN, hidden=64), root / "head.safetensors", {"seed": "test"})
     return {
         "bert": _build(root / "tiny-bert", "bert"),
         "qwen3": _build(root / "tiny-qwen3", "qwen3"),
+        "head": root / "head.safetensors",
     }
 
 
@@ -107,10 +113,10 @@ def _reference_pool(folder: Path, text: str, pooling: str) -> np.ndarray:
     return vec / np.linalg.norm(vec)
 
 
-def _embedder(folder: Path, **options):
+def _embedder(folder: Path, head: Path, **options):
     from dsonode.embed.embedder import Embedder
 
-    return Embedder(folder, device="cpu", **options)
+    return Embedder(folder, head, device="cpu", **options)
 
 
 def test_each_pooling_path_matches_the_models_own_states(models):
@@ -118,7 +124,7 @@ def test_each_pooling_path_matches_the_models_own_states(models):
     that text run alone: mean and cls on a BERT-style model, last token on a Qwen3-style one."""
     cases = [("bert", "mean"), ("bert", "cls"), ("qwen3", "last_token")]
     for style, pooling in cases:
-        emb = _embedder(models[style], pooling=pooling)
+        emb = _embedder(models[style], models["head"], pooling=pooling)
         assert emb.options.pooling == pooling and emb.info()["pooling"] == pooling
         got = emb.encode_base(TEXTS, batch_size=4)  # one batch: every shorter row is padded
         for text, row in zip(TEXTS, got, strict=True):
@@ -141,7 +147,7 @@ def test_qwen3_space_from_its_folder_declaration_and_the_space_id(models):
         json.dumps({"pooling": "last_token", "query_prefix": QUERY_PREFIX, "max_length": 32})
     )
     try:
-        emb = _embedder(folder)
+        emb = _embedder(folder, models["head"])
     finally:
         (folder / "dsonode_space.json").unlink()
     opts = emb.options
@@ -221,4 +227,4 @@ def test_bad_declarations_are_refused(models, tmp_path):
     assert read_options(pool, pooling="cls").pooling == "cls"
     # A max length beyond the model's positions is refused at load.
     with pytest.raises(ModelLoadError, match="max_length"):
-        _embedder(folder, max_length=10_000)
+        _embedder(folder, models["head"], max_length=10_000)
