@@ -552,3 +552,33 @@ def test_extreme_magnitudes_neither_overflow_nor_underflow():
             res = aggregate(rows * factor, normalize=normalize)
             np.testing.assert_allclose(res.consensus, expected, atol=1e-3)
             assert res.accepted.all()
+
+
+def test_byzantine_paper_setting_mean_collapses_median_holds():
+    """Table 5 as the paper ran it (no normalisation, no rejection): under the reading with
+    sigma = the embeddings' scale the mean loses far more than the median; the attacker rows
+    of each reading have the length the reading says."""
+    import numpy as np
+
+    from dsonode.bench.byzantine import PAPER_TABLE5, make_task, paper_attack_rows, run_paper
+
+    truth = make_task(10, 0)[0][0]
+    rng = np.random.default_rng(0)
+    lengths = {
+        r: float(np.linalg.norm(paper_attack_rows(r, 4, truth, rng), axis=1).mean())
+        for r in ("truth_plus_noise", "noise_honest_sigma", "noise_embedding_sigma")
+    }
+    assert abs(lengths["noise_embedding_sigma"] - 10**0.5) < 0.1  # unit truth: sigma_e = 1/sqrt(d)
+    assert abs(lengths["noise_honest_sigma"] - 0.3 * 10**0.5) < 0.05
+    assert abs(lengths["truth_plus_noise"] - (1 + 0.9) ** 0.5) < 0.05
+
+    r = run_paper(experiences=20, submitters=20, seed=0)
+    assert r["attackers_per_experience"] == 6 and r["paper"] == PAPER_TABLE5
+    assert not r["normalize"] and not r["reject"]
+    fl = r["floats"]
+    assert fl["clean"]["mean"] > 0.8 and fl["clean"]["median"] > 0.8
+    hit = fl["noise_embedding_sigma"]["ratio_to_clean"]
+    assert hit["mean"] < 0.8 and hit["median"] > 0.9
+    for block in (r["floats"], r["codes"]):
+        for reading in ("truth_plus_noise", "noise_honest_sigma", "noise_embedding_sigma"):
+            assert all(0.0 <= a <= 1.0 for a in block[reading]["accuracy"].values())

@@ -1,4 +1,7 @@
-"""Text -> the native 7680-d space: encoder, mean pooling, projection head, Matryoshka prefixes.
+"""Text -> the native 7680-d space: encoder, pooling, projection head, Matryoshka prefixes.
+
+Pooling (mean, cls or last token), the query and document instruction prefixes, the max
+length and the dtype come from `dsonode.embed.options` and are part of the space id.
 
 One `Embedder` holds one loaded encoder and head (loading takes seconds: keep one per process,
 see `get_embedder`). Its `space_id` names the space its vectors live in; vectors from two
@@ -28,6 +31,7 @@ from dsonode.embed.head import (
     head_weights_sha256,
     load_head,
 )
+from dsonode.embed.options import EncoderOptions, read_options
 from dsonode.embed.space import space_id_of  # torch-free: light nodes compute it too
 
 #: Bounds on a call (memory guards; callers batch larger work themselves).
@@ -103,6 +107,12 @@ class Embedder:
         device: str = DEFAULT_DEVICE,
         threads: int | None = None,
         reference: np.ndarray | None = None,
+        *,
+        pooling: str | None = None,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+        max_length: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -112,9 +122,20 @@ class Embedder:
         self.device = _resolve_device(device)
         folder, self.encoder_name = _enc.resolve_encoder(encoder)
         self.encoder_path = folder
+        # None = from the folder (dsonode_space.json, then its sentence-transformers files).
+        self.options: EncoderOptions = read_options(
+            folder,
+            pooling=pooling,
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+            max_length=max_length,
+            dtype=dtype,
+        )
         self.model, self.tokenizer = _enc.load_encoder(folder, str(self.device))
+        if self.options.dtype != "float32":
+            self.model = self.model.to(getattr(torch, self.options.dtype))
         self.hidden_size = int(self.model.config.hidden_size)
-        self.max_length = _enc.max_seq_length(folder, self.tokenizer)
+        self.max_length = _max_length(self.options, folder, self.tokenizer, self.model.config)
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.encoder_sha256 = _enc.encoder_sha256(folder)
 
@@ -150,6 +171,7 @@ class Embedder:
             self.head_sha256,
             self.dim,
             reference,
+            self.options,
         )
         short = "minilm-l6" if self.encoder_name == _enc.DEFAULT_ENCODER_NAME else self.encoder_name
         self.model_name = f"dso-{short.lower()}-{self.dim}"
@@ -166,16 +188,19 @@ class Embedder:
         """What runs the head on the exact path: the int8 kernel, or the float32 head."""
         return self._run_head
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens per text as the encoder sees it (special tokens included, after truncation)."""
-        return [len(ids) for ids in self._tokenize(_validate_texts(texts))]
+    def count_tokens(self, texts: Sequence[str], kind: str = "document") -> list[int]:
+        """Tokens per text as the encoder sees it (prefix and special tokens included, after
+        truncation)."""
+        return [len(ids) for ids in self._tokenize(_validate_texts(texts), kind)]
 
-    def encode_base(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """(n, hidden_size) float32: the encoder's own L2-normalised mean-pooled vectors."""
+    def encode_base(
+        self, texts: Sequence[str], batch_size: int = 64, kind: str = "document"
+    ) -> np.ndarray:
+        """(n, hidden_size) float32: the encoder's own L2-normalised pooled vectors."""
         texts = _validate_texts(texts)
         batch_size = _validate_batch_size(batch_size)
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
-        self._run(texts, batch_size, False, out, lambda p: p.cpu().numpy())
+        self._run(texts, batch_size, False, out, lambda p: p.cpu().numpy(), kind)
         return out
 
     def embed(
@@ -184,8 +209,11 @@ class Embedder:
         dim: int | None = None,
         batch_size: int = 64,
         progress: bool | None = None,
+        kind: str = "document",
     ) -> np.ndarray:
         """(n, dim) float32 unit-norm vectors; dim 1024/2048/4096 gives renormalised prefixes.
+
+        `kind` ("document" or "query") picks the space's instruction prefix.
 
         Texts are sorted by token length into batches (little padding) and returned in input
         order. An empty string is valid (it embeds the special tokens alone); texts longer than
@@ -198,11 +226,11 @@ class Embedder:
         if progress is None:
             progress = len(texts) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
         out = np.empty((len(texts), dim), dtype=np.float32)
-        self._run(texts, batch_size, bool(progress), out, lambda p: self._project(p, dim))
+        self._run(texts, batch_size, bool(progress), out, lambda p: self._project(p, dim), kind)
         return out
 
     def embed_query(
-        self, text: str, dim: int | None = None, for_search: bool = False
+        self, text: str, dim: int | None = None, for_search: bool = False, kind: str | None = None
     ) -> np.ndarray:
         """(dim,) float32 unit vector for one text.
 
@@ -211,18 +239,21 @@ class Embedder:
         leaves this node: a bfloat16 copy of the encoder (where the CPU has native bfloat16)
         and a 2-limb integer fc2; it lands within cosine ~0.9999 of the exact vector (the
         benchmark reports its retrieval quality as `native_search_path`).
+        `kind` picks the instruction prefix; None = "query" for a search, else "document".
         """
         if not isinstance(text, str):
             raise EmbedError(f"text must be str, got {type(text).__name__}")
+        if kind is None:
+            kind = "query" if for_search else "document"
         if not for_search:
-            return self.embed([text], dim=dim, batch_size=1, progress=False)[0]
+            return self.embed([text], dim=dim, batch_size=1, progress=False, kind=kind)[0]
         dim = _validate_dim(dim)
-        ids = self._tokenize(_validate_texts([text]))[0]
+        ids = self._tokenize(_validate_texts([text]), kind)[0]
         input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
         with self._lock, torch.inference_mode():
             model = self._search_model()
             hidden = model(input_ids=input_ids).last_hidden_state.float()
-            pooled = torch.nn.functional.normalize(hidden.mean(dim=1), p=2.0, dim=-1)
+            pooled = self._pool(hidden, torch.ones(input_ids.shape, device=self.device))
             if isinstance(self._run_head, FastHead):
                 vec = self._run_head(pooled, limbs=2)
             else:
@@ -234,7 +265,11 @@ class Embedder:
     def _search_model(self) -> torch.nn.Module:
         """The encoder used by `embed_query(for_search=True)` (built on first use)."""
         if self._search_encoder is None:
-            if self.device.type == "cpu" and _cpu_has_native_bf16():
+            if (
+                self.device.type == "cpu"
+                and _cpu_has_native_bf16()
+                and self.options.dtype == "float32"
+            ):
                 self._search_encoder = copy.deepcopy(self.model).to(torch.bfloat16).eval()
             else:
                 self._search_encoder = self.model
@@ -259,6 +294,10 @@ class Embedder:
             "encoder_sha256": self.encoder_sha256,
             "hidden_size": self.hidden_size,
             "max_length": self.max_length,
+            "pooling": self.options.pooling,
+            "query_prefix": self.options.query_prefix,
+            "document_prefix": self.options.document_prefix,
+            "dtype": self.options.dtype,
             "head": str(self.head_path) if self.head_path else f"seeded:{DEFAULT_HEAD_SEED}",
             "head_sha256": self.head_sha256,
             "dim": self.dim,
@@ -269,11 +308,12 @@ class Embedder:
 
     # ----------------------------------------------------------------- internals
 
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+    def _tokenize(self, texts: list[str], kind: str = "document") -> list[list[int]]:
         if not texts:
             return []
+        prefix = self.options.prefix(kind)
         cut = self.max_length * _CHARS_PER_TOKEN_BOUND
-        clipped = [t if len(t) <= cut else t[:cut] for t in texts]
+        clipped = [prefix + (t if len(t) <= cut else t[:cut]) for t in texts]
         # A fast (Rust) tokenizer mutates its truncation state per call and raises "Already
         # borrowed" when two threads call it at once (the socket server embeds from threads).
         with self._tok_lock:
@@ -294,9 +334,10 @@ class Embedder:
         progress: bool,
         out: np.ndarray,
         fn: Callable[[torch.Tensor], np.ndarray],
+        kind: str = "document",
     ) -> None:
         """out[i] = fn(pooled batch)[row] over length-sorted batches, in input order."""
-        ids = self._tokenize(texts)
+        ids = self._tokenize(texts, kind)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         bar = _Progress(len(ids)) if progress else None
         try:
@@ -323,8 +364,21 @@ class Embedder:
 
     def _encode_ids(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        return self._pool(hidden, mask)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden) unit vectors from token states; rows are right-padded (`_run`), so
+        the last real token of a row sits at its length - 1 (a causal model never sees the
+        padding after it)."""
+        pooling = self.options.pooling
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "last_token":
+            last = mask.sum(dim=1).long().clamp(min=1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled.float(), p=2.0, dim=-1)
 
     def _project(self, pooled: torch.Tensor, dim: int) -> np.ndarray:
@@ -333,6 +387,22 @@ class Embedder:
             if dim != vec.shape[1]:
                 vec = torch.nn.functional.normalize(vec[:, :dim], p=2.0, dim=-1)
             return vec.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _max_length(options: EncoderOptions, folder: Path, tokenizer: Any, config: Any) -> int:
+    """The declared max length, bounded by the model's positions and the cap; else the
+    folder's (encoder.max_seq_length, as before options existed)."""
+    if options.max_length is None:
+        return _enc.max_seq_length(folder, tokenizer)
+    positions = getattr(config, "max_position_embeddings", None)
+    bound = _enc.MAX_SEQ_LENGTH_CAP
+    if isinstance(positions, int) and positions > 0:
+        bound = min(bound, positions)
+    if options.max_length > bound:
+        raise ModelLoadError(
+            f"max_length {options.max_length} exceeds what the encoder supports ({bound})"
+        )
+    return options.max_length
 
 
 class _Progress:
@@ -374,15 +444,18 @@ def get_embedder(
     head: str | Path | None = None,
     device: str = DEFAULT_DEVICE,
     threads: int | None = None,
+    **options: Any,
 ) -> Embedder:
-    """One Embedder per (encoder, head, device) per process: loading takes seconds."""
+    """One Embedder per (encoder, head, device, options) per process: loading takes seconds.
+    `options`: Embedder's pooling, query_prefix, document_prefix, max_length, dtype."""
     key = (
         str(Path(encoder).resolve()) if encoder is not None else None,
         str(Path(head).resolve()) if head is not None else None,
         device,
         threads,
+        tuple(sorted(options.items())),
     )
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Embedder(encoder, head, device=device, threads=threads)
+            _CACHE[key] = Embedder(encoder, head, device=device, threads=threads, **options)
         return _CACHE[key]

@@ -21,6 +21,9 @@ Stage 2, contrastive reranking (paper eq. 4, -log(exp s+ / (exp s+ + exp s-))):
 
 Stage 3, DSO regularisers (paper eqs. 5-8), see `bitdelta_loss`, `robust_loss`,
 `diversity_loss`; the trainer adds `rank_weight * L_rank` so retrieval is not forgotten.
+
+Stages 2-3 may add `matryoshka * L_mat`, `matryoshka_rank_loss`: the ranking loss on the
+renormalised 1024/2048/4096 prefixes, so that the prefixes degrade gracefully.
 """
 
 from __future__ import annotations
@@ -85,6 +88,31 @@ def pairwise_rank_loss(
     if count.item() == 0:
         return scores.sum() * 0.0
     return (per_pair * mask).sum() / count
+
+
+def matryoshka_rank_loss(
+    eq: torch.Tensor,
+    ec: torch.Tensor,
+    pos_index: torch.Tensor,
+    neg_mask: torch.Tensor,
+    dims: tuple[int, ...],
+    kind: str = "logistic",
+    tau: float = DEFAULT_TAU,
+    margin: float = DEFAULT_MARGIN,
+) -> torch.Tensor:
+    """Matryoshka term (Kusupati et al. 2022): the mean over `dims` of `pairwise_rank_loss`
+    on the renormalised leading `d` coordinates of queries (Q, D) and candidates (C, D), so
+    that the 1024/2048/4096 prefixes (and the 1024-bit code prefix) rank on their own."""
+    if not dims:
+        raise ValueError("matryoshka_rank_loss needs at least one prefix size")
+    total = eq.sum() * 0.0
+    for d in dims:
+        if not 0 < d <= eq.shape[1]:
+            raise ValueError(f"prefix {d} outside 1..{eq.shape[1]}")
+        pq = nn.functional.normalize(eq[:, :d], p=2.0, dim=-1)
+        pc = nn.functional.normalize(ec[:, :d], p=2.0, dim=-1)
+        total = total + pairwise_rank_loss(pq @ pc.T, pos_index, neg_mask, kind, tau, margin)
+    return total / len(dims)
 
 
 class _SignSTE(torch.autograd.Function):

@@ -22,6 +22,7 @@ from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
 from dsonode.embed.defaults import DEFAULT_HEAD_SEED, HEAD_HIDDEN
 from dsonode.embed.errors import ModelLoadError
+from dsonode.embed.options import EncoderOptions
 
 #: Version of the space-id construction.
 SPACE_LABEL = "dso/space/v1"
@@ -41,8 +42,14 @@ def space_id_of(
     head_sha256: str,
     dim: int,
     reference: np.ndarray | None,
+    options: EncoderOptions | None = None,
 ) -> str:
-    """sha256 over everything that decides where a text lands in the space (64 hex chars)."""
+    """sha256 over everything that decides where a text lands in the space (64 hex chars).
+
+    `options` (pooling, instruction prefixes, dtype; None = the defaults): a field enters the
+    hashed document only when it differs from its default, so the spaces defined before these
+    options existed (mean pooling, no prefixes, float32) keep their ids.
+    """
     if reference is None:
         reference = np.zeros(dim, dtype=np.float32)
     ref_sha = hashlib.sha256(np.ascontiguousarray(reference, dtype="<f4").tobytes()).hexdigest()
@@ -56,6 +63,14 @@ def space_id_of(
         "dim": dim,
         "reference_sha256": ref_sha,
     }
+    if options is not None:
+        doc["pooling"] = f"{options.pooling}+l2"
+        if options.query_prefix:
+            doc["query_prefix"] = options.query_prefix
+        if options.document_prefix:
+            doc["document_prefix"] = options.document_prefix
+        if options.dtype != "float32":
+            doc["dtype"] = options.dtype
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 

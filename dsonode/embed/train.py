@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from dsonode.core.constants import DIM
+from dsonode.core.constants import DIM, PREFIX_DIMS
 from dsonode.core.errors import DsoError
 from dsonode.embed import losses as L
 from dsonode.embed.defaults import (
@@ -113,6 +113,11 @@ class TrainConfig:
     noise: float = 0.05
     copies: int = 4
     rank_weight: float = 1.0
+    # stages 2-3: weight of the Matryoshka term (ranking on the 1024/2048/4096 prefixes)
+    matryoshka: float = 0.0
+    # train fc1 and the layer norms only: fc2 stays as initialised (a seeded fc2 keeps its
+    # exact int8 kernel, and a step costs about a third less on a CPU)
+    freeze_fc2: bool = False
     # fresh seeded head only (no --init)
     hidden: int | None = None
     head_seed: int = DEFAULT_HEAD_SEED
@@ -148,6 +153,7 @@ class TrainConfig:
         need(0 <= self.noise <= 10 and math.isfinite(self.noise), "noise must be in [0, 10]")
         need(1 <= self.copies <= MAX_COPIES, f"copies must be in 1..{MAX_COPIES}")
         need(0 <= self.rank_weight <= 100, "rank-weight must be in [0, 100]")
+        need(0 <= self.matryoshka <= 100, "matryoshka must be in [0, 100]")
         need(self.hidden is None or 1 <= self.hidden <= 65_536, "hidden must be in 1..65536")
         need(
             self.hidden is None or self.init is None,
@@ -298,7 +304,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     tensors = {f"head.{n}": t.detach().cpu().contiguous() for n, t in head.state_dict().items()}
-    params = list(head.parameters())
+    params = list(optimizer.param_groups[0]["params"])  # the trained ones, in order
     for i, p in enumerate(params):
         for key, value in optimizer.state.get(p, {}).items():
             tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -469,12 +475,15 @@ def train_head(
     embedder: Embedder | None = None,
     log: Callable[[str], None] = _stderr,
     on_step: Callable[[int, float], None] | None = None,
+    features: Callable[[list[str]], np.ndarray] | None = None,
 ) -> TrainResult:
     """Run one training stage end to end and write `cfg.out`. See the module docstring.
 
     `embedder` (a loaded `dsonode.embed.Embedder`) is reused if given, else one is loaded for
     `cfg.encoder`. `on_step(step, loss)` is called after each step; a KeyboardInterrupt it
-    raises behaves like Ctrl-C (checkpoint, then re-raise).
+    raises behaves like Ctrl-C (checkpoint, then re-raise). `features(texts)` gives the
+    encoder features of the texts when the caller already has them (a benchmark's cache);
+    by default they are computed with `embedder.encode_base`.
     """
     cfg.validate()
     ckpt_path = cfg.checkpoint_path
@@ -497,8 +506,16 @@ def train_head(
     texts = list(index.texts) if index is not None else list(data.texts)
     if index is not None and len(index.corpus_ids) < 2:
         raise TrainError(f"stage {cfg.stage} needs at least two distinct documents in the data")
-    log(f"encoding {len(texts)} texts with {embedder.encoder_name} (frozen)")
-    feats = torch.from_numpy(embedder.encode_base(texts)).to(device)
+    if features is None:
+        log(f"encoding {len(texts)} texts with {embedder.encoder_name} (frozen)")
+        base = embedder.encode_base(texts)
+    else:
+        base = np.asarray(features(texts), dtype=np.float32)
+        if base.shape != (len(texts), embedder.hidden_size) or not np.isfinite(base).all():
+            raise TrainError(
+                f"features must be a finite ({len(texts)}, {embedder.hidden_size}) array"
+            )
+    feats = torch.from_numpy(base).to(device)
     n_examples = len(texts) if index is None else len(index.query_ids)
     per_epoch = -(-n_examples // cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
@@ -512,6 +529,7 @@ def train_head(
         "batch_size": cfg.batch_size,
         "encoder_sha256": embedder.encoder_sha256,
         "mine_k": cfg.mine_k if cfg.stage >= 2 else 0,
+        "freeze_fc2": int(cfg.freeze_fc2),
     }
     if cfg.resume:
         head, step, history, mined, tensors, init_desc = _restore(ckpt_path, state, index)
@@ -521,7 +539,9 @@ def train_head(
         step, history, mined, tensors = 0, {}, None, None
     state.update(in_dim=head.in_dim, hidden=head.hidden, out_dim=head.out_dim, init=init_desc)
     head = head.to(device).train()
-    params = list(head.parameters())
+    if cfg.freeze_fc2:
+        head.fc2.requires_grad_(False)
+    params = [p for p in head.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if tensors is not None:
         opt_state = optimizer.state_dict()
@@ -596,6 +616,7 @@ def train_head(
         head_weights_sha256(head),
         head.out_dim,
         getattr(embedder, "reference", None),
+        getattr(embedder, "options", None),
     )
     first_loss = window_mean(losses, first=True)
     final_loss = window_mean(losses, first=False)
@@ -617,7 +638,9 @@ def train_head(
         "space_id": space_id,
     }
     if cfg.stage >= 2:
-        metadata.update(loss=cfg.loss, tau=cfg.tau, mine_k=cfg.mine_k)
+        metadata.update(loss=cfg.loss, tau=cfg.tau, mine_k=cfg.mine_k, matryoshka=cfg.matryoshka)
+    if cfg.freeze_fc2:
+        metadata.update(freeze_fc2=True)
     if cfg.stage == 3:
         metadata.update(noise=cfg.noise, copies=cfg.copies, rank_weight=cfg.rank_weight)
     _atomic(cfg.out, lambda tmp: save_head(head, tmp, metadata))
@@ -661,11 +684,16 @@ def _loss(
     hq, hc = feats[torch.from_numpy(q)], feats[torch.from_numpy(cand)]
     eq, ec = head(hq), head(hc)
     pos_t = torch.from_numpy(pos_col).to(feats.device)
-    l_rank = L.pairwise_rank_loss(
-        eq @ ec.T, pos_t, torch.from_numpy(neg_mask).to(feats.device), cfg.loss, cfg.tau, cfg.margin
-    )
+    neg_t = torch.from_numpy(neg_mask).to(feats.device)
+    l_rank = L.pairwise_rank_loss(eq @ ec.T, pos_t, neg_t, cfg.loss, cfg.tau, cfg.margin)
+    terms: dict[str, float] = {"rank": l_rank.item()}
+    if cfg.matryoshka:
+        dims = tuple(d for d in PREFIX_DIMS if d < eq.shape[1])
+        l_mat = L.matryoshka_rank_loss(eq, ec, pos_t, neg_t, dims, cfg.loss, cfg.tau, cfg.margin)
+        terms["matryoshka"] = l_mat.item()
+        l_rank = l_rank + cfg.matryoshka * l_mat
     if cfg.stage == 2:
-        return l_rank, {"loss": l_rank.item(), "rank": l_rank.item()}
+        return l_rank, {"loss": l_rank.item(), **terms}
     e_all = torch.cat([eq, ec])
     l_bit = L.bitdelta_loss(e_all, reference)
     gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) % 2**63)
@@ -677,7 +705,7 @@ def _loss(
     loss = L.dso_loss(l_bit, l_rob, l_div) + cfg.rank_weight * l_rank
     return loss, {
         "loss": loss.item(),
-        "rank": l_rank.item(),
+        **terms,
         "bitdelta": l_bit.item(),
         "robust": l_rob.item(),
         "diverse": l_div.item(),

@@ -78,10 +78,21 @@ def register_head_commands(subparsers: SubParsers) -> None:
     g.add_argument("--margin", type=bounded_float(0, 2), default=DEFAULT_MARGIN)
     g.add_argument("--mine-k", type=bounded_int(0, MAX_MINE_K), default=4)
     g.add_argument("--mine-every", type=bounded_int(1, MAX_STEPS), default=50)
+    g.add_argument(
+        "--matryoshka",
+        type=bounded_float(0, 100),
+        default=0.0,
+        help="weight of the ranking loss on the 1024/2048/4096 prefixes (default 0: off)",
+    )
     g3 = p.add_argument_group("stage 3 (DSO regularisers)")
     g3.add_argument("--noise", type=bounded_float(0, 10), default=0.05)
     g3.add_argument("--copies", type=bounded_int(1, MAX_COPIES), default=4)
     g3.add_argument("--rank-weight", type=bounded_float(0, 100), default=1.0)
+    p.add_argument(
+        "--freeze-fc2",
+        action="store_true",
+        help="train fc1 and the layer norms only (a seeded fc2 keeps its exact int8 kernel)",
+    )
     gh = p.add_argument_group("fresh seeded head (without --init)")
     gh.add_argument("--hidden", type=bounded_int(1, 65_536), help=f"default {HEAD_HIDDEN}")
     gh.add_argument("--head-seed", type=bounded_int(0, 2**64 - 1), default=DEFAULT_HEAD_SEED)
