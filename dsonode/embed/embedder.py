@@ -21,7 +21,7 @@ from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
 from dsonode.embed.defaults import DEFAULT_DEVICE, DEFAULT_HEAD_SEED, VALID_DIMS
 from dsonode.embed.errors import EmbedError, ModelLoadError
-from dsonode.embed.fastpath import FastHead, fast_head
+from dsonode.embed.fastpath import FastHead, HadamardSignLinear, fast_head
 from dsonode.embed.head import (
     ProjectionHead,
     build_seeded_head,
@@ -118,25 +118,25 @@ class Embedder:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.encoder_sha256 = _enc.encoder_sha256(folder)
 
-        if head is None:
-            self.head: ProjectionHead = build_seeded_head(self.hidden_size, DEFAULT_HEAD_SEED)
-            self.head_metadata: dict[str, str] = {"seed": str(DEFAULT_HEAD_SEED)}
-            self.head_path: Path | None = None
-        else:
-            self.head, self.head_metadata = load_head(head)
-            self.head_path = Path(head)
-        if self.head.in_dim != self.hidden_size:
+        self.head_path: Path | None = None if head is None else Path(head)
+        float_head, self.head_metadata = self._load_float_head()
+        if float_head.in_dim != self.hidden_size:
             raise ModelLoadError(
-                f"head expects {self.head.in_dim}-d input but encoder {self.encoder_name} "
+                f"head expects {float_head.in_dim}-d input but encoder {self.encoder_name} "
                 f"gives {self.hidden_size}-d"
             )
-        self.dim = int(self.head.out_dim)
+        self.dim = int(float_head.out_dim)
         if self.dim != DIM:
             raise ModelLoadError(f"head output is {self.dim}-d; the protocol's dimension is {DIM}")
-        self.head = self.head.to(self.device).eval()
-        self.head_sha256 = head_weights_sha256(self.head)
-        # The same function, faster: a +-scale fc2 (the seeded head) runs as an exact int8 GEMM.
-        self._run_head = fast_head(self.head)
+        self.head_sha256 = head_weights_sha256(float_head)
+        # The same function, faster: a +-scale fc2 runs as an exact int8 GEMM, the seeded
+        # head's from its Hadamard structure (bit-identical, no matrix held). fc2's float32
+        # matrix (189 MB) is then dropped; `head` rebuilds it for whoever asks.
+        self._run_head = fast_head(float_head, seed=DEFAULT_HEAD_SEED if head is None else None)
+        self._float_head: ProjectionHead | None = (
+            float_head if self._run_head is float_head else None
+        )
+        del float_head
 
         if reference is not None:
             reference = np.asarray(reference, dtype=np.float32)
@@ -159,7 +159,24 @@ class Embedder:
         self._tok_lock = threading.Lock()
         self._search_encoder: torch.nn.Module | None = None
 
+    def _load_float_head(self) -> tuple[ProjectionHead, dict[str, str]]:
+        """(head in float32 on this embedder's device, metadata): seeded, or from its file."""
+        if self.head_path is None:
+            built = build_seeded_head(self.hidden_size, DEFAULT_HEAD_SEED)
+            metadata = {"seed": str(DEFAULT_HEAD_SEED)}
+        else:
+            built, metadata = load_head(self.head_path)
+        return built.to(self.device).eval(), metadata
+
     # ----------------------------------------------------------------- public API
+
+    @property
+    def head(self) -> ProjectionHead:
+        """The head as a plain float32 module (rebuilt on each call when only its fast form is
+        kept: benchmarks and training ask for it, the embedding paths never do)."""
+        if self._float_head is not None:
+            return self._float_head
+        return self._load_float_head()[0]
 
     @property
     def head_runner(self) -> Any:
@@ -263,11 +280,20 @@ class Embedder:
             "head_sha256": self.head_sha256,
             "dim": self.dim,
             "device": str(self.device),
-            "head_kernel": "int8-limbs" if self._run_head is not self.head else "float32",
+            "head_kernel": self._head_kernel(),
             "threads": torch.get_num_threads(),
         }
 
     # ----------------------------------------------------------------- internals
+
+    def _head_kernel(self) -> str:
+        if not isinstance(self._run_head, FastHead):
+            return "float32"
+        return (
+            "hadamard-limbs"
+            if isinstance(self._run_head.fc2, HadamardSignLinear)
+            else ("int8-limbs")
+        )
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if not texts:
