@@ -180,7 +180,7 @@ def head_kernels(emb: Embedder, texts: list[str], repeats: int) -> dict[str, dic
 
     base = torch.from_numpy(emb.encode_base(texts[:64]))
     head = emb.head  # float32 (rebuilt when the embedder keeps only the fast form)
-    kernels = {"float32": (head, torch.float32)}
+    kernels: dict[str, tuple[torch.nn.Module, torch.dtype]] = {"float32": (head, torch.float32)}
     bf16 = copy.deepcopy(head).to(torch.bfloat16)
     kernels["bfloat16"] = (bf16, torch.bfloat16)
     int8 = fast_head(head)  # the int8 GEMM form, side by side with the structured one
