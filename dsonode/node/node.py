@@ -29,6 +29,7 @@ from dsonode.config.loader import Config, join_hostport
 from dsonode.config.paths import (
     KEY_FILE_NAME,
     LOCK_FILE_NAME,
+    QUERY_CACHE_DIR_NAME,
     SOCKET_NAME,
     STORE_DIR_NAME,
 )
@@ -73,6 +74,7 @@ class NodeConfig:
     idle_timeout: float = default("api.idle_timeout_s")
     quorum: int = default("consensus.quorum")
     cpu_threads: int = default("node.cpu_threads")
+    query_runtime: str = default("node.query_runtime")
     role: str = default("node.role")  # "light": no encoder (see light_embedder)
     space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
@@ -151,6 +153,7 @@ def node_config(cfg: Config) -> NodeConfig:
         idle_timeout=cfg.api.idle_timeout_s,
         quorum=cfg.consensus.quorum,
         cpu_threads=cfg.node.cpu_threads,
+        query_runtime=cfg.node.query_runtime,
         role=cfg.node.role,
         space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
@@ -236,6 +239,10 @@ class Node:
                 say("loading the embedding model")
                 self.full_embedder = get_embedder(
                     config.encoder, config.head, config.device, config.threads
+                )
+                # The search encoder, cached in the data dir (built once, ~15 s, when absent).
+                self.full_embedder.prepare_query_runtime(
+                    config.query_runtime, self.data_dir / QUERY_CACHE_DIR_NAME
                 )
                 self.embedder = self.full_embedder
             self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
