@@ -323,6 +323,10 @@ def run(
         "query_search_path_min_cosine_vs_exact": float(
             (np.stack(q_search) * q_native).sum(axis=1).min()
         ),
+        "query_search_path_mean_cosine_vs_exact": float(
+            (np.stack(q_search) * q_native).sum(axis=1).mean()
+        ),
+        "query_runtime": emb.query_runtime,
         "head_kernels": kernels,
         "quality": quality,
         "targets_met": targets,

@@ -10,8 +10,6 @@ STORE_DIR_NAME = "store"
 KEY_FILE_NAME = "node.key"
 LOCK_FILE_NAME = "node.lock"
 CONFIG_FILE_NAME = "dsonode.toml"
-#: Derived files a node can rebuild (the int8 query encoder, with its checksum sidecar).
-QUERY_CACHE_DIR_NAME = "cache"
 
 
 def default_data_dir() -> Path:

@@ -19,12 +19,14 @@ query path is the exact one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,11 @@ class QueryRuntimeError(RuntimeError):
 
 
 def available() -> bool:
-    """True when onnxruntime and onnx (the optional extra) import."""
+    """True when onnxruntime and onnx (the optional extra) are installed. Only their metadata is
+    read: onnx (~11 MB resident) is imported only to build the model."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
+        _versions()
+    except PackageNotFoundError:
         return False
     return True
 
@@ -86,11 +88,7 @@ def default_cache_dir() -> Path:
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "ort": onnxruntime.__version__}
+    return {name: version(name) for name in ("torch", "onnx", "onnxruntime")}
 
 
 def _sha256(path: Path) -> str:
@@ -178,15 +176,29 @@ def build_or_load(
     model, sidecar = cache_paths(cache_dir, encoder_sha256)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _export_and_quantize(torch_model, pad_id, model)
-        meta = {"sha256": _sha256(model), "provenance": _provenance(encoder_sha256)}
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".query-int8.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, sort_keys=True)
-        os.replace(tmp, sidecar)
+        # Nodes starting together on one machine build it once: the others wait, then load.
+        with open(cache_dir / ".query-int8.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = _cached(cache_dir, encoder_sha256)
+            if found is not None:
+                return found, False
+            _build(torch_model, pad_id, encoder_sha256, model, sidecar)
+    except QueryRuntimeError:
+        raise
     except Exception as exc:  # export/quantisation failures come in many types
         raise QueryRuntimeError(f"cannot build the int8 query encoder: {exc}") from exc
     return model, True
+
+
+def _build(torch_model: Any, pad_id: int, encoder_sha256: str, model: Path, sidecar: Path) -> None:
+    """Export, quantise, then write the sidecar (its checksum is what makes the model valid)."""
+    cache_dir = model.parent
+    _export_and_quantize(torch_model, pad_id, model)
+    meta = {"sha256": _sha256(model), "provenance": _provenance(encoder_sha256)}
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".query-int8.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(meta, f, sort_keys=True)
+    os.replace(tmp, sidecar)
 
 
 class OnnxQueryEncoder:

@@ -29,7 +29,6 @@ from dsonode.config.loader import Config, join_hostport
 from dsonode.config.paths import (
     KEY_FILE_NAME,
     LOCK_FILE_NAME,
-    QUERY_CACHE_DIR_NAME,
     SOCKET_NAME,
     STORE_DIR_NAME,
 )
@@ -240,10 +239,10 @@ class Node:
                 self.full_embedder = get_embedder(
                     config.encoder, config.head, config.device, config.threads
                 )
-                # The search encoder, cached in the data dir (built once, ~15 s, when absent).
-                self.full_embedder.prepare_query_runtime(
-                    config.query_runtime, self.data_dir / QUERY_CACHE_DIR_NAME
-                )
+                # The search encoder: built once per machine (~15 s) into the user cache,
+                # which every node there shares (checksummed; see dsonode/embed/runtime.py).
+                say("preparing the query encoder")
+                self.full_embedder.prepare_query_runtime(config.query_runtime)
                 self.embedder = self.full_embedder
             self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
             prev = self.store.previous_space_id
