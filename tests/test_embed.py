@@ -91,7 +91,9 @@ def test_search_path_is_close_to_the_exact_vector(emb):
         fast = emb.embed_query(text, for_search=True)
         assert fast.shape == (DIM,) and fast.dtype == np.float32
         assert abs(np.linalg.norm(fast) - 1) < 1e-5
-        assert float(exact @ fast) > 0.999
+        # int8 encoder: the runtime's probe gate (dsonode/embed/runtime.py); torch: ~0.9999
+        floor = 0.985 if emb.query_runtime == "onnx-int8" else 0.999
+        assert float(exact @ fast) > floor, (text, emb.query_runtime)
     pre = emb.embed_query("A cat sits on the mat.", dim=1024, for_search=True)
     assert pre.shape == (1024,) and abs(np.linalg.norm(pre) - 1) < 1e-5
     # The default path is exactly the batch path (it is what becomes a code).

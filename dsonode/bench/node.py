@@ -61,6 +61,13 @@ def register(bench_sub: SubParsers) -> None:
         help=f"comma-separated subset of {','.join(PARTS)}",
     )
     p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="a checkout of the previous code (e.g. the main branch): its node runs the same "
+        "memory part on the same store, side by side",
+    )
+    p.add_argument(
         "--arena-ab",
         action="store_true",
         help="repeat the memory part with glibc's default malloc arena count",
@@ -72,13 +79,15 @@ def _log(msg: str) -> None:
     print(f"[bench node] {msg}", file=sys.stderr, flush=True)
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of a process in MiB (from /proc)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MiB from /proc: VmRSS (all), RssAnon (its own heap and
+    weights), RssFile (mapped files: libraries, and the LMDB pages it has read, which the
+    kernel can drop)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def lesson_texts(count: int, salt: str) -> list[str]:
@@ -126,6 +135,7 @@ def measure_memory(
             stats = c.stats()
         time.sleep(idle_s)
         idle = rss_mb(node.pid)
+        idle_anon, idle_file = rss_mb(node.pid, "RssAnon"), rss_mb(node.pid, "RssFile")
         _log(f"idle rss {idle:.0f} MiB at n={n}; load for {load_s:.0f} s")
         stop = threading.Event()
         counts = [0] * (clients + 1)
@@ -165,13 +175,17 @@ def measure_memory(
             t.join(timeout=120)
         time.sleep(min(idle_s, 10.0))
         after = rss_mb(node.pid)
+        after_anon = rss_mb(node.pid, "RssAnon")
     finally:
         node.stop()
     return {
         "n": n,
         "rss_idle_mb": round(idle, 1),
+        "rss_idle_anon_mb": round(idle_anon, 1),
+        "rss_idle_file_mb": round(idle_file, 1),
         "rss_load_mb": round(max(samples), 1) if samples else None,
         "rss_after_load_mb": round(after, 1),
+        "rss_after_load_anon_mb": round(after_anon, 1),
         "rss_load_samples_mb": [round(s) for s in samples[:: max(1, len(samples) // 20)]],
         "load_searches": sum(counts[:clients]),
         "load_connections": counts[clients],
@@ -313,6 +327,19 @@ def run(args: argparse.Namespace) -> int:
             _log(f"memory: a full node with {args.n} items")
             data_dir, _ = _fresh_node(work, args.n)
             result.update(measure_memory(data_dir, args.n, args.idle_s, args.load_s, args.clients))
+            if args.baseline_src:
+                # The same store and load on the code in another checkout (today's main).
+                _log(f"memory again on the code in {args.baseline_src}")
+                base = measure_memory(
+                    data_dir,
+                    args.n,
+                    args.idle_s,
+                    args.load_s,
+                    args.clients,
+                    {"PYTHONPATH": str(args.baseline_src)},
+                )
+                keys = ("rss_idle_mb", "rss_idle_anon_mb", "rss_load_mb", "rss_after_load_mb")
+                result["baseline"] = {k: base[k] for k in (*keys, "load_searches")}
             if args.arena_ab:
                 # The same node and load with glibc's default arena count (8 per core): what
                 # `dsonode run`'s cap of 2 arenas (dsonode/node/cli.py) changes.

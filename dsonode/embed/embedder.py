@@ -260,7 +260,10 @@ class Embedder:
                 if self._governor is not None:
                     self._governor.update()
                 input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
-                hidden = self._search_model()(input_ids=input_ids).last_hidden_state.float()
+                # A short text beside the int8 model takes the exact encoder (no second,
+                # bfloat16 copy of it just for short queries).
+                model = self._search_model() if self._query is None else self.model
+                hidden = model(input_ids=input_ids).last_hidden_state.float()
                 pooled = torch.nn.functional.normalize(hidden.mean(dim=1), p=2.0, dim=-1)
             if isinstance(self._run_head, FastHead):
                 vec = self._run_head(pooled, limbs=2)
