@@ -336,7 +336,9 @@ def run(args: argparse.Namespace) -> int:
                     args.idle_s,
                     args.load_s,
                     args.clients,
-                    {"PYTHONPATH": str(args.baseline_src)},
+                    # PYTHONSAFEPATH: `python -m` must not put the cwd (maybe this checkout)
+                    # ahead of PYTHONPATH on sys.path.
+                    {"PYTHONPATH": str(args.baseline_src), "PYTHONSAFEPATH": "1"},
                 )
                 keys = ("rss_idle_mb", "rss_idle_anon_mb", "rss_load_mb", "rss_after_load_mb")
                 result["baseline"] = {k: base[k] for k in (*keys, "load_searches")}
