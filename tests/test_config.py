@@ -75,6 +75,7 @@ def test_defaults_match_the_classes_that_consume_them(tmp_path):
         "idle_timeout",
         "quorum",
         "cpu_threads",
+        "query_runtime",
     ):
         assert getattr(node_config, name) == getattr(plain, name), name
     if hasattr(plain, "listen"):  # the network fields of NodeConfig, once it has them
@@ -90,6 +91,9 @@ def test_defaults_match_the_classes_that_consume_them(tmp_path):
 
     assert set(loader.CONSENSUS_METHODS) <= set(METHODS)
     assert set(loader.WEIGHTED_METHODS) <= set(WEIGHTED_METHODS)
+    from dsonode.embed import runtime
+
+    assert loader.QUERY_RUNTIMES == runtime.QUERY_RUNTIMES
 
 
 def test_the_written_template_loads_back_to_the_defaults(tmp_path):

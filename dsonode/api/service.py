@@ -262,6 +262,8 @@ class RetrievalService:
             # process's own sys.modules, so a test can check it from outside).
             "role": "light" if self.library.light else "full",
             "torch_loaded": "torch" in sys.modules,
+            # The encoder of search queries (onnx-int8 or torch; none on a light node).
+            "query_runtime": getattr(self.library.embedder, "query_runtime", None),
             "indexed": self.library.indexed(),
             "consensus": {"confirmed": self.library.confirmed(), "total": self.library.indexed()},
             "store": counts,

@@ -119,6 +119,7 @@ def measure_socket_search(n: int, queries: int, k: int = 10, warmup: int = 5) ->
             t2 = time.perf_counter()
             with node.client(timeout=120) as c:
                 indexed = c.health()["indexed"]
+                runtime = c.stats().get("query_runtime", "unknown")
                 for i in range(warmup):
                     c.search(QUERY_TEXTS[i % len(QUERY_TEXTS)], k=k)
                 health = []  # the bare round trip (no thread, no work), side by side
@@ -151,6 +152,12 @@ def measure_socket_search(n: int, queries: int, k: int = 10, warmup: int = 5) ->
         "socket_queries": queries,
         "socket_p50_ms": statistics.median(times),
         "socket_p99_ms": percentile(times, 99),
+        # The parts of a query (medians): embedding the text, the index search, and what the
+        # socket adds (JSON-RPC framing, thread hops, reading and shaping the results).
+        "embed_ms": statistics.median(embed),
+        "search_ms": statistics.median(search),
+        "rpc_ms": statistics.median(overhead),
+        "query_runtime": runtime,
         "socket_embed_p50_ms": statistics.median(embed),
         "socket_index_search_p50_ms": statistics.median(search),
         "socket_overhead_p50_ms": statistics.median(overhead),

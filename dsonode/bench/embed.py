@@ -177,15 +177,21 @@ def head_kernels(emb: Embedder, texts: list[str], repeats: int) -> dict[str, dic
 
     import torch
 
+    from dsonode.embed.fastpath import fast_head
+
     base = torch.from_numpy(emb.encode_base(texts[:64]))
-    kernels = {"float32": (emb.head, torch.float32)}
-    bf16 = copy.deepcopy(emb.head).to(torch.bfloat16)
+    head = emb.head  # float32 (rebuilt when the embedder keeps only the fast form)
+    kernels: dict[str, tuple[torch.nn.Module, torch.dtype]] = {"float32": (head, torch.float32)}
+    bf16 = copy.deepcopy(head).to(torch.bfloat16)
     kernels["bfloat16"] = (bf16, torch.bfloat16)
-    if emb.head_runner is not emb.head:
-        kernels["int8_limbs"] = (emb.head_runner, torch.float32)
+    int8 = fast_head(head)  # the int8 GEMM form, side by side with the structured one
+    if int8 is not head:
+        kernels["int8_limbs"] = (int8, torch.float32)
+    if emb.info()["head_kernel"] == "hadamard-limbs":
+        kernels["hadamard_limbs"] = (emb.head_runner, torch.float32)
     out: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        ref = emb.head(base)
+        ref = head(base)
         for name, (fn, dtype) in kernels.items():
             x1, x64 = base[:1].to(dtype), base.to(dtype)
             got = fn(x64).float()
@@ -318,6 +324,10 @@ def run(
         "query_search_path_min_cosine_vs_exact": float(
             (np.stack(q_search) * q_native).sum(axis=1).min()
         ),
+        "query_search_path_mean_cosine_vs_exact": float(
+            (np.stack(q_search) * q_native).sum(axis=1).mean()
+        ),
+        "query_runtime": emb.query_runtime,
         "head_kernels": kernels,
         "quality": quality,
         "targets_met": targets,

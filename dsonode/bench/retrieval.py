@@ -364,4 +364,5 @@ def _socket(queries: int) -> dict[str, Any]:
         return {"socket_p50_ms": None, "socket_note": f"dsonode/bench/_socket.py missing ({exc})"}
     _log("socket search end to end (n = 100,000)")
     out = measure_socket_search(n=100_000, queries=queries)
-    return {"socket_p50_ms": out.get("p50_ms", out.get("socket_p50_ms")), "socket": out}
+    parts = {k: out.get(k) for k in ("embed_ms", "search_ms", "rpc_ms")}
+    return {"socket_p50_ms": out.get("p50_ms", out.get("socket_p50_ms")), **parts, "socket": out}

@@ -87,6 +87,7 @@ class NodeSection:
     device: str
     threads: int | None
     cpu_threads: int
+    query_runtime: str
     role: str
     space_id: str  # "" = the default space (light nodes only)
 
@@ -510,6 +511,7 @@ def _finish(
         device=n["device"],
         threads=n["threads"] or None,
         cpu_threads=n["cpu_threads"],
+        query_runtime=n["query_runtime"],
         role=n["role"],
         space_id=n["space_id"],
     )

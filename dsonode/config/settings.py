@@ -33,6 +33,8 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: A light node loads no encoder: it never embeds text or submits codes (ARCHITECTURE.md).
 NODE_ROLES = ("full", "light")
+#: Encoder runtimes of search queries (dsonode/embed/runtime.py; codes always use the exact one).
+QUERY_RUNTIMES = ("onnx-int8", "torch")
 #: dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule).
 CONSENSUS_METHODS = tuple(m for m in METHODS if m != "mean")
 WEIGHTED_METHODS = tuple(m for m in _WEIGHTED if m in CONSENSUS_METHODS)
@@ -133,6 +135,15 @@ SPEC: tuple[Setting, ...] = (
         flag="--threads",
     ),
     _s("node", "cpu_threads", "int", 2, "worker threads for embedding/search/commits", lo=1, hi=64),
+    _s(
+        "node",
+        "query_runtime",
+        "choice",
+        "onnx-int8",
+        "encoder of search queries: onnx-int8 (the onnx extra; else torch) or torch (exact)",
+        choices=QUERY_RUNTIMES,
+        flag="--query-runtime",
+    ),
     _s(
         "node",
         "role",

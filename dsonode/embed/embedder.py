@@ -11,6 +11,7 @@ embedders are comparable only when their space ids are equal.
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -22,9 +23,10 @@ import torch
 
 from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
+from dsonode.embed import runtime as _rt
 from dsonode.embed.defaults import DEFAULT_DEVICE, DEFAULT_HEAD_SEED, VALID_DIMS
 from dsonode.embed.errors import EmbedError, ModelLoadError
-from dsonode.embed.fastpath import FastHead, fast_head
+from dsonode.embed.fastpath import FastHead, HadamardSignLinear, fast_head
 from dsonode.embed.head import (
     ProjectionHead,
     build_seeded_head,
@@ -33,6 +35,8 @@ from dsonode.embed.head import (
 )
 from dsonode.embed.options import EncoderOptions, read_options
 from dsonode.embed.space import space_id_of  # torch-free: light nodes compute it too
+
+_log = logging.getLogger("dsonode.embed")
 
 #: Bounds on a call (memory guards; callers batch larger work themselves).
 MAX_BATCH_SIZE = 4096
@@ -139,25 +143,25 @@ class Embedder:
         self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.encoder_sha256 = _enc.encoder_sha256(folder)
 
-        if head is None:
-            self.head: ProjectionHead = build_seeded_head(self.hidden_size, DEFAULT_HEAD_SEED)
-            self.head_metadata: dict[str, str] = {"seed": str(DEFAULT_HEAD_SEED)}
-            self.head_path: Path | None = None
-        else:
-            self.head, self.head_metadata = load_head(head)
-            self.head_path = Path(head)
-        if self.head.in_dim != self.hidden_size:
+        self.head_path: Path | None = None if head is None else Path(head)
+        float_head, self.head_metadata = self._load_float_head()
+        if float_head.in_dim != self.hidden_size:
             raise ModelLoadError(
-                f"head expects {self.head.in_dim}-d input but encoder {self.encoder_name} "
+                f"head expects {float_head.in_dim}-d input but encoder {self.encoder_name} "
                 f"gives {self.hidden_size}-d"
             )
-        self.dim = int(self.head.out_dim)
+        self.dim = int(float_head.out_dim)
         if self.dim != DIM:
             raise ModelLoadError(f"head output is {self.dim}-d; the protocol's dimension is {DIM}")
-        self.head = self.head.to(self.device).eval()
-        self.head_sha256 = head_weights_sha256(self.head)
-        # The same function, faster: a +-scale fc2 (the seeded head) runs as an exact int8 GEMM.
-        self._run_head = fast_head(self.head)
+        self.head_sha256 = head_weights_sha256(float_head)
+        # The same function, faster: a +-scale fc2 runs as an exact int8 GEMM, the seeded
+        # head's from its Hadamard structure (bit-identical, no matrix held). fc2's float32
+        # matrix (189 MB) is then dropped; `head` rebuilds it for whoever asks.
+        self._run_head = fast_head(float_head, seed=DEFAULT_HEAD_SEED if head is None else None)
+        self._float_head: ProjectionHead | None = (
+            float_head if self._run_head is float_head else None
+        )
+        del float_head
 
         if reference is not None:
             reference = np.asarray(reference, dtype=np.float32)
@@ -180,8 +184,33 @@ class Embedder:
         self._lock = threading.Lock()  # one forward pass at a time (shared buffers, threads)
         self._tok_lock = threading.Lock()
         self._search_encoder: torch.nn.Module | None = None
+        #: What `embed_query(for_search=True)` encodes with (see prepare_query_runtime).
+        self._query: _rt.OnnxQueryEncoder | None = None
+        self._query_prepared = False
+        self.query_runtime = "torch"
+        # torch threads follow the free cores unless `threads` pins them (runtime.py).
+        self._governor = (
+            None if threads is not None else _rt.ThreadGovernor(torch.get_num_threads())
+        )
+
+    def _load_float_head(self) -> tuple[ProjectionHead, dict[str, str]]:
+        """(head in float32 on this embedder's device, metadata): seeded, or from its file."""
+        if self.head_path is None:
+            built = build_seeded_head(self.hidden_size, DEFAULT_HEAD_SEED)
+            metadata = {"seed": str(DEFAULT_HEAD_SEED)}
+        else:
+            built, metadata = load_head(self.head_path)
+        return built.to(self.device).eval(), metadata
 
     # ----------------------------------------------------------------- public API
+
+    @property
+    def head(self) -> ProjectionHead:
+        """The head as a plain float32 module (rebuilt on each call when only its fast form is
+        kept: benchmarks and training ask for it, the embedding paths never do)."""
+        if self._float_head is not None:
+            return self._float_head
+        return self._load_float_head()[0]
 
     @property
     def head_runner(self) -> Any:
@@ -249,11 +278,24 @@ class Embedder:
             return self.embed([text], dim=dim, batch_size=1, progress=False, kind=kind)[0]
         dim = _validate_dim(dim)
         ids = self._tokenize(_validate_texts([text]), kind)[0]
-        input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        if not self._query_prepared:
+            self.prepare_query_runtime()
+        query = self._query if len(ids) >= _rt.MIN_INT8_TOKENS else None
+        # The int8 encoder runs outside the torch lock (it has its own): a code being
+        # computed on the exact path does not hold up a search's encoder.
+        base = torch.from_numpy(query.pooled(ids))[None, :] if query is not None else None
         with self._lock, torch.inference_mode():
-            model = self._search_model()
-            hidden = model(input_ids=input_ids).last_hidden_state.float()
-            pooled = self._pool(hidden, torch.ones(input_ids.shape, device=self.device))
+            if base is not None:
+                pooled = base
+            else:
+                if self._governor is not None:
+                    self._governor.update()
+                input_ids = torch.tensor([ids], dtype=torch.int64, device=self.device)
+                # A short text beside the int8 model takes the exact encoder (no second,
+                # bfloat16 copy of it just for short queries).
+                model = self._search_model() if self._query is None else self.model
+                hidden = model(input_ids=input_ids).last_hidden_state.float()
+                pooled = self._pool(hidden, torch.ones(input_ids.shape, device=self.device))
             if isinstance(self._run_head, FastHead):
                 vec = self._run_head(pooled, limbs=2)
             else:
@@ -261,6 +303,57 @@ class Embedder:
             if dim != vec.shape[1]:
                 vec = torch.nn.functional.normalize(vec[:, :dim], p=2.0, dim=-1)
             return vec[0].cpu().numpy().astype(np.float32, copy=False)
+
+    def prepare_query_runtime(
+        self, runtime: str = "onnx-int8", cache_dir: Path | None = None
+    ) -> str:
+        """Choose the encoder of `embed_query(for_search=True)`; returns the one in use.
+
+        "onnx-int8" builds (first time, ~15 s) or loads the int8 model from `cache_dir`
+        (default: the user cache) and keeps it only if it passes the cosine gate on fixed
+        probes; on any failure, or with "torch", searches use the torch encoder. Codes never
+        depend on this choice. Called once by the node at start, else on the first search.
+        """
+        if runtime not in _rt.QUERY_RUNTIMES:
+            raise EmbedError(f"query runtime must be one of {_rt.QUERY_RUNTIMES}, got {runtime!r}")
+        self._query_prepared = True
+        self._query, self.query_runtime = None, "torch"
+        if runtime == "torch" or self.device.type != "cpu" or not _rt.available():
+            return self.query_runtime
+        if self.options.pooling != "mean" or self.options.dtype != "float32":
+            # The int8 model is exported for mean pooling over a float32 encoder (runtime.py).
+            _log.info(
+                "query encoder: %s pooling / %s: searches use the exact encoder",
+                self.options.pooling,
+                self.options.dtype,
+            )
+            return self.query_runtime
+        folder = cache_dir if cache_dir is not None else _rt.default_cache_dir()
+        try:
+            with self._lock:  # the export runs the torch model
+                path, built = _rt.build_or_load(
+                    self.model, self._pad_id, self.encoder_sha256, folder
+                )
+            query = _rt.OnnxQueryEncoder(path, _rt.QUERY_THREADS)
+            probes = list(_rt.PROBES)
+            cosines = _rt.probe_cosines(query, self.encode_base(probes), self._tokenize(probes))
+        except _rt.QueryRuntimeError as exc:
+            _log.warning("query encoder: %s; searches use the exact encoder", exc)
+            return self.query_runtime
+        if cosines.min() < _rt.MIN_PROBE_COSINE or cosines.mean() < _rt.MIN_MEAN_COSINE:
+            _log.warning(
+                "int8 query encoder at cosine min %.4f / mean %.4f on the probes (gate %.3f / "
+                "%.2f): searches use the exact encoder",
+                float(cosines.min()),
+                float(cosines.mean()),
+                _rt.MIN_PROBE_COSINE,
+                _rt.MIN_MEAN_COSINE,
+            )
+            return self.query_runtime
+        if built:
+            _log.info("built the int8 query encoder %s", path)
+        self._query, self.query_runtime = query, runtime
+        return self.query_runtime
 
     def _search_model(self) -> torch.nn.Module:
         """The encoder used by `embed_query(for_search=True)` (built on first use)."""
@@ -302,11 +395,21 @@ class Embedder:
             "head_sha256": self.head_sha256,
             "dim": self.dim,
             "device": str(self.device),
-            "head_kernel": "int8-limbs" if self._run_head is not self.head else "float32",
+            "head_kernel": self._head_kernel(),
+            "query_runtime": self.query_runtime,
             "threads": torch.get_num_threads(),
         }
 
     # ----------------------------------------------------------------- internals
+
+    def _head_kernel(self) -> str:
+        if not isinstance(self._run_head, FastHead):
+            return "float32"
+        return (
+            "hadamard-limbs"
+            if isinstance(self._run_head.fc2, HadamardSignLinear)
+            else ("int8-limbs")
+        )
 
     def _tokenize(self, texts: list[str], kind: str = "document") -> list[list[int]]:
         if not texts:
@@ -351,6 +454,8 @@ class Embedder:
                     input_ids[j, : len(r)] = r
                     mask[j, : len(r)] = 1
                 with self._lock, torch.inference_mode():
+                    if self._governor is not None:
+                        self._governor.update()
                     pooled = self._encode_ids(
                         torch.from_numpy(input_ids).to(self.device),
                         torch.from_numpy(mask).to(self.device),

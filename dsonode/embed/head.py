@@ -163,24 +163,39 @@ def hadamard(n: int) -> np.ndarray:
     return np.kron(p, s)
 
 
+def seeded_sign_factors(
+    seed: int, name: str, rows: int, cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(p, s, r, c, rsign, csign) with seeded_orthogonal_signs(...)[i, j] = rsign[i] * csign[j]
+    * kron(p, s)[r[i], c[j]], or None where no Hadamard construction exists (i.i.d. signs).
+
+    The structure lets a layer be applied without its matrix (dsonode.embed.fastpath).
+    """
+    n = max(rows, cols)
+    try:
+        p, s = _hadamard_factors(n)
+    except ValueError:
+        return None
+    r = seeded_permutation(seed, name + "/rows", n)[:rows]
+    c = seeded_permutation(seed, name + "/cols", n)[:cols]
+    rsign = seeded_signs(seed, name + "/row-signs", rows)
+    csign = seeded_signs(seed, name + "/col-signs", cols)
+    return p, s, r, c, rsign, csign
+
+
 def seeded_orthogonal_signs(seed: int, name: str, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) int8 +-1 matrix with orthogonal columns (rows >= cols) or rows (else).
 
     For an order with no construction here (not 2^k or (q+1) 2^k), i.i.d. seeded signs:
     still bit-exact everywhere, merely not exactly orthogonal.
     """
-    n = max(rows, cols)
-    try:
-        p, s = _hadamard_factors(n)
-    except ValueError:
+    factors = seeded_sign_factors(seed, name, rows, cols)
+    if factors is None:
         return seeded_signs(seed, name, rows * cols).reshape(rows, cols)
+    p, s, r, c, rsign, csign = factors
     m = s.shape[0]
-    r = seeded_permutation(seed, name + "/rows", n)[:rows]
-    c = seeded_permutation(seed, name + "/cols", n)[:cols]
     # hadamard(n)[r][:, c] without building the n x n matrix: kron(p, s)[i, j] =
     # p[i // m, j // m] * s[i % m, j % m]. Row and column signs fold into the factors' rows.
-    rsign = seeded_signs(seed, name + "/row-signs", rows)
-    csign = seeded_signs(seed, name + "/col-signs", cols)
     left = p[r // m] * rsign[:, None]  # (rows, n // m)
     out = left[:, c // m]
     out *= s[r % m][:, c % m]

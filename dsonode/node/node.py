@@ -74,6 +74,7 @@ class NodeConfig:
     idle_timeout: float = default("api.idle_timeout_s")
     quorum: int = default("consensus.quorum")
     cpu_threads: int = default("node.cpu_threads")
+    query_runtime: str = default("node.query_runtime")
     role: str = default("node.role")  # "light": no encoder (see light_embedder)
     space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
@@ -169,6 +170,7 @@ def node_config(cfg: Config) -> NodeConfig:
         idle_timeout=cfg.api.idle_timeout_s,
         quorum=cfg.consensus.quorum,
         cpu_threads=cfg.node.cpu_threads,
+        query_runtime=cfg.node.query_runtime,
         role=cfg.node.role,
         space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
@@ -256,6 +258,10 @@ class Node:
                 self.full_embedder = get_embedder(
                     config.encoder, config.head, config.device, config.threads
                 )
+                # The search encoder: built once per machine (~15 s) into the user cache,
+                # which every node there shares (checksummed; see dsonode/embed/runtime.py).
+                say("preparing the query encoder")
+                self.full_embedder.prepare_query_runtime(config.query_runtime)
                 self.embedder = self.full_embedder
             self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
             prev = self.store.previous_space_id
