@@ -140,6 +140,16 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class TrustSection:
+    mode: str
+    allow: tuple[str, ...]
+    min_accepted: int
+    min_agreement: float
+    min_age_s: float
+    endorse_min: float
+
+
+@dataclass(frozen=True)
 class GatewaySection:
     enabled: bool
     listen: str
@@ -176,6 +186,7 @@ class Config:
     gateway: GatewaySection
     metrics: MetricsSection
     testnet: TestnetSection
+    trust: TrustSection
     #: The file it came from (None: defaults and environment only).
     source: Path | None = None
     #: Environment variables that overrode a setting, e.g. ("DSONODE_NET_LISTEN",).
@@ -578,7 +589,9 @@ def _finish(
             "testnet.attack", "a Byzantine attack is only honoured with testnet.enabled = true"
         )
     testnet = TestnetSection(**tn)
-    return Config(node, net, consensus, api, gateway, metrics, testnet, source, overridden)
+    tr = v["trust"]
+    trust = TrustSection(**{**tr, "allow": tuple(tr["allow"])})
+    return Config(node, net, consensus, api, gateway, metrics, testnet, trust, source, overridden)
 
 
 def _parse_metrics_listen(

@@ -22,6 +22,7 @@ from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
 from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
 from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_WEIGHT
+from dsonode.core.trust import TRUST_MODES, StandingRules
 from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
 
@@ -76,6 +77,7 @@ SECTION_DOCS = {
     "consensus": "How the submissions for one experience become its consensus code.",
     "api": "The local JSON-RPC retrieval socket (Unix socket, mode 0600).",
     "gateway": "The HTTP gateway (`dsonode gateway`): OpenAI embeddings, Cohere/Jina rerank.",
+    "trust": "What the node serves to agents and whose votes count (ARCHITECTURE.md Trust).",
     "metrics": "Prometheus metrics over HTTP.",
     "testnet": "Test networks only. A Byzantine node is an ordinary node with an attack set here.",
 }
@@ -282,6 +284,59 @@ SPEC: tuple[Setting, ...] = (
         "feedback weight in ranking; 0 = off",
         lo=0,
         hi=1,
+    ),
+    # [trust] (dsonode.core.trust; the defaults of StandingRules are these)
+    _s(
+        "trust",
+        "mode",
+        "choice",
+        "vouched",
+        "serve: open (all but blocked), vouched (default), allowlist (operator's trust only)",
+        choices=TRUST_MODES,
+        flag="--trust",
+    ),
+    _s(
+        "trust",
+        "allow",
+        "peer_ids",
+        [],
+        "authors (peer ids) whose experiences and votes this node trusts as its own",
+    ),
+    _s(
+        "trust",
+        "min_accepted",
+        "int",
+        StandingRules.min_accepted,
+        "standing: submissions accepted into consensus",
+        lo=1,
+        hi=1_000_000,
+    ),
+    _s(
+        "trust",
+        "min_agreement",
+        "float",
+        StandingRules.min_agreement,
+        "standing: accepted / judged submissions",
+        lo=0,
+        hi=1,
+    ),
+    _s(
+        "trust",
+        "min_age_s",
+        "float",
+        StandingRules.min_age_ms / 1000,
+        "standing: seconds since the author's first judged submission",
+        lo=0,
+        hi=10 * 365 * 86_400,
+    ),
+    _s(
+        "trust",
+        "endorse_min",
+        "float",
+        StandingRules.endorse_min,
+        "vouched: standing of the authors whose helpful votes vouch for it",
+        lo=0.001,
+        hi=1000,
     ),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
     _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),

@@ -52,9 +52,12 @@ from dsonode.core.consensus import (
 )
 from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
+from dsonode.core.trust import Verdict, serves
 from dsonode.identity import public_key_bytes
 from dsonode.library.light import LightEmbedder, LightNodeError
+from dsonode.library.trust import TrustPolicy, TrustSettings, TrustView
 from dsonode.store import CodeIndex, ExperienceRecord, Store
+from dsonode.store.index import MAX_K as INDEX_MAX_K
 
 log = logging.getLogger("dsonode.library")
 #: Experiences whose first-store time `arrivals()` keeps (the most recent ones): enough for a
@@ -70,6 +73,12 @@ NETWORK_SIZE_WINDOW_S = 7 * 24 * 3600.0
 #: Texts embedded per encoder call in `embed_base`: the embed lock is taken per chunk, so a
 #: search waits for at most one chunk, not for a whole extraction.
 EMBED_CHUNK = 64
+#: A served search looks this many times deeper than k at first, then four times deeper per
+#: round while too few results are served (unvouched items crowding the neighbourhood), up to
+#: SERVED_SEARCH_MAX candidates: the index's largest k. More unvouched near-copies than that
+#: nearer to a query than its vouched answers hide them (README "Limits").
+SERVED_SEARCH_DEPTH = 3
+SERVED_SEARCH_MAX = INDEX_MAX_K
 
 Publisher = Callable[[list[bytes]], None]
 
@@ -146,6 +155,21 @@ class LibraryError(DsoError):
     """The library's settings are invalid (the message names the setting)."""
 
 
+class ForgottenError(DsoError):
+    """The operator forgot this experience (or its author retracted it): it is never stored
+    again at this node."""
+
+
+@dataclass(frozen=True)
+class ServedHit:
+    """One search result the node's trust policy serves, and why."""
+
+    id: bytes
+    similarity: float
+    experience: ExperienceRecord
+    verdict: Verdict
+
+
 @dataclass(frozen=True)
 class AddOutcome:
     """The result of adding one of our experiences."""
@@ -165,6 +189,7 @@ class Library:
         key: Ed25519PrivateKey,
         rules: ConsensusRules,
         policy: VectorPolicy | None = None,
+        trust: TrustSettings | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -173,6 +198,10 @@ class Library:
         self.rules = rules
         self.policy: VectorPolicy = policy if policy is not None else HonestPolicy()
         self.author = public_key_bytes(key)
+        #: What is served and whose votes count (ARCHITECTURE.md "Trust").
+        self.trust = TrustPolicy(
+            store, self.author, trust if trust is not None else TrustSettings()
+        )
         self.space_id = bytes.fromhex(embedder.space_id)
         #: No encoder: never embeds, never submits (see the module docstring).
         self.light = isinstance(embedder, LightEmbedder)
@@ -258,6 +287,50 @@ class Library:
                 vector, k, domain=domain, confirmed_only=confirmed_only, min_score=min_score
             )
         return [(bytes(i), float(s)) for i, s in hits]
+
+    def search_served(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        include_unvouched: bool = False,
+        domain: str | None = None,
+        confirmed_only: bool = False,
+        min_score: float | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[list[ServedHit], TrustView]:
+        """The k nearest experiences this node serves under its trust mode (and the call's
+        `include_unvouched`), nearest first, each with its verdict; and the trust view they
+        were judged with (for weighing their votes). Forgotten experiences, whose codes the
+        in-memory index keeps until the next start, are skipped."""
+        view = self.trust.view(wire.now_ms() if now_ms is None else now_ms)
+        mode = self.trust.mode
+        judged: dict[bytes, ServedHit | None] = {}
+        fetch = min(SERVED_SEARCH_MAX, max(k, k * SERVED_SEARCH_DEPTH))
+        while True:
+            hits = self.search(
+                vector, fetch, domain=domain, confirmed_only=confirmed_only, min_score=min_score
+            )
+            fresh = [(i, s) for i, s in hits if i not in judged]
+            records = self.store.get_experiences([i for i, _ in fresh]) if fresh else []
+            for (exp_id, sim), exp in zip(fresh, records, strict=True):
+                if exp is None:
+                    judged[exp_id] = None
+                    continue
+                verdict = view.verdict(exp)
+                ok = serves(mode, verdict, include_unvouched=include_unvouched)
+                judged[exp_id] = ServedHit(exp_id, sim, exp, verdict) if ok else None
+            served = [h for h in judged.values() if h is not None]
+            if len(served) >= k or len(hits) < fetch or fetch >= SERVED_SEARCH_MAX:
+                break
+            fetch = min(SERVED_SEARCH_MAX, fetch * 4)
+        served.sort(key=lambda h: (-h.similarity, h.id))
+        self.count("search_withheld", sum(1 for h in judged.values() if h is None))
+        return served[:k], view
+
+    def verdict(self, exp: ExperienceRecord) -> Verdict:
+        """Why (or whether) this node trusts one experience now."""
+        return self.trust.view(wire.now_ms()).verdict(exp)
 
     def indexed(self) -> int:
         return len(self.index)
@@ -398,6 +471,8 @@ class Library:
         """
         if self.light:  # fail before anything is stored: an add is our submission too
             raise LightNodeError("add_experience")
+        if self.store.is_tombstoned(experience.id):
+            raise ForgottenError(f"experience {experience.id.hex()} was forgotten at this node")
         code = None
         if self.own_code(experience.id) is None:  # else known already: skip the embedding
             code = self._own_code_of(experience)
@@ -500,6 +575,29 @@ class Library:
         self.count("own_submissions")
         return raw
 
+    # ---- writes: the operator's control --------------------------------------------------------
+
+    def set_listed(self, list_name: str, author: bytes, on: bool) -> bool:
+        """Put an author on or off the operator's block or allow list (kept in the store, so
+        it survives a restart). A blocked author's items are refused from then on and its
+        stored experiences are no longer served. Returns whether anything changed."""
+        with self._write_lock:
+            changed = self.store.set_listed(list_name, author, on, wire.now_ms())
+            self.trust.invalidate()
+        if changed:
+            self.count(f"{list_name}_{'added' if on else 'removed'}")
+        return changed
+
+    def forget(self, exp_ids: Sequence[bytes], why: str = "operator") -> list[bool]:
+        """Delete experiences with their codes and votes and tombstone them: never stored
+        again, whoever sends them (gossip, sync), also after a restart. The in-memory index
+        keeps their codes until the next start; searches skip them. Returns, per id, whether
+        anything was stored under it."""
+        with self._write_lock:
+            found = self.store.forget(exp_ids, why, wire.now_ms())
+        self.count("forgotten", len(exp_ids))
+        return found
+
     # ---- writes: peers' items ------------------------------------------------------------------
 
     def accept_items(
@@ -512,7 +610,11 @@ class Library:
         (if given) receives the number of items newly stored."""
         batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
         kept: list[tuple[bytes, wire.Item]] = []
+        _allowed, blocked = self.trust.lists()
         for raw, item in accepted:
+            if item.author in blocked:  # the operator blocked it: nothing of it is stored
+                self.count("blocked_dropped")
+                continue
             if isinstance(item, wire.Submission) and self.outside_committee(item, batch_authors):
                 self.count("committee_ignored")
                 continue

@@ -39,7 +39,7 @@ from dsonode.embed.space import DEFAULT_MODEL_NAME, default_space_id
 from dsonode.gateway.app import serve_gateway
 from dsonode.gateway.config import GatewayConfig
 from dsonode.identity import load_or_create_key
-from dsonode.library import ConsensusRules, Library, LightEmbedder
+from dsonode.library import ConsensusRules, Library, LightEmbedder, TrustSettings
 from dsonode.library.byzantine import ByzantinePolicy
 from dsonode.library.library import Embedder
 from dsonode.net.connmgr import ConnConfig
@@ -76,6 +76,13 @@ class NodeConfig:
     role: str = default("node.role")  # "light": no encoder (see light_embedder)
     space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
+    # What is served and whose votes count (dsonode.library.trust; ARCHITECTURE.md "Trust").
+    trust_mode: str = default("trust.mode")
+    trust_allow: tuple[str, ...] = default("trust.allow")  # base58 peer ids
+    trust_min_accepted: int = default("trust.min_accepted")
+    trust_min_agreement: float = default("trust.min_agreement")
+    trust_min_age_s: float = default("trust.min_age_s")
+    trust_endorse_min: float = default("trust.endorse_min")
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
     peers: tuple[str, ...] = default("net.bootstrap")
@@ -154,6 +161,12 @@ def node_config(cfg: Config) -> NodeConfig:
         role=cfg.node.role,
         space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
+        trust_mode=cfg.trust.mode,
+        trust_allow=cfg.trust.allow,
+        trust_min_accepted=cfg.trust.min_accepted,
+        trust_min_agreement=cfg.trust.min_agreement,
+        trust_min_age_s=cfg.trust.min_age_s,
+        trust_endorse_min=cfg.trust.endorse_min,
         listen=cfg.net.listen if net_on else None,
         peers=cfg.net.bootstrap if net_on else (),
         byzantine_attack=cfg.byzantine_attack,
@@ -257,6 +270,7 @@ class Node:
                 embedder=self.embedder,
                 key=self.key,
                 rules=rules,
+                trust=trust_settings(config),
             )
             if config.byzantine_attack is not None:  # testnet only (the config refuses it else)
                 self.library.policy = ByzantinePolicy(
@@ -316,6 +330,18 @@ async def _cancel_on_signals(scope: trio.CancelScope) -> None:
             log.info("received %s; shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+def trust_settings(config: NodeConfig) -> TrustSettings:
+    """The library's trust settings of a node (validates them)."""
+    return TrustSettings.from_config(
+        mode=config.trust_mode,
+        allow=config.trust_allow,
+        min_accepted=config.trust_min_accepted,
+        min_agreement=config.trust_min_agreement,
+        min_age_s=config.trust_min_age_s,
+        endorse_min=config.trust_endorse_min,
+    )
 
 
 def consensus_rules(config: NodeConfig) -> ConsensusRules:

@@ -21,7 +21,16 @@ fb_by_time      created ms (8, BE) + feedback key (64)       b"" (current votes 
 feedback_agg    experience id (32)                           {votes, median}
 known_peers     base58 peer id (utf-8)                       {v, addrs, seen, src, score}
                                                              (``dsonode.core.peerbook``)
+operator        b"block/" | b"allow/" + author (32)          {at} (the operator's lists)
+                b"tomb/" + experience id (32)                {at, why} (never stored again)
 ==============  ===========================================  ==================================
+
+Operator lists and tombstones (``operator``, created on open like the feedback databases):
+``forget`` deletes an experience with everything keyed by it (its submissions of every space,
+consensus codes, votes, feedback aggregate, pending mark) and writes its tombstone in the same
+transaction; ``put_items`` never stores an item of a tombstoned experience again (it reports
+it as not new), so neither gossip nor sync can bring it back, and the tombstone survives a
+restart like any record (ARCHITECTURE.md "Trust").
 
 Feedback (schema version 2): one vote per (experience, author); a vote replaces the stored
 one when it is newer by ``dsonode.core.feedback.supersedes`` (created, then item hash), and
@@ -106,9 +115,13 @@ _DB_NAMES = (
     b"fb_by_time",
     b"feedback_agg",
     b"known_peers",
+    b"operator",
 )
 #: Databases added after schema 1: a read-only open of an older store goes on without them.
-_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers")
+_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers", b"operator")
+#: `operator` key prefixes: the operator's author lists and the tombstones.
+OPERATOR_LISTS = ("block", "allow")
+_TOMB = b"tomb/"
 _TIME = struct.Struct(">Q")
 #: meta key prefix of an experience whose consensus must be recomputed (see Guarantees).
 _PENDING = b"pending/"
@@ -429,11 +442,18 @@ class Store:
         cons_rows = [self._consensus_row(r) for r in consensus_if_absent]
         meta = self._dbs["meta"]
 
+        operator = self._dbs.get("operator")
+
         def write(txn: _Txn) -> list[bool]:
             flags = []
             voted: dict[bytes, None] = {}  # experiences whose feedback changed
             for db_name, key, value, time_db, time_key, vote, rank in rows:
                 db = self._dbs[db_name]
+                # every item kind's key starts with its experience id: a forgotten experience
+                # never comes back, whoever sends it
+                if operator is not None and txn.get(_TOMB + key[:_ID_LEN], db=operator):
+                    flags.append(False)
+                    continue
                 old = txn.get(key, db=db)
                 if vote is not None and old is not None:
                     old_vote = _vote_of(key, old)
@@ -900,6 +920,107 @@ class Store:
             return [(k, _unpack(v)) for k, v in txn.cursor(db=self._dbs[db_name])]
 
         return self._read(read)
+
+    # ---------------------------------------------------------- operator lists, tombstones
+
+    def _operator_db(self) -> Any:
+        db = self._dbs.get("operator")
+        if db is None:
+            raise StoreError("this store was opened read-only before it had operator lists")
+        return db
+
+    def set_listed(self, list_name: str, author: bytes, on: bool, now_ms: int) -> bool:
+        """Put an author on (or take it off) the operator's `block` or `allow` list; returns
+        whether anything changed."""
+        if list_name not in OPERATOR_LISTS:
+            raise StoreError(f"no operator list {list_name!r}")
+        key = list_name.encode() + b"/" + _check_id(author, "author")
+        db = self._operator_db()
+
+        def write(txn: _Txn) -> bool:
+            present = txn.get(key, db=db) is not None
+            if on and not present:
+                txn.put(key, _pack({"at": int(now_ms)}), db=db)
+            elif not on and present:
+                txn.delete(key, db=db)
+            return present != on
+
+        return self._write(write)
+
+    def listed(self, list_name: str) -> set[bytes]:
+        """The authors on one operator list."""
+        if list_name not in OPERATOR_LISTS or "operator" not in self._dbs:
+            return set()
+        prefix = list_name.encode() + b"/"
+        return {k[len(prefix) :] for k in self._keys_with(prefix)}
+
+    def _keys_with(self, prefix: bytes) -> list[bytes]:
+        db = self._operator_db()
+
+        def read(txn: _Txn) -> list[bytes]:
+            cur = txn.cursor(db=db)
+            out: list[bytes] = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    out.append(bytes(key))
+            return out
+
+        return self._read(read)
+
+    def is_tombstoned(self, exp_id: bytes) -> bool:
+        key = _TOMB + _check_id(exp_id, "experience id")
+        db = self._dbs.get("operator")
+        return db is not None and self._read(lambda txn: txn.get(key, db=db) is not None)
+
+    def tombstones(self) -> int:
+        return len(self._keys_with(_TOMB)) if "operator" in self._dbs else 0
+
+    def forget(self, exp_ids: Sequence[bytes], why: str, now_ms: int) -> list[bool]:
+        """Delete experiences and everything keyed by them, and tombstone them, in one
+        transaction (see the module docstring). Returns, per id, whether anything was stored
+        under it. A tombstone is written even for an id never seen (so it is never stored)."""
+        ids = [_check_id(e, "experience id") for e in exp_ids]
+        op = self._operator_db()
+        spaces = self.known_spaces()
+
+        def drop_prefixed(txn: _Txn, db_name: str, time_db: str, prefix: bytes) -> int:
+            db = self._dbs[db_name]
+            cur = txn.cursor(db=db)
+            rows: list[tuple[bytes, int]] = []
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    rows.append((bytes(key), int(_unpack(value)["created"])))
+            for key, created in rows:
+                txn.delete(key, db=db)
+                txn.delete(_TIME.pack(created) + key, db=self._dbs[time_db])
+            return len(rows)
+
+        def write(txn: _Txn) -> list[bool]:
+            out = []
+            for exp_id in ids:
+                found = False
+                raw = txn.get(exp_id, db=self._dbs["experiences"])
+                if raw is not None:
+                    created = int(_unpack(raw)["created"])
+                    txn.delete(exp_id, db=self._dbs["experiences"])
+                    txn.delete(_TIME.pack(created) + exp_id, db=self._dbs["exp_by_time"])
+                    found = True
+                found |= drop_prefixed(txn, "submissions", "sub_by_time", exp_id) > 0
+                if "feedback" in self._dbs:
+                    found |= drop_prefixed(txn, "feedback", "fb_by_time", exp_id) > 0
+                    txn.delete(exp_id, db=self._dbs["feedback_agg"])
+                for space in spaces:
+                    found |= txn.delete(space + exp_id, db=self._dbs["consensus"])
+                txn.delete(_PENDING + exp_id, db=self._dbs["meta"])
+                txn.put(_TOMB + exp_id, _pack({"at": int(now_ms), "why": why}), db=op)
+                out.append(found)
+            return out
+
+        return self._write(write)
 
     # ------------------------------------------------------------------------ known peers
 

@@ -221,6 +221,10 @@ class Testnet:
                     start_timeout=self.start_timeout,
                 )
             )
+        # One operator runs every node of a testnet, so each trusts the others as its own
+        # (trust.allow; ARCHITECTURE.md "Trust"): what one adds is served at every node. A
+        # caller's own DSONODE_TRUST_ALLOW (or a node's config) wins.
+        self.env.setdefault(setting("trust.allow").env, ",".join(n.peer_id for n in self.nodes))
         return self.nodes
 
     def command(self, i: int) -> list[str]:

@@ -1,0 +1,115 @@
+"""Commands: the operator's control over what its node holds and serves.
+
+`dsonode block AUTHOR` / `unblock AUTHOR` / `allow AUTHOR` / `disallow AUTHOR` change the
+running node's operator lists (kept in its store), `dsonode forget EXPERIENCE_ID` deletes an
+experience and tombstones it (never stored again at this node), `dsonode trust` shows the
+policy, the lists and the tombstone count. AUTHOR is a base58 peer id or 64 hex (a public
+key). All of it goes through the node's socket (`set_trust`, `forget`, `trust`); no node on
+the socket is exit code 1 with a message saying so. See ARCHITECTURE.md "Trust".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dsonode.api.cliargs import add_node_args, node_client
+from dsonode.argtypes import SubParsers
+
+#: command -> (operator list, on, help)
+LIST_COMMANDS = {
+    "block": ("block", True, "refuse and stop serving everything an author signs"),
+    "unblock": ("block", False, "take an author off the block list"),
+    "allow": ("allow", True, "trust an author as the node's own (its items are vouched)"),
+    "disallow": ("allow", False, "take an author off the allow list"),
+}
+
+
+def register(subparsers: SubParsers) -> None:
+    for name, (_list, _on, help_text) in LIST_COMMANDS.items():
+        p = subparsers.add_parser(name, help=help_text, description=help_text + ".")
+        p.add_argument("author", help="base58 peer id (12D3KooW...) or 64 hex (public key)")
+        add_node_args(p, timeout=30.0)
+        p.add_argument("--json", action="store_true", help="print the reply as JSON")
+        p.set_defaults(func=cmd_list, trust_command=name)
+    p = subparsers.add_parser(
+        "forget",
+        help="delete an experience at the node and never store it again",
+        description="Delete an experience with its codes and votes from the running node "
+        "and write a tombstone: neither gossip nor sync stores it there again, also after a "
+        "restart.",
+    )
+    p.add_argument("experience_id", help="64 hex digits")
+    add_node_args(p, timeout=30.0)
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=cmd_forget)
+    p = subparsers.add_parser(
+        "trust",
+        help="the node's trust mode, operator lists and tombstones",
+        description="Show what the running node serves (trust mode), its allow and block "
+        "lists and how many experiences it has forgotten.",
+    )
+    add_node_args(p, timeout=30.0)
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=cmd_trust)
+
+
+def _call(args: argparse.Namespace, fn: Callable[[Any], dict[str, Any]]) -> dict[str, Any] | None:
+    """Run one client call; None after telling the user why not (exit code 1)."""
+    from dsonode.api.client import ClientError
+    from dsonode.api.jsonrpc import RpcError
+
+    try:
+        with node_client(args) as client:
+            return fn(client)
+    except (ClientError, RpcError) as exc:
+        message = exc.message if isinstance(exc, RpcError) else str(exc)
+        print(f"dsonode: {message}", file=sys.stderr)
+        return None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    list_name, on, _help = LIST_COMMANDS[args.trust_command]
+    result = _call(args, lambda c: c.set_trust(list_name, args.author, on))
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        state = "now" if result.get("changed") else "already"
+        where = "on" if on else "off"
+        print(f"{result.get('peer_id')} is {state} {where} the {list_name} list")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.forget(args.experience_id))
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        held = "deleted and tombstoned" if result.get("found") else "tombstoned (was not held)"
+        print(f"{result.get('id')}: {held}")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.trust())
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"mode        {result.get('mode')}")
+    print(f"allowed     {result.get('allowed')}")
+    for a in result.get("allowed_authors") or []:
+        print(f"  + {a}")
+    print(f"blocked     {result.get('blocked')}")
+    for b in result.get("blocked_authors") or []:
+        print(f"  - {b}")
+    print(f"tombstones  {result.get('tombstones')}")
+    return 0
