@@ -238,7 +238,7 @@ def test_a_served_search_looks_past_a_crowd_of_near_copies(world, rng):
 
 
 def test_blocked_authors_are_refused_and_never_served(world, rng):
-    make, friend, stranger, net = world
+    make, _friend, stranger, net = world
     lib = make("open")
     topic = _unit(rng)
     old = net.publish(lib, stranger, "Old advice.", topic)
