@@ -78,6 +78,7 @@ def test_there_are_enough_vectors_and_each_names_itself():
             "sync",
             "bitdelta_code",
             "submission_order",
+            "stamp",
         )
         assert vector["description"]
 
@@ -799,3 +800,25 @@ def test_spec_only_decoder_agrees_on_signed_random_submissions(code, scale, eid,
     body = [eid, bytes(32), code, SIGNER_PUB, created]
     data = ref_pack([1, "submission", body, SIGNER.sign(b"dso/submission/1\x00" + ref_pack(body))])
     compare(data)
+
+
+def test_stamp_vector_from_the_spec():
+    """PROTOCOL.md 18: bits = leading zero bits of SHA-256("dso/stamp/1" 0x00 || id ||
+    author || nonce), computed here from the text of the spec, and by dsonode.core.stamp."""
+    from dsonode.core import stamp
+
+    v = VECTORS["stamp_cases"]
+    stamped = VECTORS["item_valid_experience_stamped"]
+    minted = v["cases"][0]
+    assert stamped["input"]["provenance"] == [["dso-stamp", minted["nonce"]]]
+    assert minted["experience_id_hex"] == stamped["expected"]["id_hex"]
+    for case in v["cases"]:
+        exp_id, author = bytes.fromhex(case["experience_id_hex"]), bytes.fromhex(case["author_hex"])
+        preimage = b"dso/stamp/1\x00" + exp_id + author + case["nonce"].encode("ascii")
+        assert preimage.hex() == case["preimage_hex"]
+        digest = hashlib.sha256(preimage).digest()
+        assert digest.hex() == case["digest_hex"]
+        value = int.from_bytes(digest, "big")
+        bits = 256 - value.bit_length()
+        assert bits == case["bits"] == stamp.work_bits(exp_id, author, case["nonce"])
+        assert (bits >= v["difficulty"]) == (case["label"] == "minted")

@@ -225,7 +225,10 @@ class RetrievalService:
         A light node refuses: the add carries our submission, which needs the encoder."""
         self._needs_encoder("add_experience", "add it at a full node; this node will sync it")
         try:
-            experience = wire.make_experience(self.library.key, p.domain, p.text, tags=p.tags)
+            provenance = self.library.stamp_provenance(p.domain, p.text)  # PROTOCOL.md 18
+            experience = wire.make_experience(
+                self.library.key, p.domain, p.text, tags=p.tags, provenance=provenance
+            )
         except WireError as exc:
             raise InvalidParams(_param_of_wire_error(exc), f"is rejected: {exc}") from None
         return self.add_signed(experience)

@@ -147,6 +147,10 @@ class TrustSection:
     min_agreement: float
     min_age_s: float
     endorse_min: float
+    stamp_bits: int
+    quota_items_per_hour: int
+    quota_bytes: int
+    standing_quota_factor: float
 
 
 @dataclass(frozen=True)

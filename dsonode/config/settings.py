@@ -22,6 +22,8 @@ from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
 from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
 from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_WEIGHT
+from dsonode.core.quota import QuotaRules
+from dsonode.core.stamp import MAX_BITS as STAMP_MAX_BITS
 from dsonode.core.trust import TRUST_MODES, StandingRules
 from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.gateway.config import GatewayConfig as _GW  # its defaults are the [gateway] ones
@@ -336,6 +338,43 @@ SPEC: tuple[Setting, ...] = (
         StandingRules.endorse_min,
         "vouched: standing of the authors whose helpful votes vouch for it",
         lo=0.001,
+        hi=1000,
+    ),
+    _s(
+        "trust",
+        "stamp_bits",
+        "int",
+        0,
+        "network difficulty (set alike on every node): proof-of-work bits an experience of an "
+        "author without standing must carry (PROTOCOL.md 18); 0 = off (older nodes never stamp)",
+        lo=0,
+        hi=STAMP_MAX_BITS,
+    ),
+    _s(
+        "trust",
+        "quota_items_per_hour",
+        "int",
+        QuotaRules.items_per_hour,
+        "new experiences and votes admitted per author and hour (x factor with standing)",
+        lo=1,
+        hi=10_000_000,
+    ),
+    _s(
+        "trust",
+        "quota_bytes",
+        "int",
+        QuotaRules.max_bytes,
+        "bytes of experiences stored per author (x factor with standing)",
+        lo=4096,
+        hi=2**40,
+    ),
+    _s(
+        "trust",
+        "standing_quota_factor",
+        "float",
+        QuotaRules.standing_factor,
+        "quota multiplier for authors with standing",
+        lo=1,
         hi=1000,
     ),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)

@@ -52,6 +52,8 @@ from dsonode.core.consensus import (
 )
 from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
+from dsonode.core.quota import Bucket, take
+from dsonode.core.stamp import STAMP_KEY, mint, stamp_bits, stamp_of
 from dsonode.core.trust import Verdict, serves
 from dsonode.identity import public_key_bytes
 from dsonode.library.light import LightEmbedder, LightNodeError
@@ -78,6 +80,10 @@ EMBED_CHUNK = 64
 #: SERVED_SEARCH_MAX candidates: the index's largest k. More unvouched near-copies than that
 #: nearer to a query than its vouched answers hide them (README "Limits").
 SERVED_SEARCH_DEPTH = 3
+#: Authors whose rate bucket is kept in memory (least recently seen dropped first: a dropped
+#: author starts with a full bucket again, so this only bounds memory, never admits more
+#: than one bucket's worth per key, which a fresh key gets anyway).
+QUOTA_AUTHORS_KEPT = 100_000
 SERVED_SEARCH_MAX = INDEX_MAX_K
 
 Publisher = Callable[[list[bytes]], None]
@@ -212,6 +218,7 @@ class Library:
         self._counter_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._arrivals: OrderedDict[bytes, int] = OrderedDict()  # exp id -> unix ms (bounded)
+        self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()  # author -> rate quota
         self._network_size = 1
         self._network_size_at = -float("inf")
         self._network_size_rows = -1  # reputation rows at the last count
@@ -575,6 +582,67 @@ class Library:
         self.count("own_submissions")
         return raw
 
+    # ---- admission (ARCHITECTURE.md "Trust"; dsonode.core.stamp, dsonode.core.quota) ---------
+
+    def stamp_provenance(
+        self, domain: str, text: str, provenance: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """`provenance` plus a stamp of the network's difficulty for our experience of
+        (domain, text), so peers where we have no standing admit it (PROTOCOL.md 18). Left
+        unstamped when the difficulty is 0 or the provenance has no room for another pair."""
+        bits = self.trust.settings.stamp_bits
+        pairs = [(k, v) for k, v in provenance if k != STAMP_KEY]
+        if bits == 0 or len(pairs) >= wire.MAX_PROVENANCE:
+            return pairs
+        nonce = mint(wire.experience_id(domain, text), self.author, bits)
+        self.count("stamps_minted")
+        return [*pairs, (STAMP_KEY, nonce)]
+
+    def _admission(
+        self,
+        raw: bytes,
+        item: wire.Item,
+        view: TrustView,
+        pending: dict[bytes, int],
+        *,
+        live: bool = True,
+    ) -> str | None:
+        """Why a peer's item is refused before it costs storage or embedding (None: it is
+        admitted): a new experience of an author without standing needs a stamp of the
+        network's difficulty; new experiences and votes take one token of their author's
+        rate quota; experiences count against its stored bytes. `pending` holds the bytes of
+        this batch admitted so far per author."""
+        if isinstance(item, wire.Submission):
+            return None  # one per author and experience, drawn by the committee
+        if self.holds(item) or self.store.is_tombstoned(
+            item.id if isinstance(item, wire.Experience) else item.experience_id
+        ):
+            return None  # costs nothing new (the store keeps what it has)
+        standing = view.standing(item.author).value
+        settings = self.trust.settings
+        if isinstance(item, wire.Experience) and standing <= 0 and settings.stamp_bits:
+            bits = stamp_bits(item.id, item.author, item.provenance)
+            if bits < settings.stamp_bits:
+                return "stamp_missing" if stamp_of(item.provenance) is None else "stamp_too_cheap"
+        if live:
+            with self._counter_lock:
+                ok, bucket = take(
+                    self._buckets.pop(item.author, None),
+                    view.now_ms,
+                    settings.quota.items(standing),
+                )
+                self._buckets[item.author] = bucket
+                while len(self._buckets) > QUOTA_AUTHORS_KEPT:
+                    self._buckets.popitem(last=False)
+            if not ok:
+                return "over_quota_rate"
+        if isinstance(item, wire.Experience):
+            used = self.store.author_bytes(item.author) + pending.get(item.author, 0)
+            if used + len(raw) > settings.quota.bytes(standing):
+                return "over_quota_bytes"
+            pending[item.author] = pending.get(item.author, 0) + len(raw)
+        return None
+
     # ---- writes: the operator's control --------------------------------------------------------
 
     def set_listed(self, list_name: str, author: bytes, on: bool) -> bool:
@@ -604,16 +672,30 @@ class Library:
         self,
         accepted: Sequence[tuple[bytes, wire.Item]],
         report: dict[str, int] | None = None,
+        *,
+        live: bool = True,
     ) -> list[bytes]:
         """Store verified items from peers (gossip or sync), submit our own codes for new
         experiences, recompute the touched consensus. Returns what to publish; `report`
-        (if given) receives the number of items newly stored."""
+        (if given) receives the number of items newly stored.
+
+        Admission first (`_admission`): items of blocked authors, unstamped experiences of
+        authors without standing and over-quota items are dropped before anything is stored
+        or embedded. `live` (gossip) items also take a token of their author's rate quota;
+        catch-up sync (`live=False`) brings history, bounded by the stored-bytes quota only
+        (a node that joins late must be able to fetch a prolific author's backlog)."""
         batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
         kept: list[tuple[bytes, wire.Item]] = []
         _allowed, blocked = self.trust.lists()
+        view = self.trust.view(wire.now_ms())
+        pending: dict[bytes, int] = {}
         for raw, item in accepted:
             if item.author in blocked:  # the operator blocked it: nothing of it is stored
                 self.count("blocked_dropped")
+                continue
+            refused = self._admission(raw, item, view, pending, live=live)
+            if refused is not None:
+                self.count(refused)
                 continue
             if isinstance(item, wire.Submission) and self.outside_committee(item, batch_authors):
                 self.count("committee_ignored")

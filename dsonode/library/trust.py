@@ -16,6 +16,8 @@ from dsonode.core import trust
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, weighted_aggregate
 from dsonode.core.peerinfo import public_key_from_peer_id
+from dsonode.core.quota import QuotaRules
+from dsonode.core.stamp import MAX_BITS
 from dsonode.core.trust import Standing, StandingRules, Verdict
 from dsonode.store import ExperienceRecord, Store
 
@@ -31,10 +33,16 @@ class TrustSettings:
     mode: str = "vouched"
     allow: frozenset[bytes] = frozenset()
     rules: StandingRules = field(default_factory=StandingRules)
+    #: Admission (PROTOCOL.md 18, dsonode.core.quota): the stamp bits an experience of an
+    #: author without standing must carry (0: none), and the per-author quotas.
+    stamp_bits: int = 0
+    quota: QuotaRules = field(default_factory=QuotaRules)
 
     def __post_init__(self) -> None:
         if self.mode not in trust.TRUST_MODES:
             raise TrustSettingsError(f"trust.mode must be one of {', '.join(trust.TRUST_MODES)}")
+        if not 0 <= self.stamp_bits <= MAX_BITS:
+            raise TrustSettingsError(f"trust.stamp_bits must be 0..{MAX_BITS}")
 
     @classmethod
     def from_config(
@@ -46,6 +54,10 @@ class TrustSettings:
         min_agreement: float,
         min_age_s: float,
         endorse_min: float,
+        stamp_bits: int = 0,
+        quota_items_per_hour: int = QuotaRules.items_per_hour,
+        quota_bytes: int = QuotaRules.max_bytes,
+        standing_quota_factor: float = QuotaRules.standing_factor,
     ) -> TrustSettings:
         authors = set()
         for peer in allow:
@@ -59,7 +71,10 @@ class TrustSettings:
             min_age_ms=int(min_age_s * 1000),
             endorse_min=endorse_min,
         )
-        return cls(mode=mode, allow=frozenset(authors), rules=rules)
+        quota = QuotaRules(quota_items_per_hour, quota_bytes, standing_quota_factor)
+        return cls(
+            mode=mode, allow=frozenset(authors), rules=rules, stamp_bits=stamp_bits, quota=quota
+        )
 
 
 class TrustView:

@@ -404,7 +404,8 @@ class NetDaemon:
             except WireError as exc:
                 rejected[reason_of(exc)] += 1
         report: dict[str, int] = {}
-        outbound = self.library.accept_items(accepted, report) if accepted else []
+        # catch-up: history, not live traffic (no rate quota; Library.accept_items)
+        outbound = self.library.accept_items(accepted, report, live=False) if accepted else []
         if outbound:
             trio.from_thread.run_sync(self._submit, outbound)
         stored = report.get("stored", 0)

@@ -83,6 +83,10 @@ class NodeConfig:
     trust_min_agreement: float = default("trust.min_agreement")
     trust_min_age_s: float = default("trust.min_age_s")
     trust_endorse_min: float = default("trust.endorse_min")
+    trust_stamp_bits: int = default("trust.stamp_bits")
+    trust_quota_items_per_hour: int = default("trust.quota_items_per_hour")
+    trust_quota_bytes: int = default("trust.quota_bytes")
+    trust_standing_quota_factor: float = default("trust.standing_quota_factor")
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
     peers: tuple[str, ...] = default("net.bootstrap")
@@ -167,6 +171,10 @@ def node_config(cfg: Config) -> NodeConfig:
         trust_min_agreement=cfg.trust.min_agreement,
         trust_min_age_s=cfg.trust.min_age_s,
         trust_endorse_min=cfg.trust.endorse_min,
+        trust_stamp_bits=cfg.trust.stamp_bits,
+        trust_quota_items_per_hour=cfg.trust.quota_items_per_hour,
+        trust_quota_bytes=cfg.trust.quota_bytes,
+        trust_standing_quota_factor=cfg.trust.standing_quota_factor,
         listen=cfg.net.listen if net_on else None,
         peers=cfg.net.bootstrap if net_on else (),
         byzantine_attack=cfg.byzantine_attack,
@@ -341,6 +349,10 @@ def trust_settings(config: NodeConfig) -> TrustSettings:
         min_agreement=config.trust_min_agreement,
         min_age_s=config.trust_min_age_s,
         endorse_min=config.trust_endorse_min,
+        stamp_bits=config.trust_stamp_bits,
+        quota_items_per_hour=config.trust_quota_items_per_hour,
+        quota_bytes=config.trust_quota_bytes,
+        standing_quota_factor=config.trust_standing_quota_factor,
     )
 
 

@@ -161,6 +161,10 @@ def _trust_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
         "blocked": _int(trust.get("blocked")),
         "tombstones": _int(trust.get("tombstones")),
         "blocked_dropped": _int(counters.get("blocked_dropped")),
+        "admission_refused": {
+            k: _int(counters.get(k))
+            for k in ("stamp_missing", "stamp_too_cheap", "over_quota_rate", "over_quota_bytes")
+        },
         "search_withheld": _int(counters.get("search_withheld")),
     }
 
@@ -306,6 +310,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"{tr['tombstones']} forgotten; {tr['blocked_dropped']} items of blocked authors "
         f"refused, {tr['search_withheld']} unvouched search candidates withheld",
     )
+    refused = ", ".join(f"{k} {v}" for k, v in tr["admission_refused"].items())
+    t.add_row("admission", f"refused: {refused}")
     if net is None:
         t.add_row("network", "off (run with --listen to join peers)")
     else:

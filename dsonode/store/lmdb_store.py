@@ -23,6 +23,7 @@ known_peers     base58 peer id (utf-8)                       {v, addrs, seen, sr
                                                              (``dsonode.core.peerbook``)
 operator        b"block/" | b"allow/" + author (32)          {at} (the operator's lists)
                 b"tomb/" + experience id (32)                {at, why} (never stored again)
+                b"bytes/" + author (32)                      int: bytes of its stored experiences
 ==============  ===========================================  ==================================
 
 Operator lists and tombstones (``operator``, created on open like the feedback databases):
@@ -122,6 +123,7 @@ _LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers", b"ope
 #: `operator` key prefixes: the operator's author lists and the tombstones.
 OPERATOR_LISTS = ("block", "allow")
 _TOMB = b"tomb/"
+_BYTES = b"bytes/"
 _TIME = struct.Struct(">Q")
 #: meta key prefix of an experience whose consensus must be recomputed (see Guarantees).
 _PENDING = b"pending/"
@@ -474,6 +476,8 @@ class Store:
                     continue
                 txn.put(key, value, db=db)
                 txn.put(time_key, b"", db=self._dbs[time_db])
+                if db_name == "experiences" and operator is not None:
+                    self._add_bytes(txn, operator, items[len(flags)], len(raws[len(flags)]))
                 if vote is not None:
                     voted[key[:_ID_LEN]] = None
                 mark = marks[len(flags)]
@@ -969,6 +973,27 @@ class Store:
 
         return self._read(read)
 
+    @staticmethod
+    def _add_bytes(txn: _Txn, op: Any, author_or_item: Any, delta: int) -> None:
+        """Inside a write txn: move an author's stored-bytes count by `delta`."""
+        author = getattr(author_or_item, "author", author_or_item)
+        key = _BYTES + bytes(author)
+        old = txn.get(key, db=op)
+        total = max(0, (int(_unpack(old)) if old is not None else 0) + delta)
+        if total:
+            txn.put(key, _pack(total), db=op)
+        else:
+            txn.delete(key, db=op)
+
+    def author_bytes(self, author: bytes) -> int:
+        """Bytes of an author's stored experiences (signed items), for its quota."""
+        key = _BYTES + _check_id(author, "author")
+        db = self._dbs.get("operator")
+        if db is None:
+            return 0
+        raw = self._read(lambda txn: txn.get(key, db=db))
+        return int(_unpack(raw)) if raw is not None else 0
+
     def is_tombstoned(self, exp_id: bytes) -> bool:
         key = _TOMB + _check_id(exp_id, "experience id")
         db = self._dbs.get("operator")
@@ -1005,7 +1030,9 @@ class Store:
                 found = False
                 raw = txn.get(exp_id, db=self._dbs["experiences"])
                 if raw is not None:
-                    created = int(_unpack(raw)["created"])
+                    rec = _unpack(raw)
+                    created = int(rec["created"])
+                    self._add_bytes(txn, op, rec["author"], -len(rec["raw"]))
                     txn.delete(exp_id, db=self._dbs["experiences"])
                     txn.delete(_TIME.pack(created) + exp_id, db=self._dbs["exp_by_time"])
                     found = True
