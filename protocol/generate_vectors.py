@@ -571,7 +571,33 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     out["bitdelta_codes"] = build_bitdelta_vector()
     out["submission_equivocation"] = build_equivocation_vector()
     out.update(build_stamp_vectors())
+    out.update(build_retraction_vectors())
     return out
+
+
+# --- Retraction (PROTOCOL.md section 7.6) ------------------------------------------------------------
+
+
+def build_retraction_vectors() -> dict[str, dict[str, Any]]:
+    eid = wire.experience_id("ops", "Pin dependency versions.")
+    created = CREATED + 20
+    item = wire.make_retraction(KEY_A, eid, created=created)
+    valid = valid_item_vector(
+        "item_valid_retraction",
+        "Key A (the minimal experience's author) withdraws the minimal experience.",
+        SEED_A,
+        item,
+        {"kind": "retraction", "experience_id_hex": eid.hex(), "created": created},
+        {},
+    )
+    body = [eid, PUB_A, created]
+    invalid = invalid_item(
+        "item_invalid_retraction_signature_domain",
+        "A valid retraction body signed under the feedback domain string.",
+        signed("retraction", body, sig_domain=wire.FEEDBACK_SIG_DOMAIN),
+        "SignatureError",
+    )
+    return {valid["name"]: valid, invalid["name"]: invalid}
 
 
 # --- Admission stamps (PROTOCOL.md section 18), type "stamp" ---------------------------------------

@@ -140,6 +140,12 @@ def test_valid_item_vector(name):
         domain = b"dso/experience/1\x00"
         id_preimage = b"dso/exp/1" + ref_pack([inp["domain"], exp["normalized_text"]])
         assert hashlib.sha256(id_preimage).hexdigest() == exp["id_hex"]
+    elif inp["kind"] == "retraction":
+        item = wire.make_retraction(
+            key, bytes.fromhex(inp["experience_id_hex"]), created=inp["created"]
+        )
+        ref_body = [bytes.fromhex(inp["experience_id_hex"]), author, inp["created"]]
+        domain = b"dso/retraction/1\x00"
     elif inp["kind"] == "feedback":
         item = wire.make_feedback(
             key, bytes.fromhex(inp["experience_id_hex"]), inp["value"], created=inp["created"]
@@ -346,6 +352,7 @@ def test_spec_constants_match_the_implementation():
     assert wire.EXPERIENCE_SIG_DOMAIN.hex() in spec
     assert wire.SUBMISSION_SIG_DOMAIN.hex() in spec
     assert wire.FEEDBACK_SIG_DOMAIN.hex() in spec
+    assert wire.RETRACTION_SIG_DOMAIN.hex() in spec
     assert wire.EXPERIENCE_ID_PREFIX.hex() in spec
     for name, vector in VECTORS.items():  # every vector is listed with its outcome
         outcome = "valid" if vector["valid"] else f"`{vector['error']}`"
@@ -521,7 +528,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("OversizeError", 1)
     obj = ref_parse(data)
     kind = ref_envelope(obj)
-    if kind not in ("experience", "submission", "feedback"):
+    if kind not in ("experience", "submission", "feedback", "retraction"):
         raise RefReject("KindError", 4)
     if len(obj) != 4:
         raise RefReject("SchemaError", 4)
@@ -531,7 +538,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("SchemaError", 5)
     if ref_pack(obj) != data:
         raise RefReject("NonCanonicalError", 6)
-    if len(body) != {"experience": 7, "submission": 5, "feedback": 4}[kind]:
+    if len(body) != {"experience": 7, "submission": 5, "feedback": 4, "retraction": 3}[kind]:
         raise RefReject("SchemaError", 7)
     if kind == "experience":
         eid, domain, text, tags, prov, created, author = body
@@ -572,6 +579,12 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         ref_bin(author, 32)
         ref_created(created)
         domain_string = b"dso/feedback/1\x00"
+    elif kind == "retraction":
+        eid, author, created = body
+        ref_bin(eid, 32)
+        ref_bin(author, 32)
+        ref_created(created)
+        domain_string = b"dso/retraction/1\x00"
     else:
         eid, space, code, author, created = body
         ref_bin(eid, 32)
@@ -785,6 +798,23 @@ def test_spec_only_decoder_agrees_on_signed_random_feedback(
     payload = b"dso/feedback/1\x00" + ref_pack(body)
     signature = SIGNER.sign(payload if good_signature else payload + b"!")
     compare(ref_pack([1, "feedback", body, signature]))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    eid=st.sampled_from([bytes(32), bytes(31), b"", "x"]),
+    author=st.sampled_from([SIGNER_PUB, bytes(32), SIGNER_PUB[:31]]),
+    created=st.integers(0, 2**64 - 1),
+    extra=st.sampled_from([[], [0]]),
+    good_signature=st.booleans(),
+)
+def test_spec_only_decoder_agrees_on_signed_random_retractions(
+    eid, author, created, extra, good_signature
+):
+    body = [eid, author, created, *extra]
+    payload = b"dso/retraction/1\x00" + ref_pack(body)
+    signature = SIGNER.sign(payload if good_signature else payload + b"!")
+    compare(ref_pack([1, "retraction", body, signature]))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

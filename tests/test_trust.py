@@ -22,7 +22,7 @@ from dsonode.core.consensus import apply_reputation
 from dsonode.core.feedback import Vote, aggregate, weighted_aggregate
 from dsonode.core.trust import Standing, StandingRules, serves, standing, vouch, weighted_median
 from dsonode.identity import public_key_bytes
-from dsonode.library import ConsensusRules, Library, LightEmbedder, TrustSettings
+from dsonode.library import ConsensusRules, ForgottenError, Library, LightEmbedder, TrustSettings
 from dsonode.store import CodeIndex, Store
 
 SPACE = "cd" * 32
@@ -287,3 +287,40 @@ def test_forget_is_a_tombstone_that_survives_replay_and_restart(tmp_path, rng):
     assert lib.store.has_experience(other)
     assert lib.forget([b"\x01" * 32]) == [False]  # tombstoned before it was ever seen
     lib.store.close()
+
+
+def test_an_authors_retraction_is_honoured_and_a_strangers_is_not(tmp_path, rng):
+    author, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    home = _library(tmp_path / "home", author, mode="open")  # the author's own node
+    peer = _library(tmp_path / "peer", Ed25519PrivateKey.generate(), mode="open")
+    topic = _unit(rng)
+    exp = wire.make_experience(author, "ops", "Turn off the firewall to debug.")
+    code = bitdelta.encode(topic)
+    assert isinstance(code, bytes)
+    sub = wire.make_submission(author, exp.id, SPACE, code)
+    items = [(wire.encode_item(i), i) for i in (exp, sub)]
+    home.store.put_items([r for r, _ in items], decoded=[i for _, i in items])
+    peer.accept_items(items)
+    fake = wire.make_retraction(stranger, exp.id)  # not the author's: withdraws nothing
+    peer.accept_items([(wire.encode_item(fake), fake)])
+    assert peer.store.has_experience(exp.id) and peer.counters()["retraction_unheld"] == 1
+    published: list[bytes] = []
+    home.attach_publisher(published.extend)
+    retraction = home.retract(exp.id)
+    assert not home.store.has_experience(exp.id) and home.store.is_tombstoned(exp.id)
+    assert [wire.decode_item(r) for r in published] == [retraction]
+    peer.accept_items([(published[0], retraction)])  # gossip
+    assert not peer.store.has_experience(exp.id) and peer.store.is_tombstoned(exp.id)
+    assert peer.counters()["retractions_honoured"] == 1
+    assert peer.store.count("submissions") == 0 and peer.holds(retraction)
+    report: dict[str, int] = {}
+    peer.accept_items(items, report)  # replayed: never again
+    assert report["stored"] == 0
+    # the retraction itself stays, for sync to carry it to nodes that were away
+    rts = list(peer.store.iter_retractions_by_time())
+    assert [r.raw for r in rts] == [published[0]]
+    assert peer.store.get_raw_items([("retraction", exp.id + retraction.author)]) == published
+    with pytest.raises(ForgottenError):
+        peer.retract(exp.id)  # not held (and not ours)
+    for lib in (home, peer):
+        lib.store.close()

@@ -7,7 +7,8 @@ returns them when asked (`include_unvouched`, each result saying why); `dsonode 
 them vouched ("allowed_author"); `dsonode block` refuses and hides them even when asked,
 shown by `dsonode peers`/`trust`; `dsonode forget` deletes one, and after a restart in mode
 open with a one-second catch-up sync from node 1, the forgotten lesson stays gone while the
-other one is served. Every wait is bounded; both processes are stopped.
+other one is served; then node 1 retracts that one (`dsonode retract`) and node 2 deletes it.
+Every wait is bounded; both processes are stopped.
 """
 
 from __future__ import annotations
@@ -120,3 +121,19 @@ def test_policy_operator_lists_and_tombstones_on_real_nodes(tmp_path):
         with two.client() as c, pytest.raises(RpcError):
             c.get(ids[0])
         assert _cli(two, "trust")["tombstones"] == 1
+
+        # node 1 withdraws its other lesson: the signed retraction reaches node 2 by gossip
+        assert _cli(one, "retract", ids[1])["retracted"] is True
+
+        def withdrawn() -> bool:
+            with two.client() as c:
+                try:
+                    c.get(ids[1])
+                except RpcError as exc:
+                    return exc.code == NOT_FOUND
+            return False
+
+        wait_until("the retraction at node 2", withdrawn, 60, net.nodes)
+        assert _cli(two, "trust")["tombstones"] == 2
+        with one.client() as c, pytest.raises(RpcError):
+            c.retract(ids[1])  # gone at its author's node too: nothing left to withdraw

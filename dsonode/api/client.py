@@ -285,6 +285,10 @@ class Client:
         """Delete an experience at the node and tombstone it (never stored there again)."""
         return self.call("forget", {"id": id.hex() if isinstance(id, bytes) else id})
 
+    def retract(self, id: str | bytes) -> dict[str, Any]:
+        """Withdraw one of the node's own experiences network-wide (a signed retraction)."""
+        return self.call("retract", {"id": id.hex() if isinstance(id, bytes) else id})
+
     def trust(self) -> dict[str, Any]:
         """The node's trust mode, its operator lists and its tombstone count."""
         return self.call("trust")

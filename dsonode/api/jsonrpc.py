@@ -656,6 +656,7 @@ METHODS = {
     "forget_peer": _forget_peer,
     "set_trust": _set_trust,
     "forget": _forget,
+    "retract": _forget,  # the same params: one experience id
     "trust": _none,
 }
 

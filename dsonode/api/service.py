@@ -295,6 +295,14 @@ class RetrievalService:
         (found,) = self.library.forget([p.id])
         return {"id": p.id.hex(), "found": found, "tombstoned": True}
 
+    def retract(self, p: ForgetParams) -> dict[str, Any]:
+        """Withdraw one of this node's experiences network-wide (a signed retraction)."""
+        try:
+            item = self.library.retract(p.id)
+        except ForgottenError as exc:
+            raise NotFound(str(exc)) from None
+        return {"id": p.id.hex(), "retracted": True, "created": item.created}
+
     def trust(self, _p: NoParams | None = None) -> dict[str, Any]:
         """The trust policy, the operator's lists and the tombstone count."""
         return self.trust_summary(full=True)
@@ -388,5 +396,6 @@ class RetrievalService:
             "forget_peer": in_thread(self.forget_peer),
             "set_trust": in_thread(self.set_trust),
             "forget": in_thread(self.forget),
+            "retract": in_thread(self.retract),
             "trust": in_thread(self.trust),
         }

@@ -374,6 +374,8 @@ class Library:
             return self.store.holds_feedback(
                 item.experience_id, item.author, item.created, wire.item_hash(item)
             )
+        if isinstance(item, wire.Retraction):
+            return self.store.has_retraction(item.experience_id, item.author)
         return False
 
     def network_size(self, connected: int | None = None) -> int:
@@ -614,6 +616,13 @@ class Library:
         this batch admitted so far per author."""
         if isinstance(item, wire.Submission):
             return None  # one per author and experience, drawn by the committee
+        if isinstance(item, wire.Retraction):
+            # honoured only for an experience held with that author: a key withdraws its own
+            # copy, and retractions of anything else cost no storage
+            if self.holds(item):
+                return None
+            exp = self.store.get_experience(item.experience_id)
+            return None if exp is not None and exp.author == item.author else "retraction_unheld"
         if self.holds(item) or self.store.is_tombstoned(
             item.id if isinstance(item, wire.Experience) else item.experience_id
         ):
@@ -665,6 +674,24 @@ class Library:
             found = self.store.forget(exp_ids, why, wire.now_ms())
         self.count("forgotten", len(exp_ids))
         return found
+
+    def retract(self, exp_id: bytes) -> wire.Retraction:
+        """Withdraw one of our experiences network-wide: sign a retraction, store it (which
+        forgets the experience here) and publish it; every node that holds our copy deletes
+        it and never stores it again (PROTOCOL.md 7.6). ForgottenError if the experience is
+        not ours or not held."""
+        with self._write_lock:
+            exp = self.store.get_experience(exp_id)
+            if exp is None or exp.author != self.author:
+                raise ForgottenError(
+                    f"experience {exp_id.hex()} is not held here as one of this node's own"
+                )
+            item = wire.make_retraction(self.key, exp_id)
+            raw = wire.encode_item(item)
+            self.store.put_items([raw], decoded=[item])
+        self.count("retracted")
+        self._publish([raw])
+        return item
 
     # ---- writes: peers' items ------------------------------------------------------------------
 
@@ -725,6 +752,8 @@ class Library:
                     touched[item.experience_id] = None
             elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
                 self.count("feedback_stored")
+            elif isinstance(item, wire.Retraction):  # put_items forgot the experience
+                self.count("retractions_honoured")
         for exp_id in touched:
             self.recompute(exp_id)
         return outbound

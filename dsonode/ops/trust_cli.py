@@ -2,9 +2,10 @@
 
 `dsonode block AUTHOR` / `unblock AUTHOR` / `allow AUTHOR` / `disallow AUTHOR` change the
 running node's operator lists (kept in its store), `dsonode forget EXPERIENCE_ID` deletes an
-experience and tombstones it (never stored again at this node), `dsonode trust` shows the
+experience and tombstones it (never stored again at this node), `dsonode retract
+EXPERIENCE_ID` withdraws one of the node's own experiences network-wide, `dsonode trust` shows the
 policy, the lists and the tombstone count. AUTHOR is a base58 peer id or 64 hex (a public
-key). All of it goes through the node's socket (`set_trust`, `forget`, `trust`); no node on
+key). All of it goes through the node's socket (`set_trust`, `forget`, `retract`, `trust`); no node on
 the socket is exit code 1 with a message saying so. See ARCHITECTURE.md "Trust".
 """
 
@@ -46,6 +47,17 @@ def register(subparsers: SubParsers) -> None:
     add_node_args(p, timeout=30.0)
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(func=cmd_forget)
+    p = subparsers.add_parser(
+        "retract",
+        help="withdraw one of this node's experiences network-wide",
+        description="Sign a retraction of one of the running node's own experiences and "
+        "publish it: every node that holds this node's copy deletes it and never stores it "
+        "again (PROTOCOL.md 7.6).",
+    )
+    p.add_argument("experience_id", help="64 hex digits")
+    add_node_args(p, timeout=30.0)
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=cmd_retract)
     p = subparsers.add_parser(
         "trust",
         help="the node's trust mode, operator lists and tombstones",
@@ -94,6 +106,17 @@ def cmd_forget(args: argparse.Namespace) -> int:
     else:
         held = "deleted and tombstoned" if result.get("found") else "tombstoned (was not held)"
         print(f"{result.get('id')}: {held}")
+    return 0
+
+
+def cmd_retract(args: argparse.Namespace) -> int:
+    result = _call(args, lambda c: c.retract(args.experience_id))
+    if result is None:
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result.get('id')}: retracted (published to peers)")
     return 0
 
 

@@ -21,6 +21,8 @@ fb_by_time      created ms (8, BE) + feedback key (64)       b"" (current votes 
 feedback_agg    experience id (32)                           {votes, median}
 known_peers     base58 peer id (utf-8)                       {v, addrs, seen, src, score}
                                                              (``dsonode.core.peerbook``)
+retractions     experience id + author (64)                   {raw, created} (PROTOCOL.md 7.6)
+rt_by_time      created ms (8, BE) + retraction key (64)     b"" (for sync)
 operator        b"block/" | b"allow/" + author (32)          {at} (the operator's lists)
                 b"tomb/" + experience id (32)                {at, why} (never stored again)
                 b"bytes/" + author (32)                      int: bytes of its stored experiences
@@ -31,7 +33,10 @@ Operator lists and tombstones (``operator``, created on open like the feedback d
 consensus codes, votes, feedback aggregate, pending mark) and writes its tombstone in the same
 transaction; ``put_items`` never stores an item of a tombstoned experience again (it reports
 it as not new), so neither gossip nor sync can bring it back, and the tombstone survives a
-restart like any record (ARCHITECTURE.md "Trust").
+restart like any record (ARCHITECTURE.md "Trust"). A retraction (PROTOCOL.md 7.6) is stored
+like an item; storing one whose author is the stored experience's author forgets that
+experience in the same transaction (tombstone "retracted"). Retractions are exempt from the
+tombstone check (they are what keeps the others away, and sync serves them).
 
 Feedback (schema version 2): one vote per (experience, author); a vote replaces the stored
 one when it is newer by ``dsonode.core.feedback.supersedes`` (created, then item hash), and
@@ -94,7 +99,15 @@ from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
 from dsonode.core.peerbook import KnownPeer, PeerBookError, decode_peer, encode_peer
-from dsonode.core.wire import Experience, Feedback, Item, Submission, decode_item, item_hash
+from dsonode.core.wire import (
+    Experience,
+    Feedback,
+    Item,
+    Retraction,
+    Submission,
+    decode_item,
+    item_hash,
+)
 from dsonode.dirlock import release_lock, take_lock
 
 #: Bump when the on-disk layout changes; older stores are migrated, newer ones refused.
@@ -117,9 +130,19 @@ _DB_NAMES = (
     b"feedback_agg",
     b"known_peers",
     b"operator",
+    b"retractions",
+    b"rt_by_time",
 )
 #: Databases added after schema 1: a read-only open of an older store goes on without them.
-_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers", b"operator")
+_LATER_DBS = (
+    b"feedback",
+    b"fb_by_time",
+    b"feedback_agg",
+    b"known_peers",
+    b"operator",
+    b"retractions",
+    b"rt_by_time",
+)
 #: `operator` key prefixes: the operator's author lists and the tombstones.
 OPERATOR_LISTS = ("block", "allow")
 _TOMB = b"tomb/"
@@ -164,6 +187,16 @@ class SubmissionRecord:
     space_id: bytes
     author: bytes
     code: bytes
+    created: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class RetractionRecord:
+    """An author's stored retraction of its experience (PROTOCOL.md 7.6)."""
+
+    experience_id: bytes
+    author: bytes
     created: int
     raw: bytes
 
@@ -445,6 +478,7 @@ class Store:
         meta = self._dbs["meta"]
 
         operator = self._dbs.get("operator")
+        retractions = self._dbs.get("retractions")
 
         def write(txn: _Txn) -> list[bool]:
             flags = []
@@ -453,7 +487,18 @@ class Store:
                 db = self._dbs[db_name]
                 # every item kind's key starts with its experience id: a forgotten experience
                 # never comes back, whoever sends it
-                if operator is not None and txn.get(_TOMB + key[:_ID_LEN], db=operator):
+                if (
+                    operator is not None
+                    and db_name != "retractions"
+                    and txn.get(_TOMB + key[:_ID_LEN], db=operator)
+                ):
+                    flags.append(False)
+                    continue
+                if (
+                    db_name == "experiences"
+                    and retractions is not None
+                    and txn.get(key + getattr(items[len(flags)], "author", b""), db=retractions)
+                ):  # its author withdrew it (PROTOCOL.md 7.6)
                     flags.append(False)
                     continue
                 old = txn.get(key, db=db)
@@ -478,6 +523,11 @@ class Store:
                 txn.put(time_key, b"", db=self._dbs[time_db])
                 if db_name == "experiences" and operator is not None:
                     self._add_bytes(txn, operator, items[len(flags)], len(raws[len(flags)]))
+                if db_name == "retractions":  # the author withdraws its own copy only
+                    exp = txn.get(key[:_ID_LEN], db=self._dbs["experiences"])
+                    if exp is not None and _unpack(exp)["author"] == key[_ID_LEN:]:
+                        when = int(getattr(items[len(flags)], "created", 0))
+                        self._forget_in(txn, key[:_ID_LEN], "retracted", when)
                 if vote is not None:
                     voted[key[:_ID_LEN]] = None
                 mark = marks[len(flags)]
@@ -593,6 +643,18 @@ class Store:
             )
             vote = Vote(item.author, item.score, item.created, digest)
             return "feedback", key, value, "fb_by_time", _TIME.pack(item.created) + key, vote, None
+        if isinstance(item, Retraction):
+            key = item.experience_id + item.author
+            value = _pack({"raw": raw, "created": item.created})
+            return (
+                "retractions",
+                key,
+                value,
+                "rt_by_time",
+                _TIME.pack(item.created) + key,
+                None,
+                None,
+            )
         raise StoreError(f"cannot store a {type(item).__name__}")
 
     def has_experience(self, exp_id: bytes) -> bool:
@@ -622,8 +684,9 @@ class Store:
         """Signed bytes by ("experience", id), ("submission", exp id + space id + author) or
         ("feedback", exp id + author)."""
         dbs = {"experience": self._dbs["experiences"], "submission": self._dbs["submissions"]}
-        if "feedback" in self._dbs:
-            dbs["feedback"] = self._dbs["feedback"]
+        for kind, name in (("feedback", "feedback"), ("retraction", "retractions")):
+            if name in self._dbs:
+                dbs[kind] = self._dbs[name]
 
         def read(txn: _Txn) -> list[bytes | None]:
             out: list[bytes | None] = []
@@ -1007,16 +1070,20 @@ class Store:
         transaction (see the module docstring). Returns, per id, whether anything was stored
         under it. A tombstone is written even for an id never seen (so it is never stored)."""
         ids = [_check_id(e, "experience id") for e in exp_ids]
-        op = self._operator_db()
-        spaces = self.known_spaces()
+        self._operator_db()
+        return self._write(lambda txn: [self._forget_in(txn, e, why, now_ms) for e in ids])
 
-        def drop_prefixed(txn: _Txn, db_name: str, time_db: str, prefix: bytes) -> int:
+    def _forget_in(self, txn: _Txn, exp_id: bytes, why: str, now_ms: int) -> bool:
+        """Inside a write txn: `forget` of one experience."""
+        op = self._operator_db()
+
+        def drop_prefixed(db_name: str, time_db: str) -> int:
             db = self._dbs[db_name]
             cur = txn.cursor(db=db)
             rows: list[tuple[bytes, int]] = []
-            if cur.set_range(prefix):
+            if cur.set_range(exp_id):
                 for key, value in cur:
-                    if not key.startswith(prefix):
+                    if not key.startswith(exp_id):
                         break
                     rows.append((bytes(key), int(_unpack(value)["created"])))
             for key, created in rows:
@@ -1024,30 +1091,37 @@ class Store:
                 txn.delete(_TIME.pack(created) + key, db=self._dbs[time_db])
             return len(rows)
 
-        def write(txn: _Txn) -> list[bool]:
-            out = []
-            for exp_id in ids:
-                found = False
-                raw = txn.get(exp_id, db=self._dbs["experiences"])
-                if raw is not None:
-                    rec = _unpack(raw)
-                    created = int(rec["created"])
-                    self._add_bytes(txn, op, rec["author"], -len(rec["raw"]))
-                    txn.delete(exp_id, db=self._dbs["experiences"])
-                    txn.delete(_TIME.pack(created) + exp_id, db=self._dbs["exp_by_time"])
-                    found = True
-                found |= drop_prefixed(txn, "submissions", "sub_by_time", exp_id) > 0
-                if "feedback" in self._dbs:
-                    found |= drop_prefixed(txn, "feedback", "fb_by_time", exp_id) > 0
-                    txn.delete(exp_id, db=self._dbs["feedback_agg"])
-                for space in spaces:
-                    found |= txn.delete(space + exp_id, db=self._dbs["consensus"])
-                txn.delete(_PENDING + exp_id, db=self._dbs["meta"])
-                txn.put(_TOMB + exp_id, _pack({"at": int(now_ms), "why": why}), db=op)
-                out.append(found)
-            return out
+        found = False
+        raw = txn.get(exp_id, db=self._dbs["experiences"])
+        if raw is not None:
+            rec = _unpack(raw)
+            txn.delete(exp_id, db=self._dbs["experiences"])
+            txn.delete(_TIME.pack(int(rec["created"])) + exp_id, db=self._dbs["exp_by_time"])
+            self._add_bytes(txn, op, rec["author"], -len(rec["raw"]))
+            found = True
+        found |= drop_prefixed("submissions", "sub_by_time") > 0
+        if "feedback" in self._dbs:
+            found |= drop_prefixed("feedback", "fb_by_time") > 0
+            txn.delete(exp_id, db=self._dbs["feedback_agg"])
+        spaces = txn.get(b"spaces", db=self._dbs["meta"])
+        for space in _unpack(spaces) if spaces else []:
+            found |= txn.delete(bytes.fromhex(space) + exp_id, db=self._dbs["consensus"])
+        txn.delete(_PENDING + exp_id, db=self._dbs["meta"])
+        txn.put(_TOMB + exp_id, _pack({"at": int(now_ms), "why": why}), db=op)
+        return found
 
-        return self._write(write)
+    def has_retraction(self, exp_id: bytes, author: bytes) -> bool:
+        key = _check_id(exp_id, "experience id") + _check_id(author, "author")
+        db = self._dbs.get("retractions")
+        return db is not None and self._read(lambda txn: txn.get(key, db=db) is not None)
+
+    def iter_retractions_by_time(
+        self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[RetractionRecord]:
+        """Retractions with since_ms <= created < until_ms, oldest first (for sync)."""
+        if "rt_by_time" not in self._dbs:
+            return
+        yield from self._iter_by_time("rt_by_time", since_ms, until_ms, limit, _rt_from_time)
 
     # ------------------------------------------------------------------------ known peers
 
@@ -1181,3 +1255,14 @@ def _exp_from_time(store: Store, txn: _Txn, tkey: bytes) -> ExperienceRecord | N
 def _sub_from_time(store: Store, txn: _Txn, tkey: bytes) -> SubmissionRecord | None:
     v = txn.get(tkey[8:], db=store._dbs["submissions"])
     return None if v is None else _sub_record(tkey[8:], v)
+
+
+def _rt_from_time(store: Store, txn: _Txn, tkey: bytes) -> RetractionRecord | None:
+    v = txn.get(tkey[8:], db=store._dbs["retractions"])
+    if v is None:
+        return None
+    d = _unpack(v)
+    try:
+        return RetractionRecord(tkey[8:40], tkey[40:], int(d["created"]), bytes(d["raw"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"corrupt retraction record: {exc}") from exc
