@@ -151,6 +151,9 @@ class TrustSection:
     quota_items_per_hour: int
     quota_bytes: int
     standing_quota_factor: float
+    unvouched_ttl_s: float
+    max_experiences: int
+    sweep_interval_s: float
 
 
 @dataclass(frozen=True)

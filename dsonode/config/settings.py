@@ -377,6 +377,33 @@ SPEC: tuple[Setting, ...] = (
         lo=1,
         hi=1000,
     ),
+    _s(
+        "trust",
+        "unvouched_ttl_s",
+        "float",
+        30 * 86_400.0,
+        "unvouched experiences older than this are deleted; 0 = never",
+        lo=0,
+        hi=100 * 365 * 86_400,
+    ),
+    _s(
+        "trust",
+        "max_experiences",
+        "int",
+        1_000_000,
+        "storage cap: above it the store evicts, unvouched (over-quota authors, oldest) first",
+        lo=1,
+        hi=1_000_000_000,
+    ),
+    _s(
+        "trust",
+        "sweep_interval_s",
+        "float",
+        600.0,
+        "expire and evict this often (a networked node)",
+        lo=1,
+        hi=86_400,
+    ),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
     _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),
     _s(

@@ -33,10 +33,13 @@ from dsonode.core.errors import DsoError
 
 __all__ = [
     "TRUST_MODES",
+    "EvictionCandidate",
     "Standing",
     "StandingRules",
     "TrustError",
     "Verdict",
+    "eviction_order",
+    "expired",
     "serves",
     "standing",
     "vouch",
@@ -210,3 +213,28 @@ def serves(mode: str, verdict: Verdict, *, include_unvouched: bool = False) -> b
     if mode == "vouched":
         return verdict.vouched
     return verdict.operator
+
+
+# ---- store lifecycle ---------------------------------------------------------------------------
+
+
+def expired(created_ms: int, now_ms: int, ttl_ms: int, vouched: bool) -> bool:
+    """An unvouched experience older than the TTL (0: never) expires; a vouched one never."""
+    return not vouched and ttl_ms > 0 and now_ms - created_ms > ttl_ms
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionCandidate:
+    id: bytes
+    vouched: bool
+    #: its author holds more stored bytes than its quota allows
+    over_quota: bool
+    created: int
+
+
+def eviction_order(candidates: Sequence[EvictionCandidate]) -> list[bytes]:
+    """Ids in the order a full store evicts them: unvouched before vouched (never a vouched
+    one while an unvouched one is left), within each over-quota authors' first, then oldest
+    `created` first (id breaks ties, so every node orders alike)."""
+    ranked = sorted(candidates, key=lambda c: (c.vouched, not c.over_quota, c.created, c.id))
+    return [c.id for c in ranked]

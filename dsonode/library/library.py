@@ -54,7 +54,7 @@ from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
 from dsonode.core.quota import Bucket, take
 from dsonode.core.stamp import STAMP_KEY, mint, stamp_bits, stamp_of
-from dsonode.core.trust import Verdict, serves
+from dsonode.core.trust import EvictionCandidate, Verdict, eviction_order, expired, serves
 from dsonode.identity import public_key_bytes
 from dsonode.library.light import LightEmbedder, LightNodeError
 from dsonode.library.trust import TrustPolicy, TrustSettings, TrustView
@@ -629,6 +629,12 @@ class Library:
             return None  # costs nothing new (the store keeps what it has)
         standing = view.standing(item.author).value
         settings = self.trust.settings
+        if (
+            isinstance(item, wire.Experience)
+            and standing <= 0
+            and self.store.count("experiences") >= settings.max_experiences
+        ):
+            return "store_full"  # a full store takes no more unvouched items (Library.sweep)
         if isinstance(item, wire.Experience) and standing <= 0 and settings.stamp_bits:
             bits = stamp_bits(item.id, item.author, item.provenance)
             if bits < settings.stamp_bits:
@@ -692,6 +698,42 @@ class Library:
         self.count("retracted")
         self._publish([raw])
         return item
+
+    def sweep(self, now_ms: int | None = None) -> dict[str, int]:
+        """The store's lifecycle (ARCHITECTURE.md "Trust"): delete unvouched experiences older
+        than the TTL, then, above the storage cap, evict in `core.trust.eviction_order`
+        (unvouched first, over-quota authors first, oldest first; vouched ones only when no
+        unvouched one is left). Both tombstone what they delete ("expired", "evicted"), so
+        sync does not bring it back. Returns how many of each."""
+        now = wire.now_ms() if now_ms is None else now_ms
+        settings = self.trust.settings
+        view = self.trust.view(now)
+        ttl_ms = int(settings.unvouched_ttl_s * 1000)
+        old: list[bytes] = []
+        if ttl_ms > 0:
+            for rec in self.store.iter_experiences_by_time(0, max(0, now - ttl_ms)):
+                if rec.author != self.author and expired(
+                    rec.created, now, ttl_ms, view.verdict(rec).vouched
+                ):
+                    old.append(rec.id)
+        if old:
+            self.forget(old, "expired")
+        over = self.store.count("experiences") - settings.max_experiences
+        evicted: list[bytes] = []
+        if over > 0:
+            candidates = []
+            for rec in self.store.iter_experiences_by_time(0):
+                if rec.author == self.author:
+                    continue  # never evict our own lessons
+                standing = view.standing(rec.author).value
+                heavy = self.store.author_bytes(rec.author) > settings.quota.bytes(standing)
+                vouched = view.verdict(rec).vouched
+                candidates.append(EvictionCandidate(rec.id, vouched, heavy, rec.created))
+            evicted = eviction_order(candidates)[:over]
+            self.forget(evicted, "evicted")
+        self.count("expired", len(old))
+        self.count("evicted", len(evicted))
+        return {"expired": len(old), "evicted": len(evicted)}
 
     # ---- writes: peers' items ------------------------------------------------------------------
 

@@ -37,12 +37,18 @@ class TrustSettings:
     #: author without standing must carry (0: none), and the per-author quotas.
     stamp_bits: int = 0
     quota: QuotaRules = field(default_factory=QuotaRules)
+    #: Store lifecycle (`Library.sweep`): unvouched experiences older than this expire (0:
+    #: never); above `max_experiences` the store evicts (core.trust.eviction_order).
+    unvouched_ttl_s: float = 30 * 86_400.0
+    max_experiences: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.mode not in trust.TRUST_MODES:
             raise TrustSettingsError(f"trust.mode must be one of {', '.join(trust.TRUST_MODES)}")
         if not 0 <= self.stamp_bits <= MAX_BITS:
             raise TrustSettingsError(f"trust.stamp_bits must be 0..{MAX_BITS}")
+        if self.unvouched_ttl_s < 0 or self.max_experiences < 1:
+            raise TrustSettingsError("trust.unvouched_ttl_s >= 0 and max_experiences >= 1")
 
     @classmethod
     def from_config(
@@ -58,6 +64,8 @@ class TrustSettings:
         quota_items_per_hour: int = QuotaRules.items_per_hour,
         quota_bytes: int = QuotaRules.max_bytes,
         standing_quota_factor: float = QuotaRules.standing_factor,
+        unvouched_ttl_s: float = 30 * 86_400.0,
+        max_experiences: int = 1_000_000,
     ) -> TrustSettings:
         authors = set()
         for peer in allow:
@@ -73,7 +81,13 @@ class TrustSettings:
         )
         quota = QuotaRules(quota_items_per_hour, quota_bytes, standing_quota_factor)
         return cls(
-            mode=mode, allow=frozenset(authors), rules=rules, stamp_bits=stamp_bits, quota=quota
+            mode=mode,
+            allow=frozenset(authors),
+            rules=rules,
+            stamp_bits=stamp_bits,
+            quota=quota,
+            unvouched_ttl_s=unvouched_ttl_s,
+            max_experiences=max_experiences,
         )
 
 

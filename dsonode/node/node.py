@@ -87,6 +87,9 @@ class NodeConfig:
     trust_quota_items_per_hour: int = default("trust.quota_items_per_hour")
     trust_quota_bytes: int = default("trust.quota_bytes")
     trust_standing_quota_factor: float = default("trust.standing_quota_factor")
+    trust_unvouched_ttl_s: float = default("trust.unvouched_ttl_s")
+    trust_max_experiences: int = default("trust.max_experiences")
+    trust_sweep_interval_s: float = default("trust.sweep_interval_s")
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
     peers: tuple[str, ...] = default("net.bootstrap")
@@ -175,6 +178,9 @@ def node_config(cfg: Config) -> NodeConfig:
         trust_quota_items_per_hour=cfg.trust.quota_items_per_hour,
         trust_quota_bytes=cfg.trust.quota_bytes,
         trust_standing_quota_factor=cfg.trust.standing_quota_factor,
+        trust_unvouched_ttl_s=cfg.trust.unvouched_ttl_s,
+        trust_max_experiences=cfg.trust.max_experiences,
+        trust_sweep_interval_s=cfg.trust.sweep_interval_s,
         listen=cfg.net.listen if net_on else None,
         peers=cfg.net.bootstrap if net_on else (),
         byzantine_attack=cfg.byzantine_attack,
@@ -353,6 +359,8 @@ def trust_settings(config: NodeConfig) -> TrustSettings:
         quota_items_per_hour=config.trust_quota_items_per_hour,
         quota_bytes=config.trust_quota_bytes,
         standing_quota_factor=config.trust_standing_quota_factor,
+        unvouched_ttl_s=config.trust_unvouched_ttl_s,
+        max_experiences=config.trust_max_experiences,
     )
 
 
@@ -401,6 +409,7 @@ def daemon_config(config: NodeConfig) -> DaemonConfig:
         redial_max_s=config.redial_max_s,
         gossip=config.gossip,
         sync_interval_s=config.sync_interval_s,
+        sweep_interval_s=config.trust_sweep_interval_s,
         conn=config.conn,
     )
 

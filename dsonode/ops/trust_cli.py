@@ -15,10 +15,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from dsonode.api.cliargs import add_node_args, node_client
+from dsonode.api.cliargs import add_data_dir_arg, add_node_args, node_client
 from dsonode.argtypes import SubParsers
+from dsonode.config.paths import STORE_DIR_NAME, default_data_dir
 
 #: command -> (operator list, on, help)
 LIST_COMMANDS = {
@@ -58,6 +60,37 @@ def register(subparsers: SubParsers) -> None:
     add_node_args(p, timeout=30.0)
     p.add_argument("--json", action="store_true", help="print the reply as JSON")
     p.set_defaults(func=cmd_retract)
+    p = subparsers.add_parser(
+        "export",
+        help="write the node's library as signed items (JSON lines)",
+        description="Write every item of the node's store (experiences, submissions, votes, "
+        "retractions) with its signature to FILE ('-': stdout), for a backup, a move or "
+        "seeding a new network. Reads the store read-only: the node may be running.",
+    )
+    p.add_argument("file", help="output file, or - for stdout")
+    add_data_dir_arg(p)
+    p.set_defaults(func=cmd_export)
+    p = subparsers.add_parser(
+        "import",
+        help="verify and add the signed items of an export (node stopped)",
+        description="Verify every line of an export like gossip does (signature included) "
+        "and store the valid items in the node's store; a tampered line is rejected by its "
+        "line number, exit code 1. The node must be stopped; it recomputes the consensus of "
+        "what was imported when it starts.",
+    )
+    p.add_argument("file", help="an export file, or - for stdin")
+    add_data_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_import)
+    p = subparsers.add_parser(
+        "compact",
+        help="rewrite the store without its free pages (node stopped)",
+        description="Compact the node's LMDB store (a compacting copy that replaces the data "
+        "file once complete). The node must be stopped.",
+    )
+    add_data_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="print sizes as JSON")
+    p.set_defaults(func=cmd_compact)
     p = subparsers.add_parser(
         "trust",
         help="the node's trust mode, operator lists and tombstones",
@@ -135,4 +168,84 @@ def cmd_trust(args: argparse.Namespace) -> int:
     for b in result.get("blocked_authors") or []:
         print(f"  - {b}")
     print(f"tombstones  {result.get('tombstones')}")
+    return 0
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    return (args.data_dir or default_data_dir()) / STORE_DIR_NAME
+
+
+def _open_store(args: argparse.Namespace, *, readonly: bool) -> Any:
+    """The store, or None after saying why not (exit code 1)."""
+    from dsonode.store import Store, StoreError
+
+    try:
+        return Store(_store_dir(args), readonly=readonly)
+    except StoreError as exc:
+        hint = " (stop the node first)" if "in use" in str(exc) else ""
+        print(f"dsonode: {exc}{hint}", file=sys.stderr)
+        return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dsonode.library.transfer import write_export
+
+    store = _open_store(args, readonly=True)
+    if store is None:
+        return 1
+    try:
+        if args.file == "-":
+            n = write_export(store, sys.stdout)
+        else:
+            with open(args.file, "w", encoding="utf-8") as out:
+                n = write_export(store, out)
+    finally:
+        store.close()
+    if args.file != "-":
+        print(f"exported {n} signed items to {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from dsonode.library.transfer import import_lines
+
+    store = _open_store(args, readonly=False)
+    if store is None:
+        return 1
+    try:
+        if args.file == "-":
+            report = import_lines(store, sys.stdin)
+        else:
+            try:
+                with open(args.file, encoding="utf-8", errors="replace") as f:
+                    report = import_lines(store, f)
+            except OSError as exc:
+                print(f"dsonode: cannot read {args.file}: {exc}", file=sys.stderr)
+                return 1
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(
+            f"{report.lines} items read: {report.stored} stored, {report.duplicates} already "
+            f"held, {report.blocked} of blocked authors skipped, {report.rejected} rejected"
+        )
+        for r in report.rejected_lines:
+            print(f"  line {r['line']}: {r['error']}")
+    return 1 if report.rejected else 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    store = _open_store(args, readonly=False)
+    if store is None:
+        return 1
+    try:
+        before, after = store.compact()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"before_bytes": before, "after_bytes": after}))
+    else:
+        print(f"compacted {_store_dir(args)}: {before} -> {after} bytes")
     return 0

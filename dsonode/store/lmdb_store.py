@@ -275,20 +275,20 @@ class Store:
             self._take_dir_lock()
         elif not (self.path / "data.mdb").exists():
             raise StoreError(f"no store at {self.path}")
+        self._open_args: dict[str, Any] = {
+            "map_size": map_size,
+            # max_dbs bounds the databases this handle opens, not those in the file (an old
+            # store's unused "peers" database costs nothing); +2 spare
+            "max_dbs": len(_DB_NAMES) + 2,
+            "subdir": True,
+            "readonly": readonly,
+            "sync": not unsafe_nosync,
+            "metasync": not unsafe_nosync,
+            "lock": True,
+            "mode": 0o600,
+        }
         try:
-            self._env = lmdb.open(
-                str(self.path),
-                map_size=map_size,
-                # max_dbs bounds the databases this handle opens, not those in the file (an
-                # old store's unused "peers" database costs nothing); +2 spare
-                max_dbs=len(_DB_NAMES) + 2,
-                subdir=True,
-                readonly=readonly,
-                sync=not unsafe_nosync,
-                metasync=not unsafe_nosync,
-                lock=True,
-                mode=0o600,
-            )
+            self._env = lmdb.open(str(self.path), **self._open_args)
         except lmdb.Error as exc:
             self._release_dir_lock()
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
@@ -325,6 +325,45 @@ class Store:
                 self._env.close()
                 self._env = None
             self._release_dir_lock()
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the data file without its free pages (LMDB's compacting copy), keeping the
+        directory lock throughout: (bytes before, bytes after). The copy is written next to
+        the store and replaces the data file only once complete, so a crash leaves the old
+        file or the new one, never a torn one."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        data = self.path / "data.mdb"
+        tmp = self.path.parent / (self.path.name + ".compact")
+        with self._lock:
+            before = data.stat().st_size
+            if tmp.exists():
+                for leftover in tmp.iterdir():  # an interrupted earlier compaction
+                    leftover.unlink()
+            else:
+                tmp.mkdir(mode=0o700)
+            self.env.copy(str(tmp), compact=True)
+            self.env.close()
+            self._env = None
+            os.replace(tmp / "data.mdb", data)
+            for leftover in tmp.iterdir():
+                leftover.unlink()
+            tmp.rmdir()
+            self._env = lmdb.open(str(self.path), **self._open_args)
+            self._dbs = {n.decode(): self._env.open_db(n, create=True) for n in _DB_NAMES}
+            return before, data.stat().st_size
+
+    def iter_raw(self) -> Iterator[tuple[str, bytes]]:
+        """(kind, signed bytes) of every item held, kind by kind in time order: what
+        `dsonode export` writes."""
+        for rec in self.iter_experiences_by_time():
+            yield "experience", rec.raw
+        for sub in self.iter_submissions_by_time():
+            yield "submission", sub.raw
+        for vote in self.iter_feedback_by_time():
+            yield "feedback", vote.raw
+        for rt in self.iter_retractions_by_time():
+            yield "retraction", rt.raw
 
     def __enter__(self) -> Store:
         return self
