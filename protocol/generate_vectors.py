@@ -26,7 +26,7 @@ import msgpack
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from dsonode.core import bitdelta, wire
+from dsonode.core import bitdelta, stamp, wire
 
 VECTOR_DIR = Path(__file__).resolve().parent / "vectors"
 
@@ -570,7 +570,90 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     out.update(build_sync_vectors(items))
     out["bitdelta_codes"] = build_bitdelta_vector()
     out["submission_equivocation"] = build_equivocation_vector()
+    out.update(build_stamp_vectors())
+    out.update(build_retraction_vectors())
     return out
+
+
+# --- Retraction (PROTOCOL.md section 7.6) ------------------------------------------------------------
+
+
+def build_retraction_vectors() -> dict[str, dict[str, Any]]:
+    eid = wire.experience_id("ops", "Pin dependency versions.")
+    created = CREATED + 20
+    item = wire.make_retraction(KEY_A, eid, created=created)
+    valid = valid_item_vector(
+        "item_valid_retraction",
+        "Key A (the minimal experience's author) withdraws the minimal experience.",
+        SEED_A,
+        item,
+        {"kind": "retraction", "experience_id_hex": eid.hex(), "created": created},
+        {},
+    )
+    body = [eid, PUB_A, created]
+    invalid = invalid_item(
+        "item_invalid_retraction_signature_domain",
+        "A valid retraction body signed under the feedback domain string.",
+        signed("retraction", body, sig_domain=wire.FEEDBACK_SIG_DOMAIN),
+        "SignatureError",
+    )
+    return {valid["name"]: valid, invalid["name"]: invalid}
+
+
+# --- Admission stamps (PROTOCOL.md section 18), type "stamp" ---------------------------------------
+
+STAMP_TEXT = "Pin dependency versions."
+STAMP_BITS = 12
+
+
+def build_stamp_vectors() -> dict[str, dict[str, Any]]:
+    """An experience carrying a 12-bit stamp (a valid item), and the stamp computation:
+    the minted nonce, a nonce below the difficulty, and the same nonce replayed by another
+    author and moved to another text (both fall below it)."""
+    eid = wire.experience_id("ops", STAMP_TEXT)
+    nonce = stamp.mint(eid, PUB_A, STAMP_BITS)
+    stamped = experience_vector(
+        "item_valid_experience_stamped",
+        f"The minimal experience's text signed with a {STAMP_BITS}-bit admission stamp: the "
+        "provenance pair ['dso-stamp', nonce] (section 18).",
+        SEED_A,
+        domain="ops",
+        text=STAMP_TEXT,
+        provenance=[(stamp.STAMP_KEY, nonce)],
+        created=CREATED + 10,
+    )
+    pub_b = KEY_B.public_key().public_bytes_raw()
+    other = wire.experience_id("ops", "Another lesson.")
+    cheap = next(f"{i:x}" for i in range(1000) if stamp.work_bits(eid, PUB_A, f"{i:x}") < 4)
+
+    def case(label: str, exp_id: bytes, author: bytes, n: str) -> dict[str, Any]:
+        preimage = stamp.STAMP_DOMAIN + exp_id + author + n.encode("ascii")
+        return {
+            "label": label,
+            "experience_id_hex": exp_id.hex(),
+            "author_hex": author.hex(),
+            "nonce": n,
+            "preimage_hex": preimage.hex(),
+            "digest_hex": hashlib.sha256(preimage).hexdigest(),
+            "bits": stamp.work_bits(exp_id, author, n),
+        }
+
+    cases = {
+        "name": "stamp_cases",
+        "description": f"Stamp bits (section 18) at difficulty {STAMP_BITS}: the minted nonce "
+        "of item_valid_experience_stamped, a cheap nonce, and the minted nonce replayed by key "
+        "B and moved to another text.",
+        "type": "stamp",
+        "valid": True,
+        "difficulty": STAMP_BITS,
+        "cases": [
+            case("minted", eid, PUB_A, nonce),
+            case("too cheap", eid, PUB_A, cheap),
+            case("replayed by another author", eid, pub_b, nonce),
+            case("moved to another text", other, PUB_A, nonce),
+        ],
+    }
+    return {"item_valid_experience_stamped": stamped, "stamp_cases": cases}
 
 
 # --- One submission per author (PROTOCOL.md section 7.2), type "submission_order" ---------------

@@ -78,6 +78,7 @@ def test_there_are_enough_vectors_and_each_names_itself():
             "sync",
             "bitdelta_code",
             "submission_order",
+            "stamp",
         )
         assert vector["description"]
 
@@ -139,6 +140,12 @@ def test_valid_item_vector(name):
         domain = b"dso/experience/1\x00"
         id_preimage = b"dso/exp/1" + ref_pack([inp["domain"], exp["normalized_text"]])
         assert hashlib.sha256(id_preimage).hexdigest() == exp["id_hex"]
+    elif inp["kind"] == "retraction":
+        item = wire.make_retraction(
+            key, bytes.fromhex(inp["experience_id_hex"]), created=inp["created"]
+        )
+        ref_body = [bytes.fromhex(inp["experience_id_hex"]), author, inp["created"]]
+        domain = b"dso/retraction/1\x00"
     elif inp["kind"] == "feedback":
         item = wire.make_feedback(
             key, bytes.fromhex(inp["experience_id_hex"]), inp["value"], created=inp["created"]
@@ -345,6 +352,7 @@ def test_spec_constants_match_the_implementation():
     assert wire.EXPERIENCE_SIG_DOMAIN.hex() in spec
     assert wire.SUBMISSION_SIG_DOMAIN.hex() in spec
     assert wire.FEEDBACK_SIG_DOMAIN.hex() in spec
+    assert wire.RETRACTION_SIG_DOMAIN.hex() in spec
     assert wire.EXPERIENCE_ID_PREFIX.hex() in spec
     for name, vector in VECTORS.items():  # every vector is listed with its outcome
         outcome = "valid" if vector["valid"] else f"`{vector['error']}`"
@@ -520,7 +528,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("OversizeError", 1)
     obj = ref_parse(data)
     kind = ref_envelope(obj)
-    if kind not in ("experience", "submission", "feedback"):
+    if kind not in ("experience", "submission", "feedback", "retraction"):
         raise RefReject("KindError", 4)
     if len(obj) != 4:
         raise RefReject("SchemaError", 4)
@@ -530,7 +538,7 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         raise RefReject("SchemaError", 5)
     if ref_pack(obj) != data:
         raise RefReject("NonCanonicalError", 6)
-    if len(body) != {"experience": 7, "submission": 5, "feedback": 4}[kind]:
+    if len(body) != {"experience": 7, "submission": 5, "feedback": 4, "retraction": 3}[kind]:
         raise RefReject("SchemaError", 7)
     if kind == "experience":
         eid, domain, text, tags, prov, created, author = body
@@ -571,6 +579,12 @@ def ref_decode_item(data: bytes, now_ms: int | None = None) -> list:
         ref_bin(author, 32)
         ref_created(created)
         domain_string = b"dso/feedback/1\x00"
+    elif kind == "retraction":
+        eid, author, created = body
+        ref_bin(eid, 32)
+        ref_bin(author, 32)
+        ref_created(created)
+        domain_string = b"dso/retraction/1\x00"
     else:
         eid, space, code, author, created = body
         ref_bin(eid, 32)
@@ -786,6 +800,23 @@ def test_spec_only_decoder_agrees_on_signed_random_feedback(
     compare(ref_pack([1, "feedback", body, signature]))
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    eid=st.sampled_from([bytes(32), bytes(31), b"", "x"]),
+    author=st.sampled_from([SIGNER_PUB, bytes(32), SIGNER_PUB[:31]]),
+    created=st.integers(0, 2**64 - 1),
+    extra=st.sampled_from([[], [0]]),
+    good_signature=st.booleans(),
+)
+def test_spec_only_decoder_agrees_on_signed_random_retractions(
+    eid, author, created, extra, good_signature
+):
+    body = [eid, author, created, *extra]
+    payload = b"dso/retraction/1\x00" + ref_pack(body)
+    signature = SIGNER.sign(payload if good_signature else payload + b"!")
+    compare(ref_pack([1, "retraction", body, signature]))
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     code=st.one_of(st.binary(min_size=964, max_size=964), st.binary(max_size=1100)),
@@ -799,3 +830,25 @@ def test_spec_only_decoder_agrees_on_signed_random_submissions(code, scale, eid,
     body = [eid, bytes(32), code, SIGNER_PUB, created]
     data = ref_pack([1, "submission", body, SIGNER.sign(b"dso/submission/1\x00" + ref_pack(body))])
     compare(data)
+
+
+def test_stamp_vector_from_the_spec():
+    """PROTOCOL.md 18: bits = leading zero bits of SHA-256("dso/stamp/1" 0x00 || id ||
+    author || nonce), computed here from the text of the spec, and by dsonode.core.stamp."""
+    from dsonode.core import stamp
+
+    v = VECTORS["stamp_cases"]
+    stamped = VECTORS["item_valid_experience_stamped"]
+    minted = v["cases"][0]
+    assert stamped["input"]["provenance"] == [["dso-stamp", minted["nonce"]]]
+    assert minted["experience_id_hex"] == stamped["expected"]["id_hex"]
+    for case in v["cases"]:
+        exp_id, author = bytes.fromhex(case["experience_id_hex"]), bytes.fromhex(case["author_hex"])
+        preimage = b"dso/stamp/1\x00" + exp_id + author + case["nonce"].encode("ascii")
+        assert preimage.hex() == case["preimage_hex"]
+        digest = hashlib.sha256(preimage).digest()
+        assert digest.hex() == case["digest_hex"]
+        value = int.from_bytes(digest, "big")
+        bits = 256 - value.bit_length()
+        assert bits == case["bits"] == stamp.work_bits(exp_id, author, case["nonce"])
+        assert (bits >= v["difficulty"]) == (case["label"] == "minted")

@@ -199,6 +199,7 @@ class Client:
         domain: str | None = None,
         min_score: float | None = None,
         confirmed_only: bool = False,
+        include_unvouched: bool = False,
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"k": k}
         if query is not None:
@@ -216,6 +217,8 @@ class Client:
             params["min_score"] = min_score
         if confirmed_only:
             params["confirmed_only"] = True
+        if include_unvouched:
+            params["include_unvouched"] = True
         return self.call("search", params)["results"]
 
     def get(self, id: str | bytes) -> dict[str, Any]:
@@ -272,3 +275,20 @@ class Client:
         """Have the node forget a known peer. Returns {"peer_id", "forgotten" (it was known),
         "connected" (a connection stays open until either side closes it)}."""
         return self.call("forget_peer", {"peer_id": peer_id})
+
+    def set_trust(self, list_name: str, author: str, on: bool = True) -> dict[str, Any]:
+        """Put an author (64 hex or a peer id) on or off the node's "block" or "allow" list.
+        Returns {"list", "author", "peer_id", "on", "changed"}."""
+        return self.call("set_trust", {"list": list_name, "author": author, "on": on})
+
+    def forget(self, id: str | bytes) -> dict[str, Any]:
+        """Delete an experience at the node and tombstone it (never stored there again)."""
+        return self.call("forget", {"id": id.hex() if isinstance(id, bytes) else id})
+
+    def retract(self, id: str | bytes) -> dict[str, Any]:
+        """Withdraw one of the node's own experiences network-wide (a signed retraction)."""
+        return self.call("retract", {"id": id.hex() if isinstance(id, bytes) else id})
+
+    def trust(self) -> dict[str, Any]:
+        """The node's trust mode, its operator lists and its tombstone count."""
+        return self.call("trust")

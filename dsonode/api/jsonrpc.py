@@ -333,6 +333,8 @@ class SearchParams:
     domain: str | None = None
     min_score: float | None = None
     confirmed_only: bool = False
+    #: also serve experiences the node's trust policy does not vouch for (never blocked ones)
+    include_unvouched: bool = False
 
 
 @dataclass(frozen=True)
@@ -416,7 +418,10 @@ def _string(params: dict[str, Any], name: str, *, max_bytes: int, required: bool
 
 
 def _search(params: dict[str, Any]) -> SearchParams:
-    _check_names(params, {"query", "vector", "k", "domain", "min_score", "confirmed_only"})
+    _check_names(
+        params,
+        {"query", "vector", "k", "domain", "min_score", "confirmed_only", "include_unvouched"},
+    )
     query = _string(params, "query", max_bytes=MAX_QUERY_BYTES, required=False)
     vector = None
     raw = params.get("vector")
@@ -457,7 +462,18 @@ def _search(params: dict[str, Any]) -> SearchParams:
         confirmed_only = False
     if not isinstance(confirmed_only, bool):
         raise InvalidParams("confirmed_only", "must be true or false")
-    return SearchParams(query, vector, k, domain, min_score, confirmed_only)
+    include_unvouched = _flag(params, "include_unvouched")
+    return SearchParams(query, vector, k, domain, min_score, confirmed_only, include_unvouched)
+
+
+def _flag(params: dict[str, Any], name: str) -> bool:
+    """An optional boolean param (absent or null: false)."""
+    value = params.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidParams(name, "must be true or false")
+    return value
 
 
 def parse_hex_id(value: Any, name: str = "id") -> bytes:
@@ -571,6 +587,57 @@ def _forget_peer(params: dict[str, Any]) -> ForgetPeerParams:
     return ForgetPeerParams(parse_peer_id(params["peer_id"]))
 
 
+#: The operator's lists `set_trust` changes (dsonode.store OPERATOR_LISTS).
+TRUST_LISTS = ("block", "allow")
+
+
+@dataclass(frozen=True)
+class SetTrustParams:
+    """Put an author on (or take it off) the operator's block or allow list."""
+
+    list: str
+    author: bytes
+    on: bool = True
+
+
+@dataclass(frozen=True)
+class ForgetParams:
+    id: bytes
+
+
+def parse_author(value: Any, name: str = "author") -> bytes:
+    """An author as 64 lowercase hex (its public key) or a base58 peer id."""
+    if isinstance(value, str) and _HEX64.fullmatch(value.lower()):
+        return bytes.fromhex(value.lower())
+    try:
+        return public_key_from_peer_id(parse_peer_id(value, name))
+    except InvalidParams:
+        raise InvalidParams(
+            name, "must be 64 hex digits (a public key) or a base58 Ed25519 peer id"
+        ) from None
+
+
+def _set_trust(params: dict[str, Any]) -> SetTrustParams:
+    _check_names(params, {"list", "author", "on"})
+    which = params.get("list")
+    if which not in TRUST_LISTS:
+        raise InvalidParams("list", f"must be one of {', '.join(TRUST_LISTS)}")
+    if "author" not in params:
+        raise InvalidParams("author", "is required")
+    author = parse_author(params["author"])
+    on = params.get("on", True)
+    if not isinstance(on, bool):
+        raise InvalidParams("on", "must be true or false")
+    return SetTrustParams(which, author, on)
+
+
+def _forget(params: dict[str, Any]) -> ForgetParams:
+    _check_names(params, {"id"})
+    if "id" not in params:
+        raise InvalidParams("id", "is required")
+    return ForgetParams(parse_hex_id(params["id"]))
+
+
 def _none(params: dict[str, Any]) -> NoParams:
     _check_names(params, set())
     return NoParams()
@@ -587,6 +654,10 @@ METHODS = {
     "health": _none,
     "add_peer": _add_peer,
     "forget_peer": _forget_peer,
+    "set_trust": _set_trust,
+    "forget": _forget,
+    "retract": _forget,  # the same params: one experience id
+    "trust": _none,
 }
 
 

@@ -111,7 +111,9 @@ def submit_rollouts(service: RetrievalService, params: SubmitRolloutsParams) -> 
                 lesson.domain,
                 lesson.text,
                 tags=lesson.tags,
-                provenance=provenance_of(lesson),
+                provenance=service.library.stamp_provenance(
+                    lesson.domain, lesson.text, provenance_of(lesson)
+                ),
             )
         except WireError as exc:  # should not happen (lessons are bounded); never fatal
             rejected.append({"text": lesson.text[:200], "error": str(exc)})

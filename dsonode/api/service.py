@@ -22,6 +22,7 @@ from dsonode.api import jsonrpc
 from dsonode.api.jsonrpc import (
     AddExperienceParams,
     AddPeerParams,
+    ForgetParams,
     ForgetPeerParams,
     GetParams,
     GiveFeedbackParams,
@@ -31,6 +32,7 @@ from dsonode.api.jsonrpc import (
     NoParams,
     NotFound,
     SearchParams,
+    SetTrustParams,
     SubmitRolloutsParams,
 )
 from dsonode.api.rollouts import submit_rollouts
@@ -39,9 +41,9 @@ from dsonode.core.consensus import ConsensusRecord
 from dsonode.core.constants import DIM
 from dsonode.core.errors import DsoError, WireError
 from dsonode.core.feedback import rerank
-from dsonode.core.peerinfo import PeerAddrError
+from dsonode.core.peerinfo import PeerAddrError, peer_id_from_public_key
 from dsonode.extract.config import ExtractConfig
-from dsonode.library import Library
+from dsonode.library import ForgottenError, Library
 from dsonode.store import ExperienceRecord
 
 _WIRE_FIELD = re.compile(r"^(?:\d+ )?(domain|text|tags?)\b")
@@ -164,32 +166,33 @@ class RetrievalService:
         # With feedback in the ranking, look a little deeper than k: a result just below the
         # top k by similarity may rise into it (min_score applies to the similarity).
         fetch = p.k if weight == 0 else min(jsonrpc.MAX_K, max(2 * p.k, p.k + 10))
-        hits = self.library.search(
+        hits, view = self.library.search_served(
             vector,
             fetch,
+            include_unvouched=p.include_unvouched,
             domain=p.domain,
             confirmed_only=p.confirmed_only,
             min_score=p.min_score,
         )
         t2 = time.perf_counter()
-        ids = [i for i, _ in hits]
-        experiences = dict(zip(ids, self.store.get_experiences(ids), strict=True)) if ids else {}
-        # A consensus without its experience (not synced yet) is skipped.
-        present = [(i, s) for i, s in hits if experiences[i] is not None]
-        votes = self.store.get_feedback_aggregates([i for i, _ in present]) if present else []
-        aggregates = dict(zip([i for i, _ in present], votes, strict=True))
+        by_id = {h.id: h for h in hits}
+        # votes weigh their authors' standing: fresh keys move nothing (core.feedback)
+        aggregates = {h.id: view.feedback(h.id) for h in hits}
         results = []
-        for exp_id, similarity, score in rerank(present, aggregates, weight, p.k):
+        for exp_id, similarity, score in rerank(
+            [(h.id, h.similarity) for h in hits], aggregates, weight, p.k
+        ):
             consensus = self.store.get_consensus(self.space_id, exp_id)
-            exp = experiences[exp_id]
-            assert exp is not None  # filtered above
-            item = self._item(exp, score, consensus)
+            hit = by_id[exp_id]
+            item = self._item(hit.experience, score, consensus)
             item["similarity"] = round(similarity, 6)
             agg = aggregates.get(exp_id)
             item["feedback"] = agg.as_dict() if agg is not None else None
+            item["trust"] = hit.verdict.as_dict()
             results.append(item)
         return {
             "results": results,
+            "trust_mode": self.library.trust.mode,
             "took_ms": {
                 "embed": round((t1 - t0) * 1000, 3),
                 "search": round((t2 - t1) * 1000, 3),
@@ -205,8 +208,10 @@ class RetrievalService:
         item = self._item(exp, None, consensus)
         if consensus is None:  # known experience, no consensus code in this space yet
             item["submissions"] = len(self.store.get_submissions(p.id, self.space_id))
-        agg = self.store.get_feedback_aggregate(p.id)
+        view = self.library.trust.view(wire.now_ms())
+        agg = view.feedback(p.id)
         item["feedback"] = agg.as_dict() if agg is not None else None
+        item["trust"] = view.verdict(exp).as_dict()
         return item
 
     def give_feedback(self, p: GiveFeedbackParams) -> dict[str, Any]:
@@ -216,7 +221,7 @@ class RetrievalService:
         if not self.store.has_experience(p.id):
             raise NotFound(f"no experience with id {p.id.hex()}")
         item, _new = self.library.record_feedback(p.id, p.value)
-        agg = self.store.get_feedback_aggregate(p.id)
+        agg = self.library.trust.view(wire.now_ms()).feedback(p.id)
         return {
             "id": p.id.hex(),
             "value": item.value,
@@ -229,14 +234,20 @@ class RetrievalService:
         A light node refuses: the add carries our submission, which needs the encoder."""
         self._needs_encoder("add_experience", "add it at a full node; this node will sync it")
         try:
-            experience = wire.make_experience(self.library.key, p.domain, p.text, tags=p.tags)
+            provenance = self.library.stamp_provenance(p.domain, p.text)  # PROTOCOL.md 18
+            experience = wire.make_experience(
+                self.library.key, p.domain, p.text, tags=p.tags, provenance=provenance
+            )
         except WireError as exc:
             raise InvalidParams(_param_of_wire_error(exc), f"is rejected: {exc}") from None
         return self.add_signed(experience)
 
     def add_signed(self, experience: wire.Experience) -> dict[str, Any]:
         """add_experience after signing (also the path of extracted lessons with provenance)."""
-        outcome = self.library.add_experience(experience)
+        try:
+            outcome = self.library.add_experience(experience)
+        except ForgottenError as exc:
+            raise InvalidParams("text", f"is refused: {exc}") from None
         result = self._item(outcome.experience, None, outcome.consensus)
         result["new"] = outcome.new
         return result
@@ -267,6 +278,7 @@ class RetrievalService:
             "indexed": self.library.indexed(),
             "consensus": {"confirmed": self.library.confirmed(), "total": self.library.indexed()},
             "store": counts,
+            "trust": self.trust_summary(),
             "connections": {
                 "open": server.open_connections if server else 0,
                 "served": server.served_connections if server else 0,
@@ -275,6 +287,53 @@ class RetrievalService:
             },
             **({"network": self.network.stats()} if self.network is not None else {}),
         }
+
+    # ---- the operator's trust ------------------------------------------------------------------
+
+    def set_trust(self, p: SetTrustParams) -> dict[str, Any]:
+        """Block / unblock / allow / disallow an author (kept in the store)."""
+        changed = self.library.set_listed(p.list, p.author, p.on)
+        return {
+            "list": p.list,
+            "author": p.author.hex(),
+            "peer_id": peer_id_from_public_key(p.author),
+            "on": p.on,
+            "changed": changed,
+        }
+
+    def forget(self, p: ForgetParams) -> dict[str, Any]:
+        """Delete an experience with its codes and votes, and tombstone it at this node."""
+        (found,) = self.library.forget([p.id])
+        return {"id": p.id.hex(), "found": found, "tombstoned": True}
+
+    def retract(self, p: ForgetParams) -> dict[str, Any]:
+        """Withdraw one of this node's experiences network-wide (a signed retraction)."""
+        try:
+            item = self.library.retract(p.id)
+        except ForgottenError as exc:
+            raise NotFound(str(exc)) from None
+        return {"id": p.id.hex(), "retracted": True, "created": item.created}
+
+    def trust(self, _p: NoParams | None = None) -> dict[str, Any]:
+        """The trust policy, the operator's lists and the tombstone count."""
+        return self.trust_summary(full=True)
+
+    def trust_summary(self, *, full: bool = False) -> dict[str, Any]:
+        policy = self.library.trust
+        allowed, blocked = policy.lists()
+        out: dict[str, Any] = {
+            "mode": policy.mode,
+            "allowed": len(allowed),
+            "blocked": len(blocked),
+            "tombstones": self.store.tombstones(),
+        }
+        if full:
+            out["allowed_authors"] = sorted(a.hex() for a in allowed)
+            out["blocked_authors"] = sorted(b.hex() for b in blocked)
+        else:  # for `dsonode peers` (bounded: stats is fetched often)
+            out["allowed_peer_ids"] = sorted(peer_id_from_public_key(a) for a in allowed)[:1000]
+            out["blocked_peer_ids"] = sorted(peer_id_from_public_key(b) for b in blocked)[:1000]
+        return out
 
     def _peers(self, what: str) -> PeerAdmin:
         if self.network is None:
@@ -346,4 +405,8 @@ class RetrievalService:
             # hop to the daemon's event loop and back: quick, but not on the server's loop
             "add_peer": in_thread(self.add_peer),
             "forget_peer": in_thread(self.forget_peer),
+            "set_trust": in_thread(self.set_trust),
+            "forget": in_thread(self.forget),
+            "retract": in_thread(self.retract),
+            "trust": in_thread(self.trust),
         }

@@ -142,6 +142,23 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class TrustSection:
+    mode: str
+    allow: tuple[str, ...]
+    min_accepted: int
+    min_agreement: float
+    min_age_s: float
+    endorse_min: float
+    stamp_bits: int
+    quota_items_per_hour: int
+    quota_bytes: int
+    standing_quota_factor: float
+    unvouched_ttl_s: float
+    max_experiences: int
+    sweep_interval_s: float
+
+
+@dataclass(frozen=True)
 class GatewaySection:
     enabled: bool
     listen: str
@@ -191,6 +208,7 @@ class Config:
     gateway: GatewaySection
     metrics: MetricsSection
     testnet: TestnetSection
+    trust: TrustSection
     #: The file it came from (None: defaults and environment only).
     source: Path | None = None
     #: Environment variables that overrode a setting, e.g. ("DSONODE_NET_LISTEN",).
@@ -600,8 +618,20 @@ def _finish(
     if ex["endpoint"] and not re.match(r"https?://[^\s/?#@]+", ex["endpoint"]):
         raise fail("extract.endpoint", "must be http(s)://host[:port][/path] (e.g. .../v1)")
     extract = ExtractSection(**ex)
+    tr = v["trust"]
+    trust = TrustSection(**{**tr, "allow": tuple(tr["allow"])})
     return Config(
-        node, net, consensus, api, gateway, metrics, testnet, source, overridden, extract=extract
+        node,
+        net,
+        consensus,
+        api,
+        gateway,
+        metrics,
+        testnet,
+        trust,
+        source,
+        overridden,
+        extract=extract,
     )
 
 

@@ -22,6 +22,9 @@ from dsonode.core.aggregate import WEIGHTED_METHODS as _WEIGHTED
 from dsonode.core.attacks import ATTACKS as NODE_ATTACKS
 from dsonode.core.constants import MAX_BATCH_BYTES
 from dsonode.core.feedback import DEFAULT_WEIGHT as FEEDBACK_WEIGHT
+from dsonode.core.quota import QuotaRules
+from dsonode.core.stamp import MAX_BITS as STAMP_MAX_BITS
+from dsonode.core.trust import TRUST_MODES, StandingRules
 from dsonode.embed.defaults import DEFAULT_DEVICE
 from dsonode.extract.config import BACKENDS as EXTRACT_BACKENDS
 from dsonode.extract.config import ExtractConfig as _EX  # its defaults are the [extract] ones
@@ -80,6 +83,7 @@ SECTION_DOCS = {
     "consensus": "How the submissions for one experience become its consensus code.",
     "api": "The local JSON-RPC retrieval socket (Unix socket, mode 0600).",
     "gateway": "The HTTP gateway (`dsonode gateway`): OpenAI embeddings, Cohere/Jina rerank.",
+    "trust": "What the node serves to agents and whose votes count (ARCHITECTURE.md Trust).",
     "metrics": "Prometheus metrics over HTTP.",
     "extract": "Rollouts -> lessons (`submit_rollouts`, `dsonode ingest`). The LLM's API key is "
     "never a setting: only $DSONODE_LLM_API_KEY.",
@@ -297,6 +301,123 @@ SPEC: tuple[Setting, ...] = (
         "feedback weight in ranking; 0 = off",
         lo=0,
         hi=1,
+    ),
+    # [trust] (dsonode.core.trust; the defaults of StandingRules are these)
+    _s(
+        "trust",
+        "mode",
+        "choice",
+        "vouched",
+        "serve: open (all but blocked), vouched (default), allowlist (operator's trust only)",
+        choices=TRUST_MODES,
+        flag="--trust",
+    ),
+    _s(
+        "trust",
+        "allow",
+        "peer_ids",
+        [],
+        "authors (peer ids) whose experiences and votes this node trusts as its own",
+    ),
+    _s(
+        "trust",
+        "min_accepted",
+        "int",
+        StandingRules.min_accepted,
+        "standing: submissions accepted into consensus",
+        lo=1,
+        hi=1_000_000,
+    ),
+    _s(
+        "trust",
+        "min_agreement",
+        "float",
+        StandingRules.min_agreement,
+        "standing: accepted / judged submissions",
+        lo=0,
+        hi=1,
+    ),
+    _s(
+        "trust",
+        "min_age_s",
+        "float",
+        StandingRules.min_age_ms / 1000,
+        "standing: seconds since the author's first judged submission",
+        lo=0,
+        hi=10 * 365 * 86_400,
+    ),
+    _s(
+        "trust",
+        "endorse_min",
+        "float",
+        StandingRules.endorse_min,
+        "vouched: standing of the authors whose helpful votes vouch for it",
+        lo=0.001,
+        hi=1000,
+    ),
+    _s(
+        "trust",
+        "stamp_bits",
+        "int",
+        0,
+        "network difficulty (set alike on every node): proof-of-work bits an experience of an "
+        "author without standing must carry (PROTOCOL.md 18); 0 = off (older nodes never stamp)",
+        lo=0,
+        hi=STAMP_MAX_BITS,
+    ),
+    _s(
+        "trust",
+        "quota_items_per_hour",
+        "int",
+        QuotaRules.items_per_hour,
+        "new experiences and votes admitted per author and hour (x factor with standing)",
+        lo=1,
+        hi=10_000_000,
+    ),
+    _s(
+        "trust",
+        "quota_bytes",
+        "int",
+        QuotaRules.max_bytes,
+        "bytes of experiences stored per author (x factor with standing)",
+        lo=4096,
+        hi=2**40,
+    ),
+    _s(
+        "trust",
+        "standing_quota_factor",
+        "float",
+        QuotaRules.standing_factor,
+        "quota multiplier for authors with standing",
+        lo=1,
+        hi=1000,
+    ),
+    _s(
+        "trust",
+        "unvouched_ttl_s",
+        "float",
+        30 * 86_400.0,
+        "unvouched experiences older than this are deleted; 0 = never",
+        lo=0,
+        hi=100 * 365 * 86_400,
+    ),
+    _s(
+        "trust",
+        "max_experiences",
+        "int",
+        1_000_000,
+        "storage cap: above it the store evicts, unvouched (over-quota authors, oldest) first",
+        lo=1,
+        hi=1_000_000_000,
+    ),
+    _s(
+        "trust",
+        "sweep_interval_s",
+        "float",
+        600.0,
+        "expire and evict this often (a networked node)",
+        lo=1,
+        hi=86_400,
     ),
     # [gateway] (validated once more by dsonode.gateway.config.GatewayConfig)
     _s("gateway", "enabled", "bool", False, "serve the gateway alongside the node"),

@@ -246,6 +246,8 @@ def apply_reputation(
     old = dict(record or {})
     accepted = max(0, int(old.get("accepted", 0)) + delta[0])
     rejected = max(0, int(old.get("rejected", 0)) + delta[1])
+    # `first`: when the author was first judged here (standing needs age, dsonode.core.trust)
+    old.setdefault("first", now_ms)
     old.update(
         accepted=accepted,
         rejected=rejected,

@@ -7,8 +7,11 @@ Agents vote on experiences with signed `feedback` items (dsonode.core.wire.Feedb
    `(created, item hash)` replaces the others (the hash breaks ties deterministically, so every
    node keeps the same vote whatever order the items arrived in).
 2. **Median across authors** (the mean of the two middle votes for an even count): a minority
-   of extreme voters cannot move it far, as with the codes' median. Like every vote, it holds
-   only with an honest majority among the voters of that experience (no Sybil resistance).
+   of extreme voters cannot move it far, as with the codes' median. The plain median
+   (`aggregate`, what the store keeps) holds only with an honest majority among the voters.
+   What ranks search results is `weighted_aggregate`: each vote weighs its author's standing
+   (dsonode.core.trust), and a vote of an author without standing weighs nothing, so a
+   thousand fresh keys voting move no ranking (ARCHITECTURE.md "Trust").
 3. **Ranking blend**: ``score = similarity + weight * median * votes / (votes + DAMPING)``.
    The damping acts as `DAMPING` neutral (0) pseudo-votes: one vote moves a result by a
    quarter of the weight, ten by three quarters, never by more than the weight itself.
@@ -24,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dsonode.core.errors import DsoError
+from dsonode.core.trust import weighted_median
 from dsonode.core.wire import FEEDBACK_SCORE_MAX, FEEDBACK_SCORE_SCALE
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "latest_votes",
     "rerank",
     "supersedes",
+    "weighted_aggregate",
 ]
 
 #: Neutral pseudo-votes of the damping: f = median * n / (n + DAMPING).
@@ -111,6 +116,19 @@ def aggregate(votes: Iterable[Vote]) -> Aggregate | None:
     # (doubled / 2 - 1000) / 1000, written so that it is exact for halves.
     median = (doubled - 2 * FEEDBACK_SCORE_SCALE) / (2 * FEEDBACK_SCORE_SCALE)
     return Aggregate(votes=n, median=median)
+
+
+def weighted_aggregate(votes: Iterable[Vote], weight_of: Mapping[bytes, float]) -> Aggregate | None:
+    """The authors' current votes, each weighing `weight_of[author]` (absent: 0): their
+    weighted median, and the number of votes that weigh anything. None when none does."""
+    pairs = [(v.score, float(weight_of.get(v.author, 0.0))) for v in latest_votes(votes).values()]
+    counted = [(score, w) for score, w in pairs if w > 0 and math.isfinite(w)]
+    middle = weighted_median(counted)  # on the integer scores: a score or the mean of two
+    if middle is None:
+        return None
+    # exact like `aggregate`: twice the middle score is an integer
+    median = (round(2 * middle) - 2 * FEEDBACK_SCORE_SCALE) / (2 * FEEDBACK_SCORE_SCALE)
+    return Aggregate(votes=len(counted), median=median)
 
 
 def check_weight(weight: object) -> float:

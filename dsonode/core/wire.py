@@ -57,6 +57,7 @@ __all__ = [
     "KIND_BATCH",
     "KIND_EXPERIENCE",
     "KIND_FEEDBACK",
+    "KIND_RETRACTION",
     "KIND_SUBMISSION",
     "MAX_BATCH_ITEMS",
     "MAX_CLOCK_SKEW_MS",
@@ -67,12 +68,14 @@ __all__ = [
     "MAX_PROV_VALUE_BYTES",
     "MAX_TAGS",
     "MAX_TAG_BYTES",
+    "RETRACTION_SIG_DOMAIN",
     "SUBMISSION_SIG_DOMAIN",
     "WIRE_VERSION",
     "Batch",
     "Experience",
     "Feedback",
     "Item",
+    "Retraction",
     "Submission",
     "decode_batch",
     "decode_item",
@@ -83,6 +86,7 @@ __all__ = [
     "item_hash",
     "make_experience",
     "make_feedback",
+    "make_retraction",
     "make_submission",
     "normalize_text",
     "now_ms",
@@ -99,11 +103,14 @@ KIND_EXPERIENCE = "experience"
 KIND_SUBMISSION = "submission"
 #: An agent's signed vote on whether an experience helped (PROTOCOL.md §7.5).
 KIND_FEEDBACK = "feedback"
+#: An author's signed withdrawal of its own experience (PROTOCOL.md §7.6).
+KIND_RETRACTION = "retraction"
 KIND_BATCH = "batch"
 
 EXPERIENCE_SIG_DOMAIN = b"dso/experience/1\x00"
 SUBMISSION_SIG_DOMAIN = b"dso/submission/1\x00"
 FEEDBACK_SIG_DOMAIN = b"dso/feedback/1\x00"
+RETRACTION_SIG_DOMAIN = b"dso/retraction/1\x00"
 EXPERIENCE_ID_PREFIX = b"dso/exp/1"
 
 ID_BYTES = 32
@@ -423,15 +430,39 @@ class Feedback:
         return [self.experience_id, self.score, self.author, self.created]
 
 
-Item = Experience | Submission | Feedback
-_ITEM_TYPES = (Experience, Submission, Feedback)
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """An author's signed withdrawal of its own experience (PROTOCOL.md §7.6): receivers that
+    hold that experience *with that author* delete it and never store it again."""
+
+    experience_id: bytes
+    author: bytes
+    created: int
+    signature: bytes
+
+    kind = KIND_RETRACTION
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.experience_id, "experience_id", ID_BYTES)
+        _check_bytes(self.author, "author", KEY_BYTES)
+        _check_created(self.created)
+        _check_bytes(self.signature, "signature", SIG_BYTES)
+
+    def body(self) -> list[Any]:
+        """The signed fields in wire order (§7.6)."""
+        return [self.experience_id, self.author, self.created]
+
+
+Item = Experience | Submission | Feedback | Retraction
+_ITEM_TYPES = (Experience, Submission, Feedback, Retraction)
 
 _SIG_DOMAIN = {
     KIND_EXPERIENCE: EXPERIENCE_SIG_DOMAIN,
     KIND_SUBMISSION: SUBMISSION_SIG_DOMAIN,
     KIND_FEEDBACK: FEEDBACK_SIG_DOMAIN,
+    KIND_RETRACTION: RETRACTION_SIG_DOMAIN,
 }
-_BODY_LEN = {KIND_EXPERIENCE: 7, KIND_SUBMISSION: 5, KIND_FEEDBACK: 4}
+_BODY_LEN = {KIND_EXPERIENCE: 7, KIND_SUBMISSION: 5, KIND_FEEDBACK: 4, KIND_RETRACTION: 3}
 
 
 # --- Canonical msgpack (§4) -----------------------------------------------------------------------
@@ -578,6 +609,17 @@ def make_feedback(
     return Feedback(experience_id, score, author, created, _sign(private_key, KIND_FEEDBACK, body))
 
 
+def make_retraction(
+    private_key: Ed25519PrivateKey, experience_id: bytes, created: int | None = None
+) -> Retraction:
+    """Sign the withdrawal of one of our experiences (§7.6)."""
+    author = _public_key_bytes(private_key)
+    created = now_ms() if created is None else created
+    Retraction(experience_id, author, created, bytes(SIG_BYTES))  # validate first
+    body = [experience_id, author, created]
+    return Retraction(experience_id, author, created, _sign(private_key, KIND_RETRACTION, body))
+
+
 # --- Items ----------------------------------------------------------------------------------------
 
 
@@ -699,8 +741,10 @@ def decode_item(data: bytes, now_ms: int | None = None, *, check_signature: bool
             item = Experience(*fields)
         elif kind == KIND_SUBMISSION:
             item = Submission(*fields)
-        else:
+        elif kind == KIND_FEEDBACK:
             item = Feedback(*fields)
+        else:
+            item = Retraction(*fields)
         if check_signature:
             verify_signature(item)
         if now_ms is not None and item.created > now_ms + MAX_CLOCK_SKEW_MS:

@@ -52,9 +52,14 @@ from dsonode.core.consensus import (
 )
 from dsonode.core.errors import DsoError
 from dsonode.core.peerinfo import public_key_from_peer_id
+from dsonode.core.quota import Bucket, take
+from dsonode.core.stamp import STAMP_KEY, mint, stamp_bits, stamp_of
+from dsonode.core.trust import EvictionCandidate, Verdict, eviction_order, expired, serves
 from dsonode.identity import public_key_bytes
 from dsonode.library.light import LightEmbedder, LightNodeError
+from dsonode.library.trust import TrustPolicy, TrustSettings, TrustView
 from dsonode.store import CodeIndex, ExperienceRecord, Store
+from dsonode.store.index import MAX_K as INDEX_MAX_K
 
 log = logging.getLogger("dsonode.library")
 #: Experiences whose first-store time `arrivals()` keeps (the most recent ones): enough for a
@@ -70,6 +75,16 @@ NETWORK_SIZE_WINDOW_S = 7 * 24 * 3600.0
 #: Texts embedded per encoder call in `embed_base`: the embed lock is taken per chunk, so a
 #: search waits for at most one chunk, not for a whole extraction.
 EMBED_CHUNK = 64
+#: A served search looks this many times deeper than k at first, then four times deeper per
+#: round while too few results are served (unvouched items crowding the neighbourhood), up to
+#: SERVED_SEARCH_MAX candidates: the index's largest k. More unvouched near-copies than that
+#: nearer to a query than its vouched answers hide them (README "Limits").
+SERVED_SEARCH_DEPTH = 3
+#: Authors whose rate bucket is kept in memory (least recently seen dropped first: a dropped
+#: author starts with a full bucket again, so this only bounds memory, never admits more
+#: than one bucket's worth per key, which a fresh key gets anyway).
+QUOTA_AUTHORS_KEPT = 100_000
+SERVED_SEARCH_MAX = INDEX_MAX_K
 
 Publisher = Callable[[list[bytes]], None]
 
@@ -146,6 +161,21 @@ class LibraryError(DsoError):
     """The library's settings are invalid (the message names the setting)."""
 
 
+class ForgottenError(DsoError):
+    """The operator forgot this experience (or its author retracted it): it is never stored
+    again at this node."""
+
+
+@dataclass(frozen=True)
+class ServedHit:
+    """One search result the node's trust policy serves, and why."""
+
+    id: bytes
+    similarity: float
+    experience: ExperienceRecord
+    verdict: Verdict
+
+
 @dataclass(frozen=True)
 class AddOutcome:
     """The result of adding one of our experiences."""
@@ -165,6 +195,7 @@ class Library:
         key: Ed25519PrivateKey,
         rules: ConsensusRules,
         policy: VectorPolicy | None = None,
+        trust: TrustSettings | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -173,6 +204,10 @@ class Library:
         self.rules = rules
         self.policy: VectorPolicy = policy if policy is not None else HonestPolicy()
         self.author = public_key_bytes(key)
+        #: What is served and whose votes count (ARCHITECTURE.md "Trust").
+        self.trust = TrustPolicy(
+            store, self.author, trust if trust is not None else TrustSettings()
+        )
         self.space_id = bytes.fromhex(embedder.space_id)
         #: No encoder: never embeds, never submits (see the module docstring).
         self.light = isinstance(embedder, LightEmbedder)
@@ -183,6 +218,7 @@ class Library:
         self._counter_lock = threading.Lock()
         self._counters: Counter[str] = Counter()
         self._arrivals: OrderedDict[bytes, int] = OrderedDict()  # exp id -> unix ms (bounded)
+        self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()  # author -> rate quota
         self._network_size = 1
         self._network_size_at = -float("inf")
         self._network_size_rows = -1  # reputation rows at the last count
@@ -259,6 +295,50 @@ class Library:
             )
         return [(bytes(i), float(s)) for i, s in hits]
 
+    def search_served(
+        self,
+        vector: np.ndarray,
+        k: int,
+        *,
+        include_unvouched: bool = False,
+        domain: str | None = None,
+        confirmed_only: bool = False,
+        min_score: float | None = None,
+        now_ms: int | None = None,
+    ) -> tuple[list[ServedHit], TrustView]:
+        """The k nearest experiences this node serves under its trust mode (and the call's
+        `include_unvouched`), nearest first, each with its verdict; and the trust view they
+        were judged with (for weighing their votes). Forgotten experiences, whose codes the
+        in-memory index keeps until the next start, are skipped."""
+        view = self.trust.view(wire.now_ms() if now_ms is None else now_ms)
+        mode = self.trust.mode
+        judged: dict[bytes, ServedHit | None] = {}
+        fetch = min(SERVED_SEARCH_MAX, max(k, k * SERVED_SEARCH_DEPTH))
+        while True:
+            hits = self.search(
+                vector, fetch, domain=domain, confirmed_only=confirmed_only, min_score=min_score
+            )
+            fresh = [(i, s) for i, s in hits if i not in judged]
+            records = self.store.get_experiences([i for i, _ in fresh]) if fresh else []
+            for (exp_id, sim), exp in zip(fresh, records, strict=True):
+                if exp is None:
+                    judged[exp_id] = None
+                    continue
+                verdict = view.verdict(exp)
+                ok = serves(mode, verdict, include_unvouched=include_unvouched)
+                judged[exp_id] = ServedHit(exp_id, sim, exp, verdict) if ok else None
+            served = [h for h in judged.values() if h is not None]
+            if len(served) >= k or len(hits) < fetch or fetch >= SERVED_SEARCH_MAX:
+                break
+            fetch = min(SERVED_SEARCH_MAX, fetch * 4)
+        served.sort(key=lambda h: (-h.similarity, h.id))
+        self.count("search_withheld", sum(1 for h in judged.values() if h is None))
+        return served[:k], view
+
+    def verdict(self, exp: ExperienceRecord) -> Verdict:
+        """Why (or whether) this node trusts one experience now."""
+        return self.trust.view(wire.now_ms()).verdict(exp)
+
     def indexed(self) -> int:
         return len(self.index)
 
@@ -294,6 +374,8 @@ class Library:
             return self.store.holds_feedback(
                 item.experience_id, item.author, item.created, wire.item_hash(item)
             )
+        if isinstance(item, wire.Retraction):
+            return self.store.has_retraction(item.experience_id, item.author)
         return False
 
     def network_size(self, connected: int | None = None) -> int:
@@ -398,6 +480,8 @@ class Library:
         """
         if self.light:  # fail before anything is stored: an add is our submission too
             raise LightNodeError("add_experience")
+        if self.store.is_tombstoned(experience.id):
+            raise ForgottenError(f"experience {experience.id.hex()} was forgotten at this node")
         code = None
         if self.own_code(experience.id) is None:  # else known already: skip the embedding
             code = self._own_code_of(experience)
@@ -500,19 +584,188 @@ class Library:
         self.count("own_submissions")
         return raw
 
+    # ---- admission (ARCHITECTURE.md "Trust"; dsonode.core.stamp, dsonode.core.quota) ---------
+
+    def stamp_provenance(
+        self, domain: str, text: str, provenance: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str]]:
+        """`provenance` plus a stamp of the network's difficulty for our experience of
+        (domain, text), so peers where we have no standing admit it (PROTOCOL.md 18). Left
+        unstamped when the difficulty is 0 or the provenance has no room for another pair."""
+        bits = self.trust.settings.stamp_bits
+        pairs = [(k, v) for k, v in provenance if k != STAMP_KEY]
+        if bits == 0 or len(pairs) >= wire.MAX_PROVENANCE:
+            return pairs
+        nonce = mint(wire.experience_id(domain, text), self.author, bits)
+        self.count("stamps_minted")
+        return [*pairs, (STAMP_KEY, nonce)]
+
+    def _admission(
+        self,
+        raw: bytes,
+        item: wire.Item,
+        view: TrustView,
+        pending: dict[bytes, int],
+        *,
+        live: bool = True,
+    ) -> str | None:
+        """Why a peer's item is refused before it costs storage or embedding (None: it is
+        admitted): a new experience of an author without standing needs a stamp of the
+        network's difficulty; new experiences and votes take one token of their author's
+        rate quota; experiences count against its stored bytes. `pending` holds the bytes of
+        this batch admitted so far per author."""
+        if isinstance(item, wire.Submission):
+            return None  # one per author and experience, drawn by the committee
+        if isinstance(item, wire.Retraction):
+            # honoured only for an experience held with that author: a key withdraws its own
+            # copy, and retractions of anything else cost no storage
+            if self.holds(item):
+                return None
+            exp = self.store.get_experience(item.experience_id)
+            return None if exp is not None and exp.author == item.author else "retraction_unheld"
+        if self.holds(item) or self.store.is_tombstoned(
+            item.id if isinstance(item, wire.Experience) else item.experience_id
+        ):
+            return None  # costs nothing new (the store keeps what it has)
+        standing = view.standing(item.author).value
+        settings = self.trust.settings
+        if (
+            isinstance(item, wire.Experience)
+            and standing <= 0
+            and self.store.count("experiences") >= settings.max_experiences
+        ):
+            return "store_full"  # a full store takes no more unvouched items (Library.sweep)
+        if isinstance(item, wire.Experience) and standing <= 0 and settings.stamp_bits:
+            bits = stamp_bits(item.id, item.author, item.provenance)
+            if bits < settings.stamp_bits:
+                return "stamp_missing" if stamp_of(item.provenance) is None else "stamp_too_cheap"
+        if live:
+            with self._counter_lock:
+                ok, bucket = take(
+                    self._buckets.pop(item.author, None),
+                    view.now_ms,
+                    settings.quota.items(standing),
+                )
+                self._buckets[item.author] = bucket
+                while len(self._buckets) > QUOTA_AUTHORS_KEPT:
+                    self._buckets.popitem(last=False)
+            if not ok:
+                return "over_quota_rate"
+        if isinstance(item, wire.Experience):
+            used = self.store.author_bytes(item.author) + pending.get(item.author, 0)
+            if used + len(raw) > settings.quota.bytes(standing):
+                return "over_quota_bytes"
+            pending[item.author] = pending.get(item.author, 0) + len(raw)
+        return None
+
+    # ---- writes: the operator's control --------------------------------------------------------
+
+    def set_listed(self, list_name: str, author: bytes, on: bool) -> bool:
+        """Put an author on or off the operator's block or allow list (kept in the store, so
+        it survives a restart). A blocked author's items are refused from then on and its
+        stored experiences are no longer served. Returns whether anything changed."""
+        with self._write_lock:
+            changed = self.store.set_listed(list_name, author, on, wire.now_ms())
+            self.trust.invalidate()
+        if changed:
+            self.count(f"{list_name}_{'added' if on else 'removed'}")
+        return changed
+
+    def forget(self, exp_ids: Sequence[bytes], why: str = "operator") -> list[bool]:
+        """Delete experiences with their codes and votes and tombstone them: never stored
+        again, whoever sends them (gossip, sync), also after a restart. The in-memory index
+        keeps their codes until the next start; searches skip them. Returns, per id, whether
+        anything was stored under it."""
+        with self._write_lock:
+            found = self.store.forget(exp_ids, why, wire.now_ms())
+        self.count("forgotten", len(exp_ids))
+        return found
+
+    def retract(self, exp_id: bytes) -> wire.Retraction:
+        """Withdraw one of our experiences network-wide: sign a retraction, store it (which
+        forgets the experience here) and publish it; every node that holds our copy deletes
+        it and never stores it again (PROTOCOL.md 7.6). ForgottenError if the experience is
+        not ours or not held."""
+        with self._write_lock:
+            exp = self.store.get_experience(exp_id)
+            if exp is None or exp.author != self.author:
+                raise ForgottenError(
+                    f"experience {exp_id.hex()} is not held here as one of this node's own"
+                )
+            item = wire.make_retraction(self.key, exp_id)
+            raw = wire.encode_item(item)
+            self.store.put_items([raw], decoded=[item])
+        self.count("retracted")
+        self._publish([raw])
+        return item
+
+    def sweep(self, now_ms: int | None = None) -> dict[str, int]:
+        """The store's lifecycle (ARCHITECTURE.md "Trust"): delete unvouched experiences older
+        than the TTL, then, above the storage cap, evict in `core.trust.eviction_order`
+        (unvouched first, over-quota authors first, oldest first; vouched ones only when no
+        unvouched one is left). Both tombstone what they delete ("expired", "evicted"), so
+        sync does not bring it back. Returns how many of each."""
+        now = wire.now_ms() if now_ms is None else now_ms
+        settings = self.trust.settings
+        view = self.trust.view(now)
+        ttl_ms = int(settings.unvouched_ttl_s * 1000)
+        old: list[bytes] = []
+        if ttl_ms > 0:
+            for rec in self.store.iter_experiences_by_time(0, max(0, now - ttl_ms)):
+                if rec.author != self.author and expired(
+                    rec.created, now, ttl_ms, view.verdict(rec).vouched
+                ):
+                    old.append(rec.id)
+        if old:
+            self.forget(old, "expired")
+        over = self.store.count("experiences") - settings.max_experiences
+        evicted: list[bytes] = []
+        if over > 0:
+            candidates = []
+            for rec in self.store.iter_experiences_by_time(0):
+                if rec.author == self.author:
+                    continue  # never evict our own lessons
+                standing = view.standing(rec.author).value
+                heavy = self.store.author_bytes(rec.author) > settings.quota.bytes(standing)
+                vouched = view.verdict(rec).vouched
+                candidates.append(EvictionCandidate(rec.id, vouched, heavy, rec.created))
+            evicted = eviction_order(candidates)[:over]
+            self.forget(evicted, "evicted")
+        self.count("expired", len(old))
+        self.count("evicted", len(evicted))
+        return {"expired": len(old), "evicted": len(evicted)}
+
     # ---- writes: peers' items ------------------------------------------------------------------
 
     def accept_items(
         self,
         accepted: Sequence[tuple[bytes, wire.Item]],
         report: dict[str, int] | None = None,
+        *,
+        live: bool = True,
     ) -> list[bytes]:
         """Store verified items from peers (gossip or sync), submit our own codes for new
         experiences, recompute the touched consensus. Returns what to publish; `report`
-        (if given) receives the number of items newly stored."""
+        (if given) receives the number of items newly stored.
+
+        Admission first (`_admission`): items of blocked authors, unstamped experiences of
+        authors without standing and over-quota items are dropped before anything is stored
+        or embedded. `live` (gossip) items also take a token of their author's rate quota;
+        catch-up sync (`live=False`) brings history, bounded by the stored-bytes quota only
+        (a node that joins late must be able to fetch a prolific author's backlog)."""
         batch_authors = {i.id: i.author for _, i in accepted if isinstance(i, wire.Experience)}
         kept: list[tuple[bytes, wire.Item]] = []
+        _allowed, blocked = self.trust.lists()
+        view = self.trust.view(wire.now_ms())
+        pending: dict[bytes, int] = {}
         for raw, item in accepted:
+            if item.author in blocked:  # the operator blocked it: nothing of it is stored
+                self.count("blocked_dropped")
+                continue
+            refused = self._admission(raw, item, view, pending, live=live)
+            if refused is not None:
+                self.count(refused)
+                continue
             if isinstance(item, wire.Submission) and self.outside_committee(item, batch_authors):
                 self.count("committee_ignored")
                 continue
@@ -541,6 +794,8 @@ class Library:
                     touched[item.experience_id] = None
             elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
                 self.count("feedback_stored")
+            elif isinstance(item, wire.Retraction):  # put_items forgot the experience
+                self.count("retractions_honoured")
         for exp_id in touched:
             self.recompute(exp_id)
         return outbound

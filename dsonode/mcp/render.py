@@ -126,6 +126,7 @@ EXPERIENCE_FIELDS = (
     "feedback",
     "created",
     "author",
+    "trust",
 )
 
 
@@ -155,6 +156,10 @@ def _describe(item: Mapping[str, Any]) -> str:
     fb = _feedback_text(item.get("feedback"))
     if fb:
         parts.append(fb)
+    trust = item.get("trust")
+    if isinstance(trust, Mapping) and isinstance(trust.get("why"), list):
+        why = ", ".join(str(w) for w in trust["why"][:6])
+        parts.append(f"{'vouched' if trust.get('vouched') else 'UNVOUCHED'} ({why})")
     return "; ".join(parts)
 
 

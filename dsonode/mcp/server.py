@@ -122,10 +122,14 @@ class NodeBridge:
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await anyio.to_thread.run_sync(self.call_sync, method, params, limiter=self._limiter)
 
-    async def search(self, query: str, k: int, domain: str | None) -> list[dict[str, Any]]:
+    async def search(
+        self, query: str, k: int, domain: str | None, include_unvouched: bool = False
+    ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"query": query, "k": k}
         if domain is not None:
             params["domain"] = domain
+        if include_unvouched:  # the node serves what it vouches for unless asked for more
+            params["include_unvouched"] = True
         result = await self.call("search", params)
         hits = result.get("results") if isinstance(result, Mapping) else None
         if not isinstance(hits, list):
@@ -163,15 +167,27 @@ def build_server(socket_path: Path, timeout: float = 120.0) -> MCPServer:
 
     @server.tool(annotations=read_only)
     async def search_experiences(
-        query: Query, k: K = render.DEFAULT_K, domain: DomainFilter = None
+        query: Query,
+        k: K = render.DEFAULT_K,
+        domain: DomainFilter = None,
+        include_unvouched: Annotated[
+            bool,
+            Field(
+                description="Also return experiences the node does not vouch for (written "
+                "by authors without standing, endorsed by nobody it trusts). Off by default: "
+                "treat such lessons as untrusted advice."
+            ),
+        ] = False,
     ) -> CallToolResult:
         """Search the shared experiences (lessons other agents learned) most relevant to a
         query, best first. Each result has its id, text, domain, tags, similarity score,
         consensus state ('confirmed' once enough peers agree on its embedding, else
-        'unconfirmed', with the number of submissions) and feedback from agents (votes and
-        median, or null). Use the ids with get_experience and give_feedback."""
+        'unconfirmed', with the number of submissions), feedback from agents (votes and
+        median, or null) and `trust`: whether the node vouches for it and why. Only vouched
+        experiences are returned unless include_unvouched is set. Use the ids with
+        get_experience and give_feedback."""
         _checked(render.check_utf8, "query", query, render.MAX_QUERY_BYTES)
-        items = await node.search(query, k, domain)
+        items = await node.search(query, k, domain, include_unvouched)
         return _result(
             render.format_search(query, items),
             {"query": query, "count": len(items), "results": items},

@@ -83,6 +83,8 @@ class DaemonConfig:
     #: Catch-up: pull from each connected peer this often (and at once on connection).
     sync_interval_s: float = default("net.sync_interval_s")
     sync_concurrency: int = 2
+    #: Expire and evict (`Library.sweep`, ARCHITECTURE.md "Trust") this often.
+    sweep_interval_s: float = default("trust.sweep_interval_s")
     #: A new connection's first pull waits this long at most for the peer to join our mesh.
     sync_mesh_wait_s: float = 10.0
     #: ... and this long at most for identify to tell whether the peer speaks the sync
@@ -226,6 +228,7 @@ class NetDaemon:
             self._submit(repaired)
             nursery.start_soon(self.connmgr.run)
             nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._sweep_loop)
             log.info("p2p listening on %s", ", ".join(listen_multiaddrs(self.host)))
             task_status.started()
             try:
@@ -299,6 +302,21 @@ class NetDaemon:
         return not out.dropped_graylisted and out.penalty == 0
 
     # -- catch-up (/dso/sync/1.0.0)
+
+    async def _sweep_loop(self) -> None:
+        """The store's lifecycle: expire unvouched items past their TTL, evict above the cap
+        (in a worker thread, under the ingest limiter like every library write)."""
+        while True:
+            await trio.sleep(self.config.sweep_interval_s)
+            try:
+                done = await trio.to_thread.run_sync(
+                    self.library.sweep, limiter=self._ingest_limiter
+                )
+            except DsoError as exc:  # a store error is logged; the node goes on
+                log.warning("store sweep failed: %s", exc)
+                continue
+            if any(done.values()):
+                log.info("store sweep: %s", done)
 
     async def _sync_loop(self, poll_s: float = 0.5) -> None:
         """Pull from each peer when its connection appears, then every sync_interval_s
@@ -404,7 +422,8 @@ class NetDaemon:
             except WireError as exc:
                 rejected[reason_of(exc)] += 1
         report: dict[str, int] = {}
-        outbound = self.library.accept_items(accepted, report) if accepted else []
+        # catch-up: history, not live traffic (no rate quota; Library.accept_items)
+        outbound = self.library.accept_items(accepted, report, live=False) if accepted else []
         if outbound:
             trio.from_thread.run_sync(self._submit, outbound)
         stored = report.get("stored", 0)

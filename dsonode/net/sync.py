@@ -154,6 +154,17 @@ class FeedbackRow(Protocol):
     def item_hash(self) -> bytes: ...
 
 
+class RetractionRow(Protocol):
+    @property
+    def experience_id(self) -> bytes: ...
+    @property
+    def author(self) -> bytes: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def raw(self) -> bytes: ...
+
+
 class SyncStore(Protocol):
     """What sync reads (time-ordered items, raw bytes by key) and writes (verified items)."""
 
@@ -166,6 +177,9 @@ class SyncStore(Protocol):
     def iter_feedback_by_time(
         self, since_ms: int = ..., until_ms: int | None = ...
     ) -> Iterator[FeedbackRow]: ...
+    def iter_retractions_by_time(
+        self, since_ms: int = ..., until_ms: int | None = ...
+    ) -> Iterator[RetractionRow]: ...
     def get_raw_items(self, keys: Sequence[tuple[str, bytes]]) -> list[bytes | None]: ...
     def put_items(
         self, raw_items: Sequence[bytes], decoded: Sequence[Item] | None = ...
@@ -194,6 +208,9 @@ class StoreView:
         # Feedback votes carry no space: every peer's current vote travels (PROTOCOL.md §12.3).
         for vote in self.store.iter_feedback_by_time(since_ms, until_ms):
             yield vote.created, vote.item_hash, ("feedback", vote.experience_id + vote.author)
+        # Retractions carry no space either (PROTOCOL.md §7.6, §12.3).
+        for rt in self.store.iter_retractions_by_time(since_ms, until_ms):
+            yield rt.created, item_hash(rt.raw), ("retraction", rt.experience_id + rt.author)
 
     def inventory(self, req: core.InventoryRequest) -> core.Inventory:
         return core.build_inventory(

@@ -40,7 +40,7 @@ from dsonode.extract.config import ExtractConfig
 from dsonode.gateway.app import serve_gateway
 from dsonode.gateway.config import GatewayConfig
 from dsonode.identity import load_or_create_key
-from dsonode.library import ConsensusRules, Library, LightEmbedder
+from dsonode.library import ConsensusRules, Library, LightEmbedder, TrustSettings
 from dsonode.library.byzantine import ByzantinePolicy
 from dsonode.library.library import Embedder
 from dsonode.net.connmgr import ConnConfig
@@ -78,6 +78,20 @@ class NodeConfig:
     role: str = default("node.role")  # "light": no encoder (see light_embedder)
     space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
+    # What is served and whose votes count (dsonode.library.trust; ARCHITECTURE.md "Trust").
+    trust_mode: str = default("trust.mode")
+    trust_allow: tuple[str, ...] = default("trust.allow")  # base58 peer ids
+    trust_min_accepted: int = default("trust.min_accepted")
+    trust_min_agreement: float = default("trust.min_agreement")
+    trust_min_age_s: float = default("trust.min_age_s")
+    trust_endorse_min: float = default("trust.endorse_min")
+    trust_stamp_bits: int = default("trust.stamp_bits")
+    trust_quota_items_per_hour: int = default("trust.quota_items_per_hour")
+    trust_quota_bytes: int = default("trust.quota_bytes")
+    trust_standing_quota_factor: float = default("trust.standing_quota_factor")
+    trust_unvouched_ttl_s: float = default("trust.unvouched_ttl_s")
+    trust_max_experiences: int = default("trust.max_experiences")
+    trust_sweep_interval_s: float = default("trust.sweep_interval_s")
     # Networking (dsonode.net.daemon): off unless `listen` is set.
     listen: str | None = None
     peers: tuple[str, ...] = default("net.bootstrap")
@@ -174,6 +188,19 @@ def node_config(cfg: Config) -> NodeConfig:
         role=cfg.node.role,
         space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
+        trust_mode=cfg.trust.mode,
+        trust_allow=cfg.trust.allow,
+        trust_min_accepted=cfg.trust.min_accepted,
+        trust_min_agreement=cfg.trust.min_agreement,
+        trust_min_age_s=cfg.trust.min_age_s,
+        trust_endorse_min=cfg.trust.endorse_min,
+        trust_stamp_bits=cfg.trust.stamp_bits,
+        trust_quota_items_per_hour=cfg.trust.quota_items_per_hour,
+        trust_quota_bytes=cfg.trust.quota_bytes,
+        trust_standing_quota_factor=cfg.trust.standing_quota_factor,
+        trust_unvouched_ttl_s=cfg.trust.unvouched_ttl_s,
+        trust_max_experiences=cfg.trust.max_experiences,
+        trust_sweep_interval_s=cfg.trust.sweep_interval_s,
         listen=cfg.net.listen if net_on else None,
         peers=cfg.net.bootstrap if net_on else (),
         byzantine_attack=cfg.byzantine_attack,
@@ -282,6 +309,7 @@ class Node:
                 embedder=self.embedder,
                 key=self.key,
                 rules=rules,
+                trust=trust_settings(config),
             )
             if config.byzantine_attack is not None:  # testnet only (the config refuses it else)
                 self.library.policy = ByzantinePolicy(
@@ -345,6 +373,24 @@ async def _cancel_on_signals(scope: trio.CancelScope) -> None:
             return
 
 
+def trust_settings(config: NodeConfig) -> TrustSettings:
+    """The library's trust settings of a node (validates them)."""
+    return TrustSettings.from_config(
+        mode=config.trust_mode,
+        allow=config.trust_allow,
+        min_accepted=config.trust_min_accepted,
+        min_agreement=config.trust_min_agreement,
+        min_age_s=config.trust_min_age_s,
+        endorse_min=config.trust_endorse_min,
+        stamp_bits=config.trust_stamp_bits,
+        quota_items_per_hour=config.trust_quota_items_per_hour,
+        quota_bytes=config.trust_quota_bytes,
+        standing_quota_factor=config.trust_standing_quota_factor,
+        unvouched_ttl_s=config.trust_unvouched_ttl_s,
+        max_experiences=config.trust_max_experiences,
+    )
+
+
 def consensus_rules(config: NodeConfig) -> ConsensusRules:
     """The library's consensus rules of a node (validates them)."""
     return ConsensusRules.from_peer_weights(
@@ -390,6 +436,7 @@ def daemon_config(config: NodeConfig) -> DaemonConfig:
         redial_max_s=config.redial_max_s,
         gossip=config.gossip,
         sync_interval_s=config.sync_interval_s,
+        sweep_interval_s=config.trust_sweep_interval_s,
         conn=config.conn,
     )
 

@@ -36,6 +36,9 @@ def _add_sub_client_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: SubParsers) -> None:
+    from dsonode.ops import trust_cli  # block/unblock/allow/disallow/forget/trust
+
+    trust_cli.register(subparsers)
     p = subparsers.add_parser(
         "status",
         help="summary of the running node (peer id, items, consensus, peers, gossip)",
@@ -110,6 +113,7 @@ def status_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
             "total": _int(consensus.get("total", stats.get("indexed"))),
         },
         "network": None,
+        "trust": _trust_summary(stats),
     }
     net = stats.get("network")
     if isinstance(net, Mapping):
@@ -146,6 +150,25 @@ def status_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _trust_summary(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The trust part of `dsonode status`: mode, list sizes, tombstones, what was refused."""
+    trust = stats.get("trust") or {}
+    net = stats.get("network")
+    counters = (net.get("counters") if isinstance(net, Mapping) else None) or {}
+    return {
+        "mode": trust.get("mode"),
+        "allowed": _int(trust.get("allowed")),
+        "blocked": _int(trust.get("blocked")),
+        "tombstones": _int(trust.get("tombstones")),
+        "blocked_dropped": _int(counters.get("blocked_dropped")),
+        "admission_refused": {
+            k: _int(counters.get(k))
+            for k in ("stamp_missing", "stamp_too_cheap", "over_quota_rate", "over_quota_bytes")
+        },
+        "search_withheld": _int(counters.get("search_withheld")),
+    }
+
+
 def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     """What `dsonode peers` shows: one row a peer the node knows of (in its book of known
     peers, connected, heard from, or judged by consensus), sorted connected first, then by
@@ -154,6 +177,9 @@ def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(net, Mapping):
         return []
     own = net.get("peer_id")
+    trust = stats.get("trust") or {}
+    blocked = set(trust.get("blocked_peer_ids") or [])
+    allowed = set(trust.get("allowed_peer_ids") or [])
     connected = set(net.get("connected") or [])
     graylisted = set((net.get("pipeline") or {}).get("graylisted") or [])
     traffic = net.get("peers") or {}
@@ -188,6 +214,8 @@ def peer_rows(stats: Mapping[str, Any]) -> list[dict[str, Any]]:
                 else {},
                 "penalty": float(t.get("penalty") or 0.0),
                 "graylisted": bool(t.get("graylisted")) or pid in graylisted,
+                # the operator's lists (dsonode block / allow)
+                "trust": "blocked" if pid in blocked else "allowed" if pid in allowed else None,
                 "reputation": None
                 if rep is None
                 else {
@@ -275,6 +303,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     c = s["consensus"]
     t.add_row("consensus", f"{c['confirmed']} confirmed / {c['total']}")
+    tr = s["trust"]
+    t.add_row(
+        "trust",
+        f"mode {tr['mode']}; {tr['allowed']} allowed, {tr['blocked']} blocked authors; "
+        f"{tr['tombstones']} forgotten; {tr['blocked_dropped']} items of blocked authors "
+        f"refused, {tr['search_withheld']} unvouched search candidates withheld",
+    )
+    refused = ", ".join(f"{k} {v}" for k, v in tr["admission_refused"].items())
+    t.add_row("admission", f"refused: {refused}")
     if net is None:
         t.add_row("network", "off (run with --listen to join peers)")
     else:
@@ -328,7 +365,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     now_ms = int(time.time() * 1000)
     t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
     names = ("peer id", "known", "connected", "source", "last seen", "accepted", "rejected")
-    for name in (*names, "penalty", "graylisted"):
+    for name in (*names, "penalty", "graylisted", "trust"):
         t.add_column(name, no_wrap=True, justify="left" if name == "peer id" else "right")
     t.add_column("reputation (score, ok/rejected)", no_wrap=True, justify="right")
     for r in rows:
@@ -343,6 +380,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             str(r["rejected"]),
             f"{r['penalty']:.1f}",
             "YES" if r["graylisted"] else "no",
+            r["trust"] or "-",
             "-" if rep is None else f"{rep['score']:.3f}, {rep['accepted']}/{rep['rejected']}",
         )
     _print_table(t)

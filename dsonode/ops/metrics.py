@@ -134,6 +134,13 @@ def _families(snap: Mapping[str, Any]) -> Iterator[Any]:
         fam.add_metric(["unconfirmed"], float(consensus["total"]) - float(consensus["confirmed"]))
         yield fam
 
+    trust = snap.get("trust") or {}
+    yield gauge("dsonode_trust_allowed_authors", "Authors on the allow list", trust.get("allowed"))
+    yield gauge("dsonode_trust_blocked_authors", "Authors on the block list", trust.get("blocked"))
+    yield gauge(
+        "dsonode_trust_tombstones", "Forgotten or retracted experiences", trust.get("tombstones")
+    )
+
     conns = snap.get("connections") or {}
     yield gauge(
         "dsonode_socket_connections_open", "Open retrieval socket connections", conns.get("open")

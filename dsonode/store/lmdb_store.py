@@ -21,7 +21,22 @@ fb_by_time      created ms (8, BE) + feedback key (64)       b"" (current votes 
 feedback_agg    experience id (32)                           {votes, median}
 known_peers     base58 peer id (utf-8)                       {v, addrs, seen, src, score}
                                                              (``dsonode.core.peerbook``)
+retractions     experience id + author (64)                   {raw, created} (PROTOCOL.md 7.6)
+rt_by_time      created ms (8, BE) + retraction key (64)     b"" (for sync)
+operator        b"block/" | b"allow/" + author (32)          {at} (the operator's lists)
+                b"tomb/" + experience id (32)                {at, why} (never stored again)
+                b"bytes/" + author (32)                      int: bytes of its stored experiences
 ==============  ===========================================  ==================================
+
+Operator lists and tombstones (``operator``, created on open like the feedback databases):
+``forget`` deletes an experience with everything keyed by it (its submissions of every space,
+consensus codes, votes, feedback aggregate, pending mark) and writes its tombstone in the same
+transaction; ``put_items`` never stores an item of a tombstoned experience again (it reports
+it as not new), so neither gossip nor sync can bring it back, and the tombstone survives a
+restart like any record (ARCHITECTURE.md "Trust"). A retraction (PROTOCOL.md 7.6) is stored
+like an item; storing one whose author is the stored experience's author forgets that
+experience in the same transaction (tombstone "retracted"). Retractions are exempt from the
+tombstone check (they are what keeps the others away, and sync serves them).
 
 Feedback (schema version 2): one vote per (experience, author); a vote replaces the stored
 one when it is newer by ``dsonode.core.feedback.supersedes`` (created, then item hash), and
@@ -84,7 +99,15 @@ from dsonode.core.constants import CODE_BYTES, MAX_ITEM_BYTES
 from dsonode.core.errors import DsoError
 from dsonode.core.feedback import Aggregate, Vote, aggregate, supersedes
 from dsonode.core.peerbook import KnownPeer, PeerBookError, decode_peer, encode_peer
-from dsonode.core.wire import Experience, Feedback, Item, Submission, decode_item, item_hash
+from dsonode.core.wire import (
+    Experience,
+    Feedback,
+    Item,
+    Retraction,
+    Submission,
+    decode_item,
+    item_hash,
+)
 from dsonode.dirlock import release_lock, take_lock
 
 #: Bump when the on-disk layout changes; older stores are migrated, newer ones refused.
@@ -106,9 +129,24 @@ _DB_NAMES = (
     b"fb_by_time",
     b"feedback_agg",
     b"known_peers",
+    b"operator",
+    b"retractions",
+    b"rt_by_time",
 )
 #: Databases added after schema 1: a read-only open of an older store goes on without them.
-_LATER_DBS = (b"feedback", b"fb_by_time", b"feedback_agg", b"known_peers")
+_LATER_DBS = (
+    b"feedback",
+    b"fb_by_time",
+    b"feedback_agg",
+    b"known_peers",
+    b"operator",
+    b"retractions",
+    b"rt_by_time",
+)
+#: `operator` key prefixes: the operator's author lists and the tombstones.
+OPERATOR_LISTS = ("block", "allow")
+_TOMB = b"tomb/"
+_BYTES = b"bytes/"
 _TIME = struct.Struct(">Q")
 #: meta key prefix of an experience whose consensus must be recomputed (see Guarantees).
 _PENDING = b"pending/"
@@ -149,6 +187,16 @@ class SubmissionRecord:
     space_id: bytes
     author: bytes
     code: bytes
+    created: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class RetractionRecord:
+    """An author's stored retraction of its experience (PROTOCOL.md 7.6)."""
+
+    experience_id: bytes
+    author: bytes
     created: int
     raw: bytes
 
@@ -227,20 +275,20 @@ class Store:
             self._take_dir_lock()
         elif not (self.path / "data.mdb").exists():
             raise StoreError(f"no store at {self.path}")
+        self._open_args: dict[str, Any] = {
+            "map_size": map_size,
+            # max_dbs bounds the databases this handle opens, not those in the file (an old
+            # store's unused "peers" database costs nothing); +2 spare
+            "max_dbs": len(_DB_NAMES) + 2,
+            "subdir": True,
+            "readonly": readonly,
+            "sync": not unsafe_nosync,
+            "metasync": not unsafe_nosync,
+            "lock": True,
+            "mode": 0o600,
+        }
         try:
-            self._env = lmdb.open(
-                str(self.path),
-                map_size=map_size,
-                # max_dbs bounds the databases this handle opens, not those in the file (an
-                # old store's unused "peers" database costs nothing); +2 spare
-                max_dbs=len(_DB_NAMES) + 2,
-                subdir=True,
-                readonly=readonly,
-                sync=not unsafe_nosync,
-                metasync=not unsafe_nosync,
-                lock=True,
-                mode=0o600,
-            )
+            self._env = lmdb.open(str(self.path), **self._open_args)
         except lmdb.Error as exc:
             self._release_dir_lock()
             raise StoreError(f"cannot open store at {self.path}: {exc}") from exc
@@ -277,6 +325,45 @@ class Store:
                 self._env.close()
                 self._env = None
             self._release_dir_lock()
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the data file without its free pages (LMDB's compacting copy), keeping the
+        directory lock throughout: (bytes before, bytes after). The copy is written next to
+        the store and replaces the data file only once complete, so a crash leaves the old
+        file or the new one, never a torn one."""
+        if self.readonly:
+            raise StoreError("store is open read-only")
+        data = self.path / "data.mdb"
+        tmp = self.path.parent / (self.path.name + ".compact")
+        with self._lock:
+            before = data.stat().st_size
+            if tmp.exists():
+                for leftover in tmp.iterdir():  # an interrupted earlier compaction
+                    leftover.unlink()
+            else:
+                tmp.mkdir(mode=0o700)
+            self.env.copy(str(tmp), compact=True)
+            self.env.close()
+            self._env = None
+            os.replace(tmp / "data.mdb", data)
+            for leftover in tmp.iterdir():
+                leftover.unlink()
+            tmp.rmdir()
+            self._env = lmdb.open(str(self.path), **self._open_args)
+            self._dbs = {n.decode(): self._env.open_db(n, create=True) for n in _DB_NAMES}
+            return before, data.stat().st_size
+
+    def iter_raw(self) -> Iterator[tuple[str, bytes]]:
+        """(kind, signed bytes) of every item held, kind by kind in time order: what
+        `dsonode export` writes."""
+        for rec in self.iter_experiences_by_time():
+            yield "experience", rec.raw
+        for sub in self.iter_submissions_by_time():
+            yield "submission", sub.raw
+        for vote in self.iter_feedback_by_time():
+            yield "feedback", vote.raw
+        for rt in self.iter_retractions_by_time():
+            yield "retraction", rt.raw
 
     def __enter__(self) -> Store:
         return self
@@ -429,11 +516,30 @@ class Store:
         cons_rows = [self._consensus_row(r) for r in consensus_if_absent]
         meta = self._dbs["meta"]
 
+        operator = self._dbs.get("operator")
+        retractions = self._dbs.get("retractions")
+
         def write(txn: _Txn) -> list[bool]:
             flags = []
             voted: dict[bytes, None] = {}  # experiences whose feedback changed
             for db_name, key, value, time_db, time_key, vote, rank in rows:
                 db = self._dbs[db_name]
+                # every item kind's key starts with its experience id: a forgotten experience
+                # never comes back, whoever sends it
+                if (
+                    operator is not None
+                    and db_name != "retractions"
+                    and txn.get(_TOMB + key[:_ID_LEN], db=operator)
+                ):
+                    flags.append(False)
+                    continue
+                if (
+                    db_name == "experiences"
+                    and retractions is not None
+                    and txn.get(key + getattr(items[len(flags)], "author", b""), db=retractions)
+                ):  # its author withdrew it (PROTOCOL.md 7.6)
+                    flags.append(False)
+                    continue
                 old = txn.get(key, db=db)
                 if vote is not None and old is not None:
                     old_vote = _vote_of(key, old)
@@ -454,6 +560,13 @@ class Store:
                     continue
                 txn.put(key, value, db=db)
                 txn.put(time_key, b"", db=self._dbs[time_db])
+                if db_name == "experiences" and operator is not None:
+                    self._add_bytes(txn, operator, items[len(flags)], len(raws[len(flags)]))
+                if db_name == "retractions":  # the author withdraws its own copy only
+                    exp = txn.get(key[:_ID_LEN], db=self._dbs["experiences"])
+                    if exp is not None and _unpack(exp)["author"] == key[_ID_LEN:]:
+                        when = int(getattr(items[len(flags)], "created", 0))
+                        self._forget_in(txn, key[:_ID_LEN], "retracted", when)
                 if vote is not None:
                     voted[key[:_ID_LEN]] = None
                 mark = marks[len(flags)]
@@ -569,6 +682,18 @@ class Store:
             )
             vote = Vote(item.author, item.score, item.created, digest)
             return "feedback", key, value, "fb_by_time", _TIME.pack(item.created) + key, vote, None
+        if isinstance(item, Retraction):
+            key = item.experience_id + item.author
+            value = _pack({"raw": raw, "created": item.created})
+            return (
+                "retractions",
+                key,
+                value,
+                "rt_by_time",
+                _TIME.pack(item.created) + key,
+                None,
+                None,
+            )
         raise StoreError(f"cannot store a {type(item).__name__}")
 
     def has_experience(self, exp_id: bytes) -> bool:
@@ -598,8 +723,9 @@ class Store:
         """Signed bytes by ("experience", id), ("submission", exp id + space id + author) or
         ("feedback", exp id + author)."""
         dbs = {"experience": self._dbs["experiences"], "submission": self._dbs["submissions"]}
-        if "feedback" in self._dbs:
-            dbs["feedback"] = self._dbs["feedback"]
+        for kind, name in (("feedback", "feedback"), ("retraction", "retractions")):
+            if name in self._dbs:
+                dbs[kind] = self._dbs[name]
 
         def read(txn: _Txn) -> list[bytes | None]:
             out: list[bytes | None] = []
@@ -901,6 +1027,141 @@ class Store:
 
         return self._read(read)
 
+    # ---------------------------------------------------------- operator lists, tombstones
+
+    def _operator_db(self) -> Any:
+        db = self._dbs.get("operator")
+        if db is None:
+            raise StoreError("this store was opened read-only before it had operator lists")
+        return db
+
+    def set_listed(self, list_name: str, author: bytes, on: bool, now_ms: int) -> bool:
+        """Put an author on (or take it off) the operator's `block` or `allow` list; returns
+        whether anything changed."""
+        if list_name not in OPERATOR_LISTS:
+            raise StoreError(f"no operator list {list_name!r}")
+        key = list_name.encode() + b"/" + _check_id(author, "author")
+        db = self._operator_db()
+
+        def write(txn: _Txn) -> bool:
+            present = txn.get(key, db=db) is not None
+            if on and not present:
+                txn.put(key, _pack({"at": int(now_ms)}), db=db)
+            elif not on and present:
+                txn.delete(key, db=db)
+            return present != on
+
+        return self._write(write)
+
+    def listed(self, list_name: str) -> set[bytes]:
+        """The authors on one operator list."""
+        if list_name not in OPERATOR_LISTS or "operator" not in self._dbs:
+            return set()
+        prefix = list_name.encode() + b"/"
+        return {k[len(prefix) :] for k in self._keys_with(prefix)}
+
+    def _keys_with(self, prefix: bytes) -> list[bytes]:
+        db = self._operator_db()
+
+        def read(txn: _Txn) -> list[bytes]:
+            cur = txn.cursor(db=db)
+            out: list[bytes] = []
+            if cur.set_range(prefix):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    out.append(bytes(key))
+            return out
+
+        return self._read(read)
+
+    @staticmethod
+    def _add_bytes(txn: _Txn, op: Any, author_or_item: Any, delta: int) -> None:
+        """Inside a write txn: move an author's stored-bytes count by `delta`."""
+        author = getattr(author_or_item, "author", author_or_item)
+        key = _BYTES + bytes(author)
+        old = txn.get(key, db=op)
+        total = max(0, (int(_unpack(old)) if old is not None else 0) + delta)
+        if total:
+            txn.put(key, _pack(total), db=op)
+        else:
+            txn.delete(key, db=op)
+
+    def author_bytes(self, author: bytes) -> int:
+        """Bytes of an author's stored experiences (signed items), for its quota."""
+        key = _BYTES + _check_id(author, "author")
+        db = self._dbs.get("operator")
+        if db is None:
+            return 0
+        raw = self._read(lambda txn: txn.get(key, db=db))
+        return int(_unpack(raw)) if raw is not None else 0
+
+    def is_tombstoned(self, exp_id: bytes) -> bool:
+        key = _TOMB + _check_id(exp_id, "experience id")
+        db = self._dbs.get("operator")
+        return db is not None and self._read(lambda txn: txn.get(key, db=db) is not None)
+
+    def tombstones(self) -> int:
+        return len(self._keys_with(_TOMB)) if "operator" in self._dbs else 0
+
+    def forget(self, exp_ids: Sequence[bytes], why: str, now_ms: int) -> list[bool]:
+        """Delete experiences and everything keyed by them, and tombstone them, in one
+        transaction (see the module docstring). Returns, per id, whether anything was stored
+        under it. A tombstone is written even for an id never seen (so it is never stored)."""
+        ids = [_check_id(e, "experience id") for e in exp_ids]
+        self._operator_db()
+        return self._write(lambda txn: [self._forget_in(txn, e, why, now_ms) for e in ids])
+
+    def _forget_in(self, txn: _Txn, exp_id: bytes, why: str, now_ms: int) -> bool:
+        """Inside a write txn: `forget` of one experience."""
+        op = self._operator_db()
+
+        def drop_prefixed(db_name: str, time_db: str) -> int:
+            db = self._dbs[db_name]
+            cur = txn.cursor(db=db)
+            rows: list[tuple[bytes, int]] = []
+            if cur.set_range(exp_id):
+                for key, value in cur:
+                    if not key.startswith(exp_id):
+                        break
+                    rows.append((bytes(key), int(_unpack(value)["created"])))
+            for key, created in rows:
+                txn.delete(key, db=db)
+                txn.delete(_TIME.pack(created) + key, db=self._dbs[time_db])
+            return len(rows)
+
+        found = False
+        raw = txn.get(exp_id, db=self._dbs["experiences"])
+        if raw is not None:
+            rec = _unpack(raw)
+            txn.delete(exp_id, db=self._dbs["experiences"])
+            txn.delete(_TIME.pack(int(rec["created"])) + exp_id, db=self._dbs["exp_by_time"])
+            self._add_bytes(txn, op, rec["author"], -len(rec["raw"]))
+            found = True
+        found |= drop_prefixed("submissions", "sub_by_time") > 0
+        if "feedback" in self._dbs:
+            found |= drop_prefixed("feedback", "fb_by_time") > 0
+            txn.delete(exp_id, db=self._dbs["feedback_agg"])
+        spaces = txn.get(b"spaces", db=self._dbs["meta"])
+        for space in _unpack(spaces) if spaces else []:
+            found |= txn.delete(bytes.fromhex(space) + exp_id, db=self._dbs["consensus"])
+        txn.delete(_PENDING + exp_id, db=self._dbs["meta"])
+        txn.put(_TOMB + exp_id, _pack({"at": int(now_ms), "why": why}), db=op)
+        return found
+
+    def has_retraction(self, exp_id: bytes, author: bytes) -> bool:
+        key = _check_id(exp_id, "experience id") + _check_id(author, "author")
+        db = self._dbs.get("retractions")
+        return db is not None and self._read(lambda txn: txn.get(key, db=db) is not None)
+
+    def iter_retractions_by_time(
+        self, since_ms: int = 0, until_ms: int | None = None, limit: int | None = None
+    ) -> Iterator[RetractionRecord]:
+        """Retractions with since_ms <= created < until_ms, oldest first (for sync)."""
+        if "rt_by_time" not in self._dbs:
+            return
+        yield from self._iter_by_time("rt_by_time", since_ms, until_ms, limit, _rt_from_time)
+
     # ------------------------------------------------------------------------ known peers
 
     def load_known_peers(self, limit: int = 100_000) -> list[KnownPeer]:
@@ -1033,3 +1294,14 @@ def _exp_from_time(store: Store, txn: _Txn, tkey: bytes) -> ExperienceRecord | N
 def _sub_from_time(store: Store, txn: _Txn, tkey: bytes) -> SubmissionRecord | None:
     v = txn.get(tkey[8:], db=store._dbs["submissions"])
     return None if v is None else _sub_record(tkey[8:], v)
+
+
+def _rt_from_time(store: Store, txn: _Txn, tkey: bytes) -> RetractionRecord | None:
+    v = txn.get(tkey[8:], db=store._dbs["retractions"])
+    if v is None:
+        return None
+    d = _unpack(v)
+    try:
+        return RetractionRecord(tkey[8:40], tkey[40:], int(d["created"]), bytes(d["raw"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"corrupt retraction record: {exc}") from exc

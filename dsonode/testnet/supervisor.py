@@ -221,6 +221,14 @@ class Testnet:
                     start_timeout=self.start_timeout,
                 )
             )
+        # One operator runs every node of a testnet, so each trusts the others as its own
+        # (trust.allow; ARCHITECTURE.md "Trust"): what one adds is served at every node. A
+        # caller's own DSONODE_TRUST_ALLOW wins. (Each node's process copied the environment.)
+        allow = setting("trust.allow").env
+        if allow not in self.env:
+            self.env[allow] = ",".join(n.peer_id for n in self.nodes)
+            for node in self.nodes:
+                node.env[allow] = self.env[allow]
         return self.nodes
 
     def command(self, i: int) -> list[str]:
