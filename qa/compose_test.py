@@ -346,6 +346,8 @@ def stop_dockerd(m: Machine) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
     m.dockerd = None
+    if m.dockerd_log is not None:
+        m.dockerd_log.unlink(missing_ok=True)
 
 
 def add_fence(m: Machine, bridge: str) -> None:
@@ -366,7 +368,7 @@ def remove_fence(m: Machine) -> None:
     for table in nft_tables() - m.tables_before:
         listing = run(["nft", "list", *table.split()], check=False, timeout=30).stdout
         if not re.search(r"^\s*(?!type |chain |\}|table )\S", listing, flags=re.M):
-            run(["nft", "delete", *table.split()[1:]], check=False, timeout=30)
+            run(["nft", "delete", *table.split()], check=False, timeout=30)
 
 
 def restore_sysctls(m: Machine) -> None:
@@ -435,6 +437,7 @@ def base_image(base: str | None) -> str:
         if run(["docker", "image", "inspect", base], check=False, timeout=30).returncode != 0:
             raise ComposeTestError(f"base image {base} is not on this engine (docker pull it)")
         return base
+    log("base image: scripts/base-image (debootstrap the first time, about 30 s to minutes)")
     return run([str(ROOT / "scripts" / "base-image")], timeout=900).stdout.strip()
 
 
@@ -454,17 +457,21 @@ def image_label(image: str, label: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def build_image(base: str | None, python: str) -> tuple[float, bool]:
-    """(seconds, whether an image built from the same inputs was reused)."""
+def build_image(base: str | None, python: str) -> dict[str, Any]:
+    """build_s (all of it), base_s, wheels_s, and whether an image built from the same
+    inputs was reused (build_cached)."""
     t0 = time.monotonic()
     base_name = base_image(base)
+    out: dict[str, Any] = {"base": base_name, "base_s": round(time.monotonic() - t0, 1)}
     base_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", base_name]).stdout.strip()
     wheel_key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
     wanted = inputs_hash(ROOT, BUILD_INPUTS, [base_id, wheel_key, pip_config_key(python)])
     if image_label(IMAGE, INPUTS_LABEL) == wanted:
         log(f"{IMAGE} was built from these inputs ({wanted}): reused")
-        return time.monotonic() - t0, True
+        return {**out, "build_s": round(time.monotonic() - t0, 1), "build_cached": True}
+    t1 = time.monotonic()
     wheels = wheelhouse(python)
+    out["wheels_s"] = round(time.monotonic() - t1, 1)
     target = ROOT / "docker" / "wheels"
     copied = []
     try:
@@ -495,7 +502,7 @@ def build_image(base: str | None, python: str) -> tuple[float, bool]:
     finally:
         for dst in copied:
             dst.unlink(missing_ok=True)
-    return time.monotonic() - t0, False
+    return {**out, "build_s": round(time.monotonic() - t0, 1), "build_cached": False}
 
 
 def image_mb(image: str) -> float:
@@ -553,13 +560,16 @@ for name in names:
         result[name] = type(exc).__name__
     finally:
         s.close()
-out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-out.settimeout(3)
-try:
-    out.connect(({outside!r}, 80))
-    result["outside"] = "open"
-except OSError as exc:
-    result["outside"] = type(exc).__name__
+for label, addr in (("outside", {outside!r}), ("host", {host!r})):
+    out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    out.settimeout(3)
+    try:
+        out.connect((addr, 22))
+        result[label] = "open"
+    except OSError as exc:  # TimeoutError: dropped by the fence; refused would mean it got there
+        result[label] = type(exc).__name__
+    finally:
+        out.close()
 print(json.dumps(result))
 """
 
@@ -581,17 +591,26 @@ print(json.dumps({{"held": held, "stats": {{"network": {{"reputation":
 """
 
 
-def check_isolation(net: Testnet) -> dict[str, Any]:
-    """Every container: its own socket opens, no other node's does, nothing outside answers."""
-    problems = []
+def check_isolation(net: Testnet, gateway: str) -> dict[str, Any]:
+    """Every container: its own socket opens, no other node's does; neither an address
+    outside nor the host's bridge address (the containers' default route) answers."""
+    problems, outcomes = [], set()
     for me in SERVICES:
-        seen = net.py(me, SOCKET_PROBE.format(me=me, names=list(SERVICES), outside=OUTSIDE_ADDR))
+        probe = SOCKET_PROBE.format(me=me, names=list(SERVICES), outside=OUTSIDE_ADDR, host=gateway)
+        seen = net.py(me, probe)
         for name in SERVICES:
             if (seen[name] == "open") != (name == me):
                 problems.append(f"{me} -> {name}.sock: {seen[name]}")
-        if seen["outside"] == "open":
-            problems.append(f"{me} reached {OUTSIDE_ADDR}")
-    return {"socket_isolation": not problems, "isolation_problems": problems}
+        for label in ("outside", "host"):
+            outcomes.add(f"{label}: {seen[label]}")
+            if seen[label] == "open":
+                problems.append(f"{me} reached the {label} address")
+    return {
+        "socket_isolation": not any(".sock" in p for p in problems),
+        "network_isolation": not any("reached" in p for p in problems),
+        "network_probes": sorted(outcomes),
+        "isolation_problems": problems,
+    }
 
 
 def add_experiences(net: Testnet) -> list[str]:
@@ -723,15 +742,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             net = Testnet(compose)
             net("down", "-v", "--remove-orphans", timeout=300, check=False)  # a crashed run's
             try:
-                summary["build_s"], summary["build_cached"] = build_image(args.base, args.python)
-                summary["build_s"] = round(summary["build_s"], 1)
+                summary.update(build_image(args.base, args.python))
                 summary["image_mb"] = image_mb(IMAGE)
                 net("up", "--no-start", "--no-build", timeout=300)  # network + containers
                 add_fence(m, bridge)
                 t_up = time.monotonic()
+                log("starting the 6 containers (bounded: every node healthy)")
                 net("up", "-d", "--no-build", timeout=600)
                 summary["up_s"] = round(wait_healthy(net, t_up), 1)
-                summary.update(check_isolation(net))
+                summary.update(check_isolation(net, str(next(subnet.hosts()))))
+                log("adding experiences at node1; waiting for consensus at every honest node")
                 t_add = time.monotonic()
                 ids = add_experiences(net)
                 summary["experiences"] = len(ids)
@@ -751,6 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             and summary.get("byzantine_reputation_max") is not None
             and summary["byzantine_reputation_max"] < 0.5
             and summary.get("socket_isolation")
+            and summary.get("network_isolation")
             and summary["firewall_restored"]
             and summary["ip_forward_restored"]
         )
