@@ -719,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     summary: dict[str, Any] = {"ok": False}
     t_start = time.monotonic()
+    touched: Machine | None = None  # set once the run may have changed the machine
     try:
         need_root()
         ensure_packages()
@@ -736,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         compose = compose_cmd()
         summary["compose"] = " ".join(compose)
         with machine(args.keep_daemon) as m:
+            touched = m
             if not engine_answers():
                 start_dockerd(m)
             summary["dockerd_started"] = m.dockerd is not None
@@ -762,22 +764,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     summary["error_log_sample"] = errors[:5]
             finally:
                 net("down", "-v", "--remove-orphans", timeout=300, check=False)
+    except Exception as exc:  # any failure: say why, after the teardown above has run
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"FAILED: {summary['error']}")
+    if touched is not None:  # checked on failure too: the machine must be as found
         summary["firewall_restored"] = (
-            firewall_state() == m.firewall_before and nft_tables() == m.tables_before
+            firewall_state() == touched.firewall_before and nft_tables() == touched.tables_before
         )
-        summary["ip_forward_restored"] = sysctl_state() == m.sysctl_before
+        summary["ip_forward_restored"] = sysctl_state() == touched.sysctl_before
+    if "error" not in summary:
         summary["ok"] = bool(
             summary.get("confirmed_s") is not None
             and summary.get("byzantine_reputation_max") is not None
             and summary["byzantine_reputation_max"] < 0.5
             and summary.get("socket_isolation")
             and summary.get("network_isolation")
-            and summary["firewall_restored"]
-            and summary["ip_forward_restored"]
+            and summary.get("firewall_restored")
+            and summary.get("ip_forward_restored")
         )
-    except ComposeTestError as exc:
-        summary["error"] = str(exc)
-        log(f"FAILED: {exc}")
     summary["total_s"] = round(time.monotonic() - t_start, 1)
     print(json.dumps(summary, indent=2))
     return 0 if summary["ok"] else 1
