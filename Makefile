@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dsonode-installed
 
-.PHONY: run test lint bench bench-faults plots clean-venv
+.PHONY: run test lint bench bench-faults plots compose-test clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dsonode needs Python >= 3.11")'
@@ -41,6 +41,12 @@ bench-faults: $(STAMP)
 # --save` (docs/bench/*.json -> docs/bench/*.png); needs the plots extra (in dev).
 plots: $(STAMP)
 	$(BIN)/python -m dsonode.bench.plots --src docs/bench --out docs/bench
+
+# The docker-compose testnet built and run for real (qa/compose_test.py; README "Docker"):
+# needs root, installs docker.io/docker-compose/debootstrap if missing, starts and stops its
+# own dockerd, prints a JSON summary. Standard library only: no venv needed.
+compose-test:
+	$(PYTHON) -m qa.compose_test $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

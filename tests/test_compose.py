@@ -254,3 +254,114 @@ def test_the_compose_topology_runs_as_local_processes(compose, tmp_path):
             time.sleep(0.5)
         assert rec and rec["rejected"] >= 1 and rec["accepted"] == 0, rec
     assert all(n.proc.poll() is not None for n in net.nodes)  # every process stopped
+
+
+def test_no_container_shares_a_socket_or_data_volume_with_another(compose):
+    """Each node's socket (and data) is on a volume only its own container mounts, so no
+    container, the Byzantine one included, can drive another node over its socket. The live
+    check (every container tries every node's socket) is in `make compose-test`."""
+    owners: dict[str, list[str]] = {}
+    for name, svc in compose["services"].items():
+        for vol in svc["volumes"]:
+            source, target = vol.split(":")[:2]
+            if source.startswith("."):  # a config file, bind-mounted read-only
+                assert vol.endswith(":ro"), (name, vol)
+                continue
+            owners.setdefault(source, []).append(name)
+            if target == "/run/dsonode":
+                assert source == f"{name}-socket", (name, vol)
+    assert {v: o for v, o in owners.items() if len(o) > 1} == {}
+    assert set(owners) == set(compose["volumes"])  # every declared volume is someone's
+
+
+def test_the_network_is_closed_and_the_start_order_waits_for_bootstrap(compose):
+    net = compose["networks"]["dsonet"]
+    assert net["internal"] is True
+    assert net["driver_opts"]["com.docker.network.bridge.name"] == "dsonet0"
+    for name, svc in compose["services"].items():
+        assert "ports" not in svc and "network_mode" not in svc, name  # nothing published
+        assert list(svc["networks"]) == ["dsonet"], name
+        if name != "bootstrap":
+            assert svc["depends_on"] == {"bootstrap": {"condition": "service_healthy"}}, name
+    roles = {name: svc["labels"]["org.dsonode.role"] for name, svc in compose["services"].items()}
+    attackers = {
+        name
+        for name in compose["services"]
+        if load_config(CONFIGS / f"{name}.toml", env={}).testnet.attack != "none"
+    }
+    assert {n for n, r in roles.items() if r == "byzantine"} == attackers == {"byzantine"}
+
+
+# ---- qa/compose_test.py's pure parts (the script itself needs root and an engine) ----
+
+
+def test_the_container_test_reads_the_subnet_and_bridge_the_compose_file_declares(compose):
+    from qa import compose_test as ct
+
+    text = COMPOSE.read_text()
+    declared = compose["networks"]["dsonet"]["ipam"]["config"][0]["subnet"]
+    assert str(ct.compose_subnet(text)) == declared
+    assert ct.compose_bridge(text) == "dsonet0"
+    assert peer_id_of_key(seeded_testnet_key("byzantine")) == ct.BYZANTINE_PEER_ID
+    assert set(ct.SERVICES) == set(compose["services"])
+    with pytest.raises(ct.ComposeTestError):
+        ct.compose_subnet(text + "\n        - subnet: 10.9.0.0/24\n")
+
+
+def test_the_subnet_check_finds_a_host_address_or_route_inside_it():
+    from qa.compose_test import host_networks, overlaps
+
+    subnet = ipaddress.IPv4Network("172.28.0.0/24")
+    addrs = (
+        '[{"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},'
+        ' {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "192.0.2.2", "prefixlen": 24},'
+        ' {"family": "inet6", "local": "fd00::2", "prefixlen": 64}]},'
+        ' {"ifname": "dsonet0", "addr_info": [{"family": "inet", "local": "172.28.0.1", "prefixlen": 24}]}]'
+    )
+    routes = '[{"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"}, {"dst": "192.0.2.0/24", "dev": "eth0"}]'
+    clean = host_networks(addrs, routes, skip_dev="dsonet0")  # our own bridge is not a clash
+    assert overlaps(subnet, clean) == []
+    vpn = '[{"dst": "172.16.0.0/12", "dev": "tun0"}]'
+    assert overlaps(subnet, host_networks(addrs, vpn, skip_dev="dsonet0")) == ["172.16.0.0/12"]
+    lan = addrs.replace("192.0.2.2", "172.28.0.77")
+    assert overlaps(subnet, host_networks(lan, routes, skip_dev="dsonet0")) == ["172.28.0.0/24"]
+
+
+def test_the_fence_keeps_traffic_on_the_bridge():
+    from qa.compose_test import fence_rules
+
+    rules = fence_rules("dsonet0")
+    assert ["INPUT", "-i", "dsonet0", "-j", "DROP"] in rules
+    assert ["OUTPUT", "-o", "dsonet0", "-j", "DROP"] in rules
+    forward = [r for r in rules if r[0] == "FORWARD"]
+    # leaving or entering the bridge: dropped; bridge to bridge: accepted
+    assert ["FORWARD", "-i", "dsonet0", "!", "-o", "dsonet0", "-j", "DROP"] in forward
+    assert ["FORWARD", "-o", "dsonet0", "!", "-i", "dsonet0", "-j", "DROP"] in forward
+    assert forward[-1] == ["FORWARD", "-i", "dsonet0", "-o", "dsonet0", "-j", "ACCEPT"]
+
+
+def test_the_container_test_reads_reputation_errors_and_build_inputs(tmp_path):
+    from qa.compose_test import count_error_lines, inputs_hash, reputation_of
+
+    stats = {"network": {"reputation": {"ab": {"peer_id": "P1", "score": 0.2, "rejected": 3}}}}
+    assert reputation_of(stats, "P1") == {"peer_id": "P1", "score": 0.2, "rejected": 3}
+    assert reputation_of(stats, "P2") is None and reputation_of({}, "P1") is None
+    logs = "\n".join(
+        [
+            'node2_1  | {"level": "INFO", "msg": "connected"}',
+            'node2_1  | {"level": "ERROR", "msg": "boom"}',
+            "node3_1  | Traceback (most recent call last):",
+            "node3_1  | plain text line",
+        ]
+    )
+    assert len(count_error_lines(logs)) == 2
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    first = inputs_hash(tmp_path, ["Dockerfile", "pkg"], ["base1"])
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.pyc").write_bytes(b"\0")
+    assert inputs_hash(tmp_path, ["Dockerfile", "pkg"], ["base1"]) == first  # caches ignored
+    assert inputs_hash(tmp_path, ["Dockerfile", "pkg"], ["base2"]) != first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert inputs_hash(tmp_path, ["Dockerfile", "pkg"], ["base1"]) != first

@@ -10,6 +10,7 @@ knows to clear libp2p's 60 s failed-dial cache first.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any, cast
@@ -153,9 +154,31 @@ def build_host(private_key: Ed25519PrivateKey, config: HostConfig) -> IHost:
         swarm=network, auto_connect_interval=conn_config.auto_connect_interval
     )
     _bind_loopback_dials(network, config.listen_addr.ip)
+    quiet_refused_dials()
     if host.get_id() != peer_id_of(private_key):  # our derivation and libp2p's must agree
         raise RuntimeError("libp2p derived a different peer id from our Ed25519 key")
     return host
+
+
+# py-libp2p 0.8.1's TCP transport logs every failed dial at ERROR, then raises. Our callers
+# (the dialer's bounded redial, the connection manager) catch that error and log it at DEBUG:
+# a peer that does not listen yet (a testnet whose nodes start together) is expected.
+_TCP_LOGGER = "libp2p.transport.tcp.tcp"
+_DIAL_FAILED = ("Failed to open TCP stream", "Unexpected error opening TCP stream")
+
+
+class _DialFailureFilter(logging.Filter):
+    """Drops the transport's own record of a failed dial; everything else passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(_DIAL_FAILED))
+
+
+def quiet_refused_dials() -> None:
+    """Install the filter on libp2p's TCP logger once (idempotent)."""
+    logger = logging.getLogger(_TCP_LOGGER)
+    if not any(isinstance(f, _DialFailureFilter) for f in logger.filters):
+        logger.addFilter(_DialFailureFilter())
 
 
 def _bind_loopback_dials(network: Swarm, listen_ip: str) -> None:
