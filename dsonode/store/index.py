@@ -29,9 +29,10 @@ Not thread-safe: one owner (the node's event loop) adds and searches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -134,6 +135,8 @@ class CodeIndex:
         self._centroids = centroids
         self._lists: PrefixLists | None = None
         self._defer_lists = False
+        #: False makes every search scan all prefixes even with lists (for benchmarks).
+        self.use_lists = True
         self.ref = None if ref is None else self._check_vector(ref, "ref")
         self.candidates = candidates
         self.rescore = rescore
@@ -289,6 +292,16 @@ class CodeIndex:
         """The inverted lists' centroids (uint8 (nlist, 128)), None while the scan is flat."""
         return None if self._lists is None else self._lists.centroids
 
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[CodeIndex]:
+        """Add many rows, then train the lists once on all of them (not at the threshold)."""
+        self._defer_lists = True
+        try:
+            yield self
+        finally:
+            self._defer_lists = False
+        self._maybe_start_lists()
+
     def inverted_lists(self) -> list[frozenset[bytes]] | None:
         """The ids in each inverted list (None while the scan is flat), for checks."""
         if self._lists is None:
@@ -419,7 +432,7 @@ class CodeIndex:
             n_allowed = min(n_allowed, self._n_confirmed)
         if n_allowed == 0:
             return _EMPTY_ROWS, _EMPTY_DIST
-        if self._lists is not None and n_allowed >= self.ivf_min_rows // 2:
+        if self._lists is not None and self.use_lists and n_allowed >= self.ivf_min_rows // 2:
             # Probe the lists nearest the query; more of them under a filter, so that about as
             # many allowed rows are scanned as without one.
             nprobe = min(self.nlist, math.ceil(self.nprobe * n / n_allowed))
@@ -553,7 +566,6 @@ class CodeIndex:
         yields them), reserving ``total`` rows; shows a progress bar on stderr when
         ``progress`` is True, or when None and total >= 100,000 and stderr is a terminal."""
         index = cls(capacity=max(1, total or 1024), **kwargs)
-        index._defer_lists = True  # lists trained once on all rows, not mid-way
         show = (
             progress
             if progress is not None
@@ -568,22 +580,21 @@ class CodeIndex:
             bar.start()
             task = bar.add_task("rebuilding index", total=total)
         try:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                index.add(
-                    [r.experience_id for r in chunk],
-                    [r.code for r in chunk],
-                    [r.domain for r in chunk],
-                    np.array([r.confirmed for r in chunk], dtype=bool),
-                )
-                if bar is not None:
-                    bar.update(task, advance=len(chunk))
+            with index.bulk_load():
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    index.add(
+                        [r.experience_id for r in chunk],
+                        [r.code for r in chunk],
+                        [r.domain for r in chunk],
+                        np.array([r.confirmed for r in chunk], dtype=bool),
+                    )
+                    if bar is not None:
+                        bar.update(task, advance=len(chunk))
         finally:
             if bar is not None:
                 bar.stop()
-        index._defer_lists = False
-        index._maybe_start_lists()
         return index
 
     @classmethod

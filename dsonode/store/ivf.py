@@ -18,10 +18,28 @@ slack), and nlist x 128 bytes of centroids.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 
 PREFIX_BYTES = 128
 _GROWTH = 1.5
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[Any]:
+    """faiss with one OpenMP thread: on a shared 2-core machine its spinning workers measured
+    20-100x slower (ARCHITECTURE.md, the code index)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield faiss
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 class PrefixLists:
@@ -38,6 +56,7 @@ class PrefixLists:
         nlist = len(centroids)
         self._members = [np.zeros(0, dtype=np.int32) for _ in range(nlist)]
         self.sizes = np.zeros(nlist, dtype=np.int64)
+        self._quantizer: Any = None
 
     @classmethod
     def from_assignment(
@@ -72,16 +91,16 @@ class PrefixLists:
 
     def assign(self, prefixes: np.ndarray) -> np.ndarray:
         """The nearest centroid of each (m, 128) prefix (int32; a function of the prefix)."""
-        import faiss
-
         out = np.empty(len(prefixes), dtype=np.int32)
-        quant = faiss.IndexBinaryFlat(PREFIX_BYTES * 8)
-        quant.add(self.centroids)
-        step = 16_384
-        for s in range(0, len(prefixes), step):
-            part = np.ascontiguousarray(prefixes[s : s + step])
-            _, lab = quant.search(part, 1)
-            out[s : s + len(part)] = lab[:, 0]
+        with _one_thread() as faiss:
+            if self._quantizer is None:
+                self._quantizer = faiss.IndexBinaryFlat(PREFIX_BYTES * 8)
+                self._quantizer.add(self.centroids)
+            step = 16_384
+            for s in range(0, len(prefixes), step):
+                part = np.ascontiguousarray(prefixes[s : s + step])
+                _, lab = self._quantizer.search(part, 1)
+                out[s : s + len(part)] = lab[:, 0]
         return out
 
     def place(self, rows: np.ndarray, prefixes: np.ndarray) -> None:
@@ -160,14 +179,13 @@ class PrefixLists:
     def train(sample: np.ndarray, nlist: int, seed: int = 0, niter: int = 10) -> np.ndarray:
         """nlist binary centroids (uint8 (nlist, 128)) from a sample of prefixes: k-means on
         the bits as +-1 floats (faiss, fixed seed), each centroid binarised by sign."""
-        import faiss
-
         if len(sample) < nlist:
             raise ValueError(f"need at least {nlist} sample rows, got {len(sample)}")
         x = np.unpackbits(sample, axis=1, bitorder="little").astype(np.float32)
         x *= 2.0
         x -= 1.0
-        km = faiss.Kmeans(PREFIX_BYTES * 8, nlist, niter=niter, seed=seed, verbose=False)
-        km.train(x)
+        with _one_thread() as faiss:
+            km = faiss.Kmeans(PREFIX_BYTES * 8, nlist, niter=niter, seed=seed, verbose=False)
+            km.train(x)
         cent = np.asarray(km.centroids, dtype=np.float32) >= 0
         return np.packbits(cent, axis=1, bitorder="little")
