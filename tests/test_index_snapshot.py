@@ -125,3 +125,41 @@ def test_a_torn_or_damaged_file_is_rebuilt(tmp_path, codes, caplog, damage):
     # Centroids come from an intact section only (the payload flip may hit another section).
     if damage in ("flip_header", "garbage", "truncate"):
         assert read_centroids(path, SPACE) is None
+
+
+def test_a_node_saves_its_index_on_close_and_loads_it_at_the_next_start(tmp_path, codes):
+    """The composition root (a light node: no model): close saves, open loads; a second close
+    with no write in between keeps the file as it is."""
+    from dsonode.config.loader import config_from_mapping
+    from dsonode.node.node import Node, node_config
+
+    cfg = node_config(
+        config_from_mapping(
+            {"node": {"data_dir": str(tmp_path / "n"), "role": "light", "space_id": SPACE}}
+        )
+    )
+    node = Node(cfg)
+    said: list[str] = []
+    node.open(said.append)
+    try:
+        assert node.store is not None and node.index is not None
+        node.store.put_consensus(_records(codes, 0, 150))
+        node.index.add(  # as the library indexes what it stores
+            [i.to_bytes(32, "big") for i in range(150)],
+            codes[:150],
+            "d",
+            confirmed=[i % 2 == 0 for i in range(150)],
+        )
+    finally:
+        node.close()
+    path = snapshot_path(tmp_path / "n" / "store", SPACE)
+    mtime = path.stat().st_mtime_ns
+    said.clear()
+    node = Node(cfg)
+    node.open(said.append)
+    try:
+        assert node.index is not None and len(node.index) == 150
+        assert any("loaded the saved index" in s for s in said), said
+    finally:
+        node.close()
+    assert path.stat().st_mtime_ns == mtime  # nothing changed: not rewritten

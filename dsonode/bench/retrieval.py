@@ -77,7 +77,7 @@ def register(bench_sub: SubParsers) -> None:
         choices=("auto", "synthetic", "vaswani"),
         default="auto",
         help="synthetic clusters (as before) or codes around the real Vaswani abstracts "
-        "(dsonode/bench/retrieval_scale.py); auto = vaswani above 1,000,000 items",
+        "(dsonode/bench/_scale.py); auto = vaswani above 1,000,000 items",
     )
     p.add_argument("--nprobe", type=int, default=None, help="CodeIndex nprobe (lists probed)")
     p.add_argument("--ivf-min-rows", type=int, default=None, help="CodeIndex ivf_min_rows")
@@ -380,8 +380,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_vaswani(args: argparse.Namespace) -> int:
-    """The scale run on codes around real sentences (dsonode/bench/retrieval_scale.py)."""
-    from dsonode.bench.retrieval_scale import default_cache_dir, run_scale
+    """The scale run on codes around real sentences (dsonode/bench/_scale.py)."""
+    from dsonode.bench._scale import default_cache_dir, run_scale
 
     kwargs = {
         k: v

@@ -497,8 +497,9 @@ class CodeIndex:
     def from_state(
         cls, arrays: dict[str, np.ndarray], domains: list[str], **kwargs: Any
     ) -> CodeIndex:
-        """An index from `state()`'s arrays (checked for shape, range and uniqueness; raises
-        ValueError or KeyError when they do not fit together)."""
+        """An index from `state()`'s arrays, which it takes over (they must not be used
+        elsewhere afterwards); checked for shape, range and uniqueness (ValueError or
+        KeyError when they do not fit together)."""
         ids = arrays["ids"]
         n = len(ids)
         shapes = {
@@ -524,13 +525,10 @@ class CodeIndex:
         centroids = arrays.get("centroids")
         if centroids is not None:
             kwargs["centroids"] = centroids
-        index = cls(capacity=max(1, n), **kwargs)
-        index._prefix[:n] = arrays["prefix"]
-        index._rest[:n] = arrays["rest"]
-        index._scales[:n] = scales
-        index._ids[:n] = ids
-        index._domains[:n] = dom
-        index._confirmed[:n] = arrays["confirmed"]
+        index = cls(capacity=1, **kwargs)
+        if n:  # adopted, not copied (a 1M-row index is about 1 GB)
+            for field, name in zip(index._FIELDS, shapes, strict=True):
+                setattr(index, field, np.require(arrays[name], requirements=["C", "W"]))
         raw = ids.tobytes()
         index._row_of = {raw[r * _ID_LEN : (r + 1) * _ID_LEN]: r for r in range(n)}
         if len(index._row_of) != n:
