@@ -96,8 +96,9 @@ class Neighbours:
         # noise: Gaussian mixes of MIX_DOCS centred real abstracts (drawn afresh for every
         # call); its covariance is that of the abstracts, so it follows the directions real
         # sentences vary along
-        basis = self.docs[rng.choice(len(self.docs), MIX_DOCS, replace=False)] - self.mean
-        z = rng.standard_normal((m, MIX_DOCS), dtype=np.float32) @ basis
+        mix = min(MIX_DOCS, len(self.docs))
+        basis = self.docs[rng.choice(len(self.docs), mix, replace=False)] - self.mean
+        z = rng.standard_normal((m, mix), dtype=np.float32) @ basis
         z /= np.linalg.norm(z, axis=1, keepdims=True)
         s = rng.uniform(NOISE_LO, NOISE_HI, (m, 1)).astype(np.float32)
         v = self.docs[src] + s * z
