@@ -318,7 +318,8 @@ with Store(store_dir, space_id=space) as store:
     hits = index.search(q, 10)
     t3 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_search_s": t3 - t2,
-                  "total_s": t3 - t0, "items": len(index), "hits": len(hits)}))
+                  "total_s": t3 - t0, "cpu_s": time.process_time(), "items": len(index),
+                  "hits": len(hits)}))
 """
 
 

@@ -142,7 +142,7 @@ class CodeIndex:
         self.rescore = rescore
         self._n = 0
         self._alloc(capacity)
-        self._row_of: dict[bytes, int] = {}
+        self._row_map: dict[bytes, int] | None = {}  # None: built on first use
         self._domain_names: list[str] = [_NO_DOMAIN]
         self._domain_of: dict[str, int] = {_NO_DOMAIN: 0}
         self._domain_counts: list[int] = [0]
@@ -170,6 +170,16 @@ class CodeIndex:
             getattr(self, name)[: self._n] = prev[: self._n]
         if self._lists is not None:
             self._lists.reserve(capacity)
+
+    @property
+    def _row_of(self) -> dict[bytes, int]:
+        """id -> row. A loaded index builds it on first use (about 0.6 s per million rows):
+        a search reads ids from the id array and does not wait for it."""
+        if self._row_map is None:
+            raw = self._ids[: self._n].tobytes()
+            keys = [raw[r : r + _ID_LEN] for r in range(0, len(raw), _ID_LEN)]
+            self._row_map = dict(zip(keys, range(self._n), strict=True))
+        return self._row_map
 
     @property
     def capacity(self) -> int:
@@ -529,10 +539,9 @@ class CodeIndex:
         if n:  # adopted, not copied (a 1M-row index is about 1 GB)
             for field, name in zip(index._FIELDS, shapes, strict=True):
                 setattr(index, field, np.require(arrays[name], requirements=["C", "W"]))
-        raw = ids.tobytes()
-        index._row_of = {raw[r * _ID_LEN : (r + 1) * _ID_LEN]: r for r in range(n)}
-        if len(index._row_of) != n:
-            raise ValueError("duplicate ids")
+        # The id map is built on first use (see _row_of); the ids are unique because the file
+        # was written from an index (add() never repeats an id) and its checksum holds.
+        index._row_map = None
         index._domain_names = list(domains)
         index._domain_of = {d: i for i, d in enumerate(domains)}
         index._domain_counts = np.bincount(dom, minlength=len(domains)).tolist()
@@ -545,12 +554,23 @@ class CodeIndex:
             index._maybe_start_lists()
         return index
 
-    def sample_ids(self, count: int) -> list[bytes]:
-        """The first and last ids and up to ``count`` spread between them (for spot checks)."""
+    def sample_rows(self, count: int) -> list[tuple[bytes, bytes, str, bool]]:
+        """(id, code, domain, confirmed) of the first and last rows and up to ``count`` spread
+        between them, read by row (no id map needed; for spot checks)."""
         if self._n == 0:
             return []
         rows = np.unique(np.linspace(0, self._n - 1, num=min(self._n, count + 2)).astype(int))
-        return [self._ids[r].tobytes() for r in rows]
+        return [
+            (
+                self._ids[r].tobytes(),
+                self._scales[r : r + 1].astype("<f4").tobytes()
+                + self._prefix[r].tobytes()
+                + self._rest[r].tobytes(),
+                self._domain_names[self._domains[r]],
+                bool(self._confirmed[r]),
+            )
+            for r in rows.tolist()
+        ]
 
     @classmethod
     def from_records(

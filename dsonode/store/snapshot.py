@@ -172,8 +172,12 @@ def _read_section(f: Any, sec: Any, base: int, size: int) -> np.ndarray:
         raise SnapshotError(f"section {sec.get('name')!r} has inconsistent sizes")
     if base + offset + nbytes > size:
         raise SnapshotError(f"section {sec.get('name')!r} runs past the end (truncated file)")
-    f.seek(base + offset)
-    arr = np.fromfile(f, dtype=np.uint8, count=nbytes)
+    if nbytes == 0:
+        arr = np.zeros(0, dtype=np.uint8)
+    else:
+        # Copy-on-write map: pages come from the page cache, a write to a row copies its page
+        # privately; the file itself is never written through it.
+        arr = np.memmap(f, dtype=np.uint8, mode="c", offset=base + offset, shape=(nbytes,))
     if len(arr) != nbytes or zlib.crc32(_raw(arr)) != crc:
         raise SnapshotError(f"section {sec.get('name')!r} checksum mismatch")
     return arr.view(dtype).reshape(shape)
@@ -226,11 +230,9 @@ def read_index(path: Path, stamp: dict[str, Any], **kwargs: Any) -> CodeIndex:
 
 def _spot_check(index: CodeIndex, store: Store, space_id: str) -> None:
     """Compare a sample of rows with LMDB's consensus records (SnapshotError if one differs)."""
-    ids = index.sample_ids(SPOT_CHECKS)
-    for exp_id in ids:
+    for exp_id, code, domain, confirmed in index.sample_rows(SPOT_CHECKS):
         rec = store.get_consensus(space_id, exp_id)
-        got = index.get(exp_id)
-        if rec is None or got is None or got != (rec.code, rec.domain, rec.confirmed):
+        if rec is None or (code, domain, confirmed) != (rec.code, rec.domain, rec.confirmed):
             raise SnapshotError(f"row {exp_id.hex()[:16]} differs from the store")
 
 
