@@ -80,8 +80,14 @@ def test_saved_index_loads_after_a_clean_reopen_and_equals_the_rebuild(tmp_path,
         assert (
             loaded.search(q, 10, **kw) == index.search(q, 10, **kw) == rebuilt.search(q, 10, **kw)
         )
-    loaded.add([b"\x07" * 32], codes[:1], "new")  # a loaded index keeps growing
+    # A loaded index (its arrays mapped copy-on-write from the file) takes updates in place
+    # and new rows; the file on disk stays as saved.
+    before = path.read_bytes()
+    loaded.update([(5).to_bytes(32, "big")], codes[600:601], "d", True)
+    assert loaded.get((5).to_bytes(32, "big"))[0] == codes[600].tobytes()
+    loaded.add([b"\x07" * 32], codes[:1], "new")
     assert loaded.search(q, 1)[0][0] in (b"\x07" * 32, (3).to_bytes(32, "big"))
+    assert path.read_bytes() == before
 
 
 def test_a_write_after_the_save_makes_the_file_stale(tmp_path, codes, caplog):
