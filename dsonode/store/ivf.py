@@ -149,7 +149,8 @@ class PrefixLists:
     # ------------------------------------------------------------------------ search
 
     def probe(self, qprefix: np.ndarray, nprobe: int) -> np.ndarray:
-        """Rows (int64, ascending) of the nprobe lists whose centroids are nearest the query."""
+        """Rows (int32, list by list) of the nprobe lists whose centroids are nearest the query
+        (not sorted: row order carries no meaning across rebuilds, and a sort costs CPU)."""
         dist = np.bitwise_count(self._words ^ qprefix.view(np.uint64)).sum(axis=1)
         nprobe = min(nprobe, self.nlist)
         if nprobe < self.nlist:
@@ -157,9 +158,7 @@ class PrefixLists:
         else:
             nearest = np.arange(self.nlist)
         parts = [self._members[i][: self.sizes[i]] for i in nearest.tolist()]
-        rows = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        rows.sort()  # same rows in the same order whatever the insertion history
-        return rows
+        return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
     def members(self, lst: int) -> np.ndarray:
         """The rows of one list (a copy, in no particular order)."""
