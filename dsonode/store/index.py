@@ -20,9 +20,17 @@ Search, for a float query ``q`` (7680,) with sign bits ``s = sign(q - ref)``:
 
 With ``candidates`` >= the number of rows that pass the filters and ``rescore`` >=
 ``candidates``, step 3 sees every row and the result is exact (the tests rely on this).
-The defaults were tuned by ``dsonode bench retrieval`` (see BENCHMARKS.md). An inverted file
-over the prefixes (binary k-means lists) was tried and dropped: on the benchmark's diffuse
-clusters it kept recall@10 at 0.76 while scanning 24% of the rows (BENCHMARKS.md).
+The defaults were tuned by ``dsonode bench retrieval`` (see BENCHMARKS.md).
+
+From ``ivf_min_rows`` rows on (2,000,000 by default), step 1 scans only the rows of the
+``nprobe`` inverted lists nearest the query (``dsonode.store.ivf``; ARCHITECTURE.md, "The
+code index"): approximate, recall@10 0.975 at 1M on codes around real sentences at the
+defaults (BENCHMARKS.md). Below that the flat scan is exact and about as cheap. An earlier
+inverted file was dropped on the benchmark's diffuse synthetic clusters (recall 0.76 while
+scanning 24% of the rows); the codes around real sentences measured now are less diffuse.
+
+The index can be saved beside the store and loaded at start (``state``/``from_state``,
+``dsonode.store.snapshot``).
 
 Not thread-safe: one owner (the node's event loop) adds and searches.
 """
