@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dsonode.argtypes import SubParsers
+from dsonode.argtypes import SubParsers, bounded_int
 from dsonode.bench.common import add_output_args, code_rows, percentile, report
 from dsonode.core.constants import BITS_BYTES, DIM, SCALE_BYTES
 
@@ -72,6 +72,33 @@ def register(bench_sub: SubParsers) -> None:
     )
     p.add_argument("--socket-queries", type=int, default=100)
     add_output_args(p, "retrieval", save_as="retrieval-n{n}")
+    # Scale (issue 16): realistic codes, the inverted lists, the saved index at start.
+    p.add_argument(
+        "--data",
+        choices=("auto", "synthetic", "vaswani"),
+        default="auto",
+        help="synthetic clusters (as before) or codes around the real Vaswani abstracts "
+        "(dsonode/bench/_scale.py); auto = vaswani above 1,000,000 items",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=bounded_int(1, 65_536),
+        default=None,
+        help="CodeIndex nprobe (lists probed)",
+    )
+    p.add_argument(
+        "--ivf-min-rows",
+        type=bounded_int(1, 100_000_000),
+        default=None,
+        help="CodeIndex ivf_min_rows",
+    )
+    p.add_argument(
+        "--start",
+        action="store_true",
+        help="(vaswani data) also time a fresh process from import to its first search, with "
+        "the saved index and with a rebuild from LMDB",
+    )
+    p.add_argument("--cache", default=None, help="cache of the Vaswani base vectors")
     p.set_defaults(func=run)
 
 
@@ -243,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
     from dsonode.store import CodeIndex
 
     n = args.n
-    if not 1_000 <= n <= 5_000_000:
-        raise DsoError("--n must be in [1000, 5000000]")
+    if not 1_000 <= n <= 20_000_000:
+        raise DsoError("--n must be in [1000, 20000000]")
     for name, lo, hi in (
         ("queries", 10, 100_000),
         ("recall_queries", 1, 1_000),
@@ -252,6 +279,10 @@ def run(args: argparse.Namespace) -> int:
     ):
         if not lo <= getattr(args, name) <= hi:
             raise DsoError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}]")
+    if args.data == "vaswani" or (args.data == "auto" and n > 1_000_000):
+        return _run_vaswani(args)
+    if n > 5_000_000:
+        raise DsoError("--data synthetic holds every code twice: --n must be <= 5000000")
     n_q = max(args.queries, args.recall_queries)
     load_before = os.getloadavg()
     _log(f"generating {n} synthetic codes")
@@ -264,6 +295,8 @@ def run(args: argparse.Namespace) -> int:
         for k, v in (
             ("candidates", args.candidates),
             ("rescore", args.rescore),
+            ("nprobe", args.nprobe),
+            ("ivf_min_rows", args.ivf_min_rows),
         )
         if v is not None
     }
@@ -354,6 +387,32 @@ def run(args: argparse.Namespace) -> int:
         result["socket_p50_ms"] = None
         result["socket_note"] = "not measured (--no-socket)"
     report(result, args.json, args)
+    return 0
+
+
+def _run_vaswani(args: argparse.Namespace) -> int:
+    """The scale run on codes around real sentences (dsonode/bench/_scale.py)."""
+    from dsonode.bench._scale import default_cache_dir, run_scale
+
+    kwargs = {
+        k: v
+        for k, v in (
+            ("candidates", args.candidates),
+            ("rescore", args.rescore),
+            ("nprobe", args.nprobe),
+            ("ivf_min_rows", args.ivf_min_rows),
+        )
+        if v is not None
+    }
+    if args.cache is None:
+        args.cache = str(default_cache_dir())
+    result = run_scale(args, kwargs)
+    if args.socket:
+        result.update(_socket(args.socket_queries))
+    else:
+        result["socket_p50_ms"] = None
+        result["socket_note"] = "not measured (--no-socket)"
+    report(result, args.json)
     return 0
 
 

@@ -49,6 +49,7 @@ from dsonode.net.gossip import GossipConfig
 from dsonode.ops.logs import setup_logging
 from dsonode.ops.metrics import MetricsServer, NodeMetrics, bind_tcp, parse_metrics_listen
 from dsonode.store import CodeIndex, Store
+from dsonode.store.snapshot import load_index, save_index, snapshot_path, store_stamp
 
 if TYPE_CHECKING:  # the full embedder imports torch: a light node never imports it
     from dsonode.embed.embedder import Embedder as FullEmbedder
@@ -240,6 +241,7 @@ class Node:
         )
         self.store: Store | None = None
         self.index: CodeIndex | None = None
+        self._index_stamp: dict[str, object] | None = None  # store stamp the index matches
         self.embedder: Embedder | None = None
         #: The loaded model of a full node (the gateway serves it); None on a light node.
         self.full_embedder: FullEmbedder | None = None
@@ -299,9 +301,12 @@ class Node:
                     prev.hex(),
                     self.embedder.space_id,
                 )
-            say("building the index from the store")
-            self.index = CodeIndex.from_store(
-                self.store, self.embedder.space_id, ref=self.embedder.reference
+            self.index, self._index_stamp = load_index(
+                self.store,
+                self.embedder.space_id,
+                self.embedder.reference,
+                snapshot_path(self.store.path, self.embedder.space_id),
+                say,
             )
             self.library = Library(
                 store=self.store,
@@ -341,10 +346,27 @@ class Node:
             self._metrics_sock.close()
             self._metrics_sock = None
         if self.store is not None:
+            self._save_index()
             self.store.close()
             self.store = None
         release_lock(self._lock_fd)
         self._lock_fd = None
+
+    def _save_index(self) -> None:
+        """Save the index beside the store (the last thing before the store closes, so the
+        stamp is that of the last write); skipped when the store has not changed since the
+        index was loaded. A failure is logged: the next start rebuilds from LMDB."""
+        if self.store is None or self.index is None or self.embedder is None:
+            return
+        space = self.embedder.space_id
+        try:
+            stamp = store_stamp(self.store, space, self.embedder.reference)
+            if stamp == self._index_stamp:
+                return
+            save_index(snapshot_path(self.store.path, space), self.index, stamp)
+            self._index_stamp = stamp
+        except (OSError, ValueError) as exc:
+            log.warning("could not save the index (the next start rebuilds it): %s", exc)
 
     async def serve(self, ready: Callable[[Path], None] | None = None) -> None:
         """Serve until SIGTERM/SIGINT (or cancellation); `ready(socket_path)` once listening."""

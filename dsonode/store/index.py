@@ -20,18 +20,27 @@ Search, for a float query ``q`` (7680,) with sign bits ``s = sign(q - ref)``:
 
 With ``candidates`` >= the number of rows that pass the filters and ``rescore`` >=
 ``candidates``, step 3 sees every row and the result is exact (the tests rely on this).
-The defaults were tuned by ``dsonode bench retrieval`` (see BENCHMARKS.md). An inverted file
-over the prefixes (binary k-means lists) was tried and dropped: on the benchmark's diffuse
-clusters it kept recall@10 at 0.76 while scanning 24% of the rows (BENCHMARKS.md).
+The defaults were tuned by ``dsonode bench retrieval`` (see BENCHMARKS.md).
+
+From ``ivf_min_rows`` rows on (2,000,000 by default), step 1 scans only the rows of the
+``nprobe`` inverted lists nearest the query (``dsonode.store.ivf``; ARCHITECTURE.md, "The
+code index"): approximate, recall@10 0.975 at 1M on codes around real sentences at the
+defaults (BENCHMARKS.md). Below that the flat scan is exact and about as cheap. An earlier
+inverted file was dropped on the benchmark's diffuse synthetic clusters (recall 0.76 while
+scanning 24% of the rows); the codes around real sentences measured now are less diffuse.
+
+The index can be saved beside the store and loaded at start (``state``/``from_state``,
+``dsonode.store.snapshot``).
 
 Not thread-safe: one owner (the node's event loop) adds and searches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
@@ -40,6 +49,7 @@ import numpy.typing as npt
 from dsonode.core import bitdelta
 from dsonode.core.constants import BITS_BYTES, CODE_BYTES, DIM, SCALE_BYTES
 from dsonode.core.errors import CodecError, DsoError
+from dsonode.store.ivf import PrefixLists
 
 if TYPE_CHECKING:
     from dsonode.store.lmdb_store import ConsensusRecord, Store
@@ -55,6 +65,13 @@ _PREFIX_BYTES = PREFIX_BITS // 8
 _ID_LEN = 32
 MAX_K = 100
 _NO_DOMAIN = ""
+#: Rows from which the index adds its inverted lists (below it every search scans all
+#: prefixes, exactly); lists and probes per search (tuned by `dsonode bench retrieval`).
+IVF_MIN_ROWS = 2_000_000
+IVF_NLIST = 1024
+IVF_NPROBE = 48
+#: Training sample per centroid (k-means on +-1 floats; faiss asks for at least 39).
+_IVF_SAMPLE_PER_LIST = 40
 
 
 class IndexInputError(DsoError, ValueError):
@@ -94,7 +111,10 @@ class CodeIndex:
 
     Parameters: ``ref`` is the space's reference vector (None = zero); ``capacity`` the
     initial number of rows; ``candidates`` rows kept after the prefix stage; ``rescore`` rows
-    kept after the full-code stage (and scored asymmetrically).
+    kept after the full-code stage (and scored asymmetrically). From ``ivf_min_rows`` rows on,
+    a first level of ``nlist`` inverted lists (`dsonode.store.ivf`) limits the prefix scan to
+    the ``nprobe`` lists nearest the query; ``centroids`` reuses trained ones (from a saved
+    index, so that a rebuild holds the same lists as the index that grew incrementally).
     """
 
     def __init__(
@@ -104,17 +124,33 @@ class CodeIndex:
         *,
         candidates: int = 4_000,
         rescore: int = 400,
+        ivf_min_rows: int = IVF_MIN_ROWS,
+        nlist: int = IVF_NLIST,
+        nprobe: int = IVF_NPROBE,
+        centroids: np.ndarray | None = None,
     ) -> None:
         if capacity < 1:
             raise IndexInputError("capacity must be >= 1")
         if not 1 <= rescore <= candidates:
             raise IndexInputError("need 1 <= rescore <= candidates")
+        if centroids is not None:
+            nlist = len(centroids)
+        if not 1 <= nprobe <= nlist or ivf_min_rows < nlist * 2:
+            raise IndexInputError("need 1 <= nprobe <= nlist and ivf_min_rows >= 2 * nlist")
+        self.ivf_min_rows = ivf_min_rows
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self._centroids = centroids
+        self._lists: PrefixLists | None = None
+        self._defer_lists = False
+        #: False makes every search scan all prefixes even with lists (for benchmarks).
+        self.use_lists = True
         self.ref = None if ref is None else self._check_vector(ref, "ref")
         self.candidates = candidates
         self.rescore = rescore
         self._n = 0
         self._alloc(capacity)
-        self._row_of: dict[bytes, int] = {}
+        self._row_map: dict[bytes, int] | None = {}  # None: built on first use
         self._domain_names: list[str] = [_NO_DOMAIN]
         self._domain_of: dict[str, int] = {_NO_DOMAIN: 0}
         self._domain_counts: list[int] = [0]
@@ -140,6 +176,18 @@ class CodeIndex:
         self._alloc(capacity)
         for name, prev in zip(self._FIELDS, old, strict=True):
             getattr(self, name)[: self._n] = prev[: self._n]
+        if self._lists is not None:
+            self._lists.reserve(capacity)
+
+    @property
+    def _row_of(self) -> dict[bytes, int]:
+        """id -> row. A loaded index builds it on first use (about 0.6 s per million rows):
+        a search reads ids from the id array and does not wait for it."""
+        if self._row_map is None:
+            raw = self._ids[: self._n].tobytes()
+            keys = [raw[r : r + _ID_LEN] for r in range(0, len(raw), _ID_LEN)]
+            self._row_map = dict(zip(keys, range(self._n), strict=True))
+        return self._row_map
 
     @property
     def capacity(self) -> int:
@@ -249,7 +297,54 @@ class CodeIndex:
         for i, row in zip(new_ids, rows[new_mask].tolist(), strict=True):
             self._row_of[i] = row
         self._n += fresh
+        if self._lists is not None:
+            self._lists.place(rows, self._prefix[rows])
+        else:
+            self._maybe_start_lists()
         return fresh
+
+    # ------------------------------------------------------------------------ inverted lists
+
+    @property
+    def centroids(self) -> np.ndarray | None:
+        """The inverted lists' centroids (uint8 (nlist, 128)), None while the scan is flat."""
+        return None if self._lists is None else self._lists.centroids
+
+    @contextlib.contextmanager
+    def bulk_load(self) -> Iterator[CodeIndex]:
+        """Add many rows, then train the lists once on all of them (not at the threshold)."""
+        self._defer_lists = True
+        try:
+            yield self
+        finally:
+            self._defer_lists = False
+        self._maybe_start_lists()
+
+    def inverted_lists(self) -> list[frozenset[bytes]] | None:
+        """The ids in each inverted list (None while the scan is flat), for checks."""
+        if self._lists is None:
+            return None
+        return [
+            frozenset(self._ids[r].tobytes() for r in self._lists.members(lst).tolist())
+            for lst in range(self._lists.nlist)
+        ]
+
+    def _maybe_start_lists(self) -> None:
+        """Add the inverted lists once the index holds ivf_min_rows rows (trained on a fixed
+        pseudo-random sample of the rows, or the centroids given)."""
+        if self._lists is not None or self._defer_lists or self._n < self.ivf_min_rows:
+            return
+        centroids = self._centroids
+        if centroids is None:
+            n_sample = min(self._n, self.nlist * _IVF_SAMPLE_PER_LIST)
+            pick = np.sort(np.random.default_rng(0).choice(self._n, n_sample, replace=False))
+            centroids = PrefixLists.train(self._prefix[pick], self.nlist)
+        lists = PrefixLists(centroids, self.capacity)
+        step = 262_144
+        for s in range(0, self._n, step):
+            rows = np.arange(s, min(self._n, s + step), dtype=np.int64)
+            lists.place(rows, self._prefix[s : s + len(rows)])
+        self._lists = lists
 
     def update(
         self,
@@ -355,6 +450,16 @@ class CodeIndex:
             n_allowed = min(n_allowed, self._n_confirmed)
         if n_allowed == 0:
             return _EMPTY_ROWS, _EMPTY_DIST
+        if self._lists is not None and self.use_lists and n_allowed >= self.ivf_min_rows // 2:
+            # Probe the lists nearest the query; more of them under a filter, so that about as
+            # many allowed rows are scanned as without one.
+            nprobe = min(self.nlist, math.ceil(self.nprobe * n / n_allowed))
+            rows = self._lists.probe(qprefix, nprobe)
+            if mask is not None:
+                rows = rows[mask[rows]]
+            sub = self._prefix[rows]
+            found, dist = _knn_hamming(qprefix, sub, len(sub), candidates)
+            return rows[found], dist
         if mask is None:
             rows, dist = _knn_hamming(qprefix, self._prefix, n, candidates)
             return rows, dist
@@ -383,8 +488,97 @@ class CodeIndex:
         row_map = sys.getsizeof(self._row_of)
         row_map += sum(sys.getsizeof(key) + sys.getsizeof(v) for key, v in self._row_of.items())
         parts["id_map"] = row_map
+        parts["lists"] = 0 if self._lists is None else self._lists.nbytes()
         parts["total"] = sum(parts.values())
         return parts
+
+    # ------------------------------------------------------------------------ save / load
+
+    def state(self) -> dict[str, Any]:
+        """The index as arrays (views of the first len(self) rows) and its domain table, for
+        `dsonode.store.snapshot`; `from_state` is the inverse."""
+        n = self._n
+        arrays = {
+            "prefix": self._prefix[:n],
+            "rest": self._rest[:n],
+            "scales": self._scales[:n],
+            "ids": self._ids[:n],
+            "domains": self._domains[:n],
+            "confirmed": self._confirmed[:n],
+        }
+        if self._lists is not None:
+            arrays["centroids"] = self._lists.centroids
+            arrays["list_of"] = self._lists.list_of[:n]
+        return {"arrays": arrays, "domains": list(self._domain_names)}
+
+    @classmethod
+    def from_state(
+        cls, arrays: dict[str, np.ndarray], domains: list[str], **kwargs: Any
+    ) -> CodeIndex:
+        """An index from `state()`'s arrays, which it takes over (they must not be used
+        elsewhere afterwards); checked for shape, range and uniqueness (ValueError or
+        KeyError when they do not fit together)."""
+        ids = arrays["ids"]
+        n = len(ids)
+        shapes = {
+            "prefix": ((n, _PREFIX_BYTES), np.uint8),
+            "rest": ((n, BITS_BYTES - _PREFIX_BYTES), np.uint8),
+            "scales": ((n,), np.float32),
+            "ids": ((n, _ID_LEN), np.uint8),
+            "domains": ((n,), np.int32),
+            "confirmed": ((n,), np.bool_),
+        }
+        for name, (shape, dtype) in shapes.items():
+            arr = arrays[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise ValueError(f"{name}: {arr.dtype} {arr.shape}, want {shape}")
+        scales = arrays["scales"]
+        if not np.all(np.isfinite(scales)) or np.any(scales < 0):
+            raise ValueError("code scale must be finite and >= 0")
+        if not domains or domains[0] != _NO_DOMAIN or len(set(domains)) != len(domains):
+            raise ValueError("bad domain table")
+        dom = arrays["domains"]
+        if n and (dom.min() < 0 or dom.max() >= len(domains)):
+            raise ValueError("domain number out of range")
+        centroids = arrays.get("centroids")
+        if centroids is not None:
+            kwargs["centroids"] = centroids
+        index = cls(capacity=1, **kwargs)
+        if n:  # adopted, not copied (a 1M-row index is about 1 GB)
+            for field, name in zip(index._FIELDS, shapes, strict=True):
+                setattr(index, field, np.require(arrays[name], requirements=["C", "W"]))
+        # The id map is built on first use (see _row_of); the ids are unique because the file
+        # was written from an index (add() never repeats an id) and its checksum holds.
+        index._row_map = None
+        index._domain_names = list(domains)
+        index._domain_of = {d: i for i, d in enumerate(domains)}
+        index._domain_counts = np.bincount(dom, minlength=len(domains)).tolist()
+        index._n_confirmed = int(np.count_nonzero(arrays["confirmed"]))
+        index._n = n
+        list_of = arrays.get("list_of")
+        if centroids is not None and list_of is not None:
+            index._lists = PrefixLists.from_assignment(centroids, list_of, index.capacity)
+        else:
+            index._maybe_start_lists()
+        return index
+
+    def sample_rows(self, count: int) -> list[tuple[bytes, bytes, str, bool]]:
+        """(id, code, domain, confirmed) of the first and last rows and up to ``count`` spread
+        between them, read by row (no id map needed; for spot checks)."""
+        if self._n == 0:
+            return []
+        rows = np.unique(np.linspace(0, self._n - 1, num=min(self._n, count + 2)).astype(int))
+        return [
+            (
+                self._ids[r].tobytes(),
+                self._scales[r : r + 1].astype("<f4").tobytes()
+                + self._prefix[r].tobytes()
+                + self._rest[r].tobytes(),
+                self._domain_names[self._domains[r]],
+                bool(self._confirmed[r]),
+            )
+            for r in rows.tolist()
+        ]
 
     @classmethod
     def from_records(
@@ -412,17 +606,18 @@ class CodeIndex:
             bar.start()
             task = bar.add_task("rebuilding index", total=total)
         try:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                index.add(
-                    [r.experience_id for r in chunk],
-                    [r.code for r in chunk],
-                    [r.domain for r in chunk],
-                    np.array([r.confirmed for r in chunk], dtype=bool),
-                )
-                if bar is not None:
-                    bar.update(task, advance=len(chunk))
+            with index.bulk_load():
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    index.add(
+                        [r.experience_id for r in chunk],
+                        [r.code for r in chunk],
+                        [r.domain for r in chunk],
+                        np.array([r.confirmed for r in chunk], dtype=bool),
+                    )
+                    if bar is not None:
+                        bar.update(task, advance=len(chunk))
         finally:
             if bar is not None:
                 bar.stop()

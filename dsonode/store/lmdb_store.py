@@ -406,6 +406,12 @@ class Store:
         if self.readonly:
             return prev
         spaces = list(spaces) if isinstance(spaces, list) else []
+        if version == SCHEMA_VERSION and (
+            space is None or (prev == space and space.hex() in spaces)
+        ):
+            # Nothing to record: no write transaction, so LMDB's last transaction id stays
+            # that of the last real change (the saved index is checked against it).
+            return prev
 
         def write(txn: _Txn) -> None:
             db = self._dbs["meta"]
