@@ -208,7 +208,8 @@ def check_restarted_node(node: NodeProcess, offline: OfflineCheck, queries: list
         if stats["store"]["experiences"] != offline.experiences:
             raise Kill9Failure("the node sees another number of experiences than LMDB holds")
         for q, expected in zip(queries, offline.expected_answers, strict=True):
-            hits = c.search(vector=q, k=100)
+            # Every stored row, vouched or not: this compares the index, not the trust policy.
+            hits = c.search(vector=q, k=100, include_unvouched=True)
             got = [(h["id"], h["score"]) for h in hits]
             if got != expected:
                 raise Kill9Failure("search by vector differs between the node and the rebuild")
@@ -627,7 +628,11 @@ def run_kill9_net(
             last = updates
             time.sleep(2.0)
         with victim.client(timeout=120) as c:
-            live = [[(h["id"], h["score"]) for h in c.search(vector=q, k=100)] for q in queries]
+            # Every stored row, vouched or not: this compares the index, not the trust policy.
+            live = [
+                [(h["id"], h["score"]) for h in c.search(vector=q, k=100, include_unvouched=True)]
+                for q in queries
+            ]
             final_stats = c.stats()
             result.final_experiences = final_stats["store"]["experiences"]
             indexed = final_stats["indexed"]

@@ -169,3 +169,44 @@ def test_a_node_saves_its_index_on_close_and_loads_it_at_the_next_start(tmp_path
     finally:
         node.close()
     assert path.stat().st_mtime_ns == mtime  # nothing changed: not rewritten
+
+
+def test_a_node_that_deleted_experiences_does_not_save_its_index(tmp_path, codes):
+    """The index has no remove: after a forget, close must not save it (the old file is then
+    stale), so the next start rebuilds from LMDB without the forgotten row."""
+    from dsonode.config.loader import config_from_mapping
+    from dsonode.node.node import Node, node_config
+
+    cfg = node_config(
+        config_from_mapping(
+            {"node": {"data_dir": str(tmp_path / "n"), "role": "light", "space_id": SPACE}}
+        )
+    )
+    ids = [i.to_bytes(32, "big") for i in range(150)]
+    node = Node(cfg)
+    node.open(lambda _s: None)
+    try:
+        assert node.store is not None and node.index is not None
+        node.store.put_consensus(_records(codes, 0, 150))
+        node.index.add(ids, codes[:150], "d", confirmed=[True] * 150)
+    finally:
+        node.close()  # saved: 150 rows
+    node = Node(cfg)
+    node.open(lambda _s: None)
+    try:
+        assert node.library is not None and node.index is not None
+        assert len(node.index) == 150
+        assert node.library.forget([ids[7]]) == [True]
+        assert len(node.index) == 150  # still in memory until a rebuild
+    finally:
+        node.close()
+    said: list[str] = []
+    node = Node(cfg)
+    node.open(said.append)
+    try:
+        assert node.index is not None
+        assert not any("loaded the saved index" in s for s in said), said
+        assert len(node.index) == 149
+        assert ids[7] not in node.index and ids[8] in node.index
+    finally:
+        node.close()

@@ -221,6 +221,11 @@ class Library:
         self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()  # author -> rate quota
         self._network_size = 1
         self._network_size_at = -float("inf")
+        #: The in-memory index has no remove: once an experience is deleted here (forget,
+        #: retraction, TTL, eviction) its row stays until a rebuild, so the index must not be
+        #: saved for the next start (ARCHITECTURE.md "The code index"); the stale file then
+        #: makes that start rebuild from LMDB, without the deleted rows.
+        self.index_holds_deleted = False
         self._network_size_rows = -1  # reputation rows at the last count
 
     # ---- wiring ------------------------------------------------------------------------------
@@ -674,10 +679,13 @@ class Library:
     def forget(self, exp_ids: Sequence[bytes], why: str = "operator") -> list[bool]:
         """Delete experiences with their codes and votes and tombstone them: never stored
         again, whoever sends them (gossip, sync), also after a restart. The in-memory index
-        keeps their codes until the next start; searches skip them. Returns, per id, whether
+        keeps their codes until a rebuild from LMDB (the next start: the index is then not
+        saved at close); searches skip them. Returns, per id, whether
         anything was stored under it."""
         with self._write_lock:
             found = self.store.forget(exp_ids, why, wire.now_ms())
+            if any(found):
+                self.index_holds_deleted = True
         self.count("forgotten", len(exp_ids))
         return found
 
@@ -695,6 +703,7 @@ class Library:
             item = wire.make_retraction(self.key, exp_id)
             raw = wire.encode_item(item)
             self.store.put_items([raw], decoded=[item])
+            self.index_holds_deleted = True
         self.count("retracted")
         self._publish([raw])
         return item
@@ -795,6 +804,7 @@ class Library:
             elif isinstance(item, wire.Feedback):  # put_items updated its aggregate already
                 self.count("feedback_stored")
             elif isinstance(item, wire.Retraction):  # put_items forgot the experience
+                self.index_holds_deleted = True
                 self.count("retractions_honoured")
         for exp_id in touched:
             self.recompute(exp_id)

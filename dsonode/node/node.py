@@ -359,6 +359,10 @@ class Node:
         if self.store is None or self.index is None or self.embedder is None:
             return
         space = self.embedder.space_id
+        if self.library is not None and self.library.index_holds_deleted:
+            # Rows of deleted experiences are still in it: let the next start rebuild.
+            log.info("index not saved: experiences were deleted; the next start rebuilds it")
+            return
         try:
             stamp = store_stamp(self.store, space, self.embedder.reference)
             if stamp == self._index_stamp:
