@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dsonode.argtypes import SubParsers, bounded_float, bounded_int
-from dsonode.bench.common import report
+from dsonode.bench.common import add_output_args, report
 from dsonode.bench.embed import (
     RESCORE_DEPTH,
     BenchDataError,
@@ -590,6 +590,7 @@ def register(bench_subparsers: SubParsers) -> None:
     )
     p.add_argument("--seed", type=bounded_int(0, 2**31 - 1), default=0)
     p.add_argument("--threads", type=bounded_int(1, 64), default=None)
+    add_output_args(p, "head")
     p.set_defaults(func=_main)
 
 
@@ -615,7 +616,7 @@ def _main(args: argparse.Namespace) -> int:
         args.train_data,
         args.negatives,
     )
-    report(result, args.json)
+    report(result, args.json, args)
     return 0
 
 

@@ -572,6 +572,37 @@ def plot_embed(report: Report, path: Path) -> Path:
     return plot_representations(rows, EMBED_LABELS["encoder"], title, path, [report])
 
 
+HEAD_ROWS = (  # (label, top-level key of the `bench head` report)
+    ("encoder (384-d float)", "encoder_ndcg10"),
+    ("seeded head (7680-d)", "seeded_ndcg10"),
+    ("seeded, prefix 1024", "seeded_prefix1024_ndcg10"),
+    ("seeded, code rescored", "seeded_code_rescored_ndcg10"),
+    ("trained head (7680-d)", "trained_ndcg10"),
+    ("trained, prefix 1024", "trained_prefix1024_ndcg10"),
+    ("trained, code 1-bit", "trained_code_1bit_ndcg10"),
+    ("trained, code rescored", "trained_code_rescored_ndcg10"),
+)
+
+
+def plot_head(report: Report, path: Path) -> Path:
+    """`bench head`: nDCG@10 on the held-out queries per representation, against the seeded
+    head; the trained head carries the paired bootstrap interval the benchmark measured."""
+    ci = report.get("trained_minus_seeded_ci95")
+    rows = [
+        Representation(
+            label,
+            float(_need(report, key)),
+            (float(ci[0]), float(ci[1])) if key == "trained_ndcg10" and ci else None,
+        )
+        for label, key in HEAD_ROWS
+    ]
+    title = (
+        f"Projection head on held-out Vaswani queries ({report.get('held_out_queries', '?')} "
+        f"held out, {report.get('dev_queries', '?')} for training); baseline: the seeded head"
+    )
+    return plot_representations(rows, HEAD_ROWS[1][0], title, path, [report])
+
+
 # ---------------------------------------------------------------------------------- faults
 
 
@@ -695,6 +726,7 @@ FIGURES: tuple[FigureSpec, ...] = (
         ),
     ),
     FigureSpec("embed.png", ("embed.json",), lambda loaded, p: plot_embed(loaded[0][1], p)),
+    FigureSpec("head.png", ("head.json",), lambda loaded, p: plot_head(loaded[0][1], p)),
     FigureSpec("faults.png", ("faults.json",), lambda loaded, p: plot_faults(loaded[0][1], p)),
 )
 
@@ -744,6 +776,8 @@ def plot_report(name: str, report: Report, path: Path) -> Path:
         return plot_simulate(report, path)
     if name == "embed":
         return plot_embed(report, path)
+    if name == "head":
+        return plot_head(report, path)
     if name == "faults":
         return plot_faults(report, path)
     raise PlotDataError(f"no picture is defined for bench {name!r}")
