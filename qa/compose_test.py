@@ -15,8 +15,9 @@ What it does, in order (every wait bounded; the teardown always runs):
    /var/cache/dsonode/wheels; the build itself runs with `--network none`.
 5. Creates the network and containers, fences the bridge (dsonet0) with firewall rules of its
    own (no packet between the containers and the host or anything beyond), starts them.
-6. Checks what the network must guarantee: no container can open another node's socket, and
-   none can reach an address outside the compose network.
+6. Checks what the network must guarantee: no container can open another node's socket or
+   reach the host's bridge address, and every fence rule that closes the way beyond the host
+   is in place (checked on the host: no probe is ever sent to an address beyond this machine).
 7. Adds experiences at node1 over node1's socket inside node1's container, waits until every
    honest node holds each of them with confirmed consensus, and until the Byzantine node's
    reputation has fallen at every honest node.
@@ -67,8 +68,6 @@ EXPERIENCES = (
     ("Check units on both sides of an equation before solving it.", "math"),
     ("Give a tool call its arguments from the last observation, not from memory.", "agents"),
 )
-# An address in TEST-NET-2 (RFC 5737): routed nowhere; a container must not even try.
-OUTSIDE_ADDR = "198.51.100.7"
 
 UP_TIMEOUT_S = 600.0
 CONFIRM_TIMEOUT_S = 240.0
@@ -560,16 +559,17 @@ for name in names:
         result[name] = type(exc).__name__
     finally:
         s.close()
-for label, addr in (("outside", {outside!r}), ("host", {host!r})):
-    out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    out.settimeout(3)
-    try:
-        out.connect((addr, 22))
-        result[label] = "open"
-    except OSError as exc:  # TimeoutError: dropped by the fence; refused would mean it got there
-        result[label] = type(exc).__name__
-    finally:
-        out.close()
+# Only the host's own address on the bridge this run created: no probe ever targets an
+# address beyond this machine (that path is checked on the host: fence rules, forwarding).
+out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+out.settimeout(3)
+try:
+    out.connect(({host!r}, 22))
+    result["host"] = "open"
+except OSError as exc:  # TimeoutError: dropped by the fence; refused would mean it got there
+    result["host"] = type(exc).__name__
+finally:
+    out.close()
 print(json.dumps(result))
 """
 
@@ -591,23 +591,35 @@ print(json.dumps({{"held": held, "stats": {{"network": {{"reputation":
 """
 
 
-def check_isolation(net: Testnet, gateway: str) -> dict[str, Any]:
-    """Every container: its own socket opens, no other node's does; neither an address
-    outside nor the host's bridge address (the containers' default route) answers."""
+def fence_active(bridge: str) -> list[str]:
+    """The fence rules `iptables -C` / `ip6tables -C` do not find (empty: all in place)."""
+    missing = []
+    for fw in FIREWALLS:
+        for rule in fence_rules(bridge):
+            if run([fw, "-C", *rule], check=False, timeout=30).returncode != 0:
+                missing.append(f"{fw} " + " ".join(rule))
+    return missing
+
+
+def check_isolation(net: Testnet, gateway: str, bridge: str) -> dict[str, Any]:
+    """Every container: its own socket opens, no other node's does, and the host's bridge
+    address (the containers' default route) does not answer. The way beyond the host is
+    checked on the host, never by sending anything there: every fence rule is in place."""
     problems, outcomes = [], set()
     for me in SERVICES:
-        probe = SOCKET_PROBE.format(me=me, names=list(SERVICES), outside=OUTSIDE_ADDR, host=gateway)
+        probe = SOCKET_PROBE.format(me=me, names=list(SERVICES), host=gateway)
         seen = net.py(me, probe)
         for name in SERVICES:
             if (seen[name] == "open") != (name == me):
                 problems.append(f"{me} -> {name}.sock: {seen[name]}")
-        for label in ("outside", "host"):
-            outcomes.add(f"{label}: {seen[label]}")
-            if seen[label] == "open":
-                problems.append(f"{me} reached the {label} address")
+        outcomes.add(f"host: {seen['host']}")
+        if seen["host"] == "open":
+            problems.append(f"{me} reached the host address")
+    for rule in fence_active(bridge):
+        problems.append(f"fence rule missing, the way out is not closed: {rule}")
     return {
         "socket_isolation": not any(".sock" in p for p in problems),
-        "network_isolation": not any("reached" in p for p in problems),
+        "network_isolation": not any("reached" in p or "fence" in p for p in problems),
         "network_probes": sorted(outcomes),
         "isolation_problems": problems,
     }
@@ -752,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log("starting the 6 containers (bounded: every node healthy)")
                 net("up", "-d", "--no-build", timeout=600)
                 summary["up_s"] = round(wait_healthy(net, t_up), 1)
-                summary.update(check_isolation(net, str(next(subnet.hosts()))))
+                summary.update(check_isolation(net, str(next(subnet.hosts())), bridge))
                 log("adding experiences at node1; waiting for consensus at every honest node")
                 t_add = time.monotonic()
                 ids = add_experiences(net)
