@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dsonode.bench.common import code_rows, percentile
+from dsonode.bench.common import code_rows, percentile, search_bench_env
 from dsonode.core.constants import DIM
 
 QUERY_TEXTS = [
@@ -109,11 +109,14 @@ def measure_socket_search(n: int, queries: int, k: int = 10, warmup: int = 5) ->
     try:
         data_dir = work / "node"
         t0 = time.perf_counter()
-        with NodeProcess(data_dir) as node, node.client() as c:  # creates the store and key
+        with (
+            NodeProcess(data_dir, env=search_bench_env()) as node,
+            node.client() as c,
+        ):  # creates the store and key
             space_id = c.health()["space_id"]
         populate(data_dir, space_id, n)
         t1 = time.perf_counter()
-        node = NodeProcess(data_dir)
+        node = NodeProcess(data_dir, env=search_bench_env())
         try:
             node.start()  # rebuilds the index from LMDB
             t2 = time.perf_counter()

@@ -224,3 +224,13 @@ def default_vaswani_dir() -> Path:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[2]
     return repo_root.parent / "shared" / "data" / "vaswani"
+
+
+def search_bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a node that a search benchmark starts. The benchmark fills its
+    store with codes of generated authors, which the default trust mode (vouched) would
+    withhold from every answer; these benchmarks time the search path, so the node serves
+    everything (`trust.mode = open`). The trust policy itself is measured by `bench sybil`."""
+    from dsonode.config.settings import setting
+
+    return {**(extra or {}), setting("trust.mode").env: "open"}
