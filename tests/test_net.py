@@ -518,7 +518,11 @@ def test_redial_reconnects_after_peer_restart_on_same_port(tmp_path):
     a_stats = a.last("stats")
     assert a_stats is not None
     dial = next(iter(a_stats["dialer"].values()))
-    assert dial["successes"] >= 2 and dial["failures"] >= 1
+    # A's dials failed while B was down (libp2p's negative cache was in play) and the
+    # reconnection happened (peer_up and the fresh messages above). Whose dial got there first
+    # is a race: A's dialer or its connection manager, which also redials known peers below
+    # its low-water mark; so the dialer's own successes are 1 (the first connection) or 2.
+    assert dial["successes"] >= 1 and dial["failures"] >= 1
 
 
 def test_probe_refuses_non_loopback_and_bad_arguments():
