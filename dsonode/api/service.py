@@ -259,6 +259,11 @@ class RetrievalService:
         self._needs_encoder("submit_rollouts", "submit them at a full node")
         return submit_rollouts(self, p)
 
+    def _embed_runtime(self) -> str:
+        info = getattr(self.library.embedder, "info", None)
+        runtime = info().get("runtime", "torch") if callable(info) else "torch"
+        return str(runtime)
+
     def stats(self, _p: NoParams | None = None) -> dict[str, Any]:
         counts = self.store.counts()
         server = self.server
@@ -273,7 +278,9 @@ class RetrievalService:
             # process's own sys.modules, so a test can check it from outside).
             "role": "light" if self.library.light else "full",
             "torch_loaded": "torch" in sys.modules,
-            # The encoder of search queries (onnx-int8 or torch; none on a light node).
+            # What runs the model: onnx (the lean embedder), torch, or None (a light node).
+            "embed_runtime": None if self.library.light else self._embed_runtime(),
+            # The encoder of search queries (onnx-int8, onnx-fp32 or torch; none when light).
             "query_runtime": getattr(self.library.embedder, "query_runtime", None),
             "indexed": self.library.indexed(),
             "consensus": {"confirmed": self.library.confirmed(), "total": self.library.indexed()},

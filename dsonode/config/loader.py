@@ -88,6 +88,7 @@ class NodeSection:
     threads: int | None
     cpu_threads: int
     query_runtime: str
+    embed_runtime: str
     role: str
     space_id: str  # "" = the default space (light nodes only)
 
@@ -530,6 +531,7 @@ def _finish(
         threads=n["threads"] or None,
         cpu_threads=n["cpu_threads"],
         query_runtime=n["query_runtime"],
+        embed_runtime=n["embed_runtime"],
         role=n["role"],
         space_id=n["space_id"],
     )

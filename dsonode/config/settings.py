@@ -38,6 +38,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 NODE_ROLES = ("full", "light")
 #: Encoder runtimes of search queries (dsonode/embed/runtime.py; codes always use the exact one).
 QUERY_RUNTIMES = ("onnx-int8", "torch")
+#: What runs a full node's model (dsonode/embed/lean.py): "onnx" = the lean embedder, compiled
+#: once per machine, without torch in the node (falls back to torch when it cannot be had);
+#: "torch" = the torch embedder.
+EMBED_RUNTIMES = ("onnx", "torch")
 #: dsonode.core.aggregate.METHODS minus "mean" (not robust: never a network's rule).
 CONSENSUS_METHODS = tuple(m for m in METHODS if m != "mean")
 WEIGHTED_METHODS = tuple(m for m in _WEIGHTED if m in CONSENSUS_METHODS)
@@ -147,6 +151,16 @@ SPEC: tuple[Setting, ...] = (
         "encoder of search queries: onnx-int8 (the onnx extra; else torch) or torch (exact)",
         choices=QUERY_RUNTIMES,
         flag="--query-runtime",
+    ),
+    _s(
+        "node",
+        "embed_runtime",
+        "choice",
+        "onnx",
+        "full node's model: onnx (torch-free, CPU, compiled once per machine; falls back to "
+        "torch) or torch",
+        choices=EMBED_RUNTIMES,
+        flag="--embed-runtime",
     ),
     _s(
         "node",

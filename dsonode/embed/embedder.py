@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
 from dsonode.embed import runtime as _rt
-from dsonode.embed.defaults import DEFAULT_DEVICE, DEFAULT_HEAD_SEED, VALID_DIMS
+from dsonode.embed.defaults import DEFAULT_DEVICE, DEFAULT_HEAD_SEED
 from dsonode.embed.errors import EmbedError, ModelLoadError
 from dsonode.embed.fastpath import FastHead, HadamardSignLinear, fast_head
 from dsonode.embed.head import (
@@ -33,18 +32,20 @@ from dsonode.embed.head import (
     head_weights_sha256,
     load_head,
 )
+from dsonode.embed.inputs import (
+    Progress,
+    clip_for_tokenizer,
+    length_sorted_batches,
+    padded,
+    show_progress,
+    validate_batch_size,
+    validate_dim,
+    validate_texts,
+)
 from dsonode.embed.options import EncoderOptions, read_options
 from dsonode.embed.space import space_id_of  # torch-free: light nodes compute it too
 
 _log = logging.getLogger("dsonode.embed")
-
-#: Bounds on a call (memory guards; callers batch larger work themselves).
-MAX_BATCH_SIZE = 4096
-#: Characters kept per text before tokenisation, per token of max length. Tokenising a
-#: megabyte only to truncate it is wasted work; a token spans far fewer characters than this.
-_CHARS_PER_TOKEN_BOUND = 64
-#: Show a progress bar by default for at least this many texts (when stderr is a terminal).
-_PROGRESS_MIN_TEXTS = 512
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -61,44 +62,12 @@ def _resolve_device(device: str) -> torch.device:
     raise EmbedError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-def _validate_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str | bytes):
-        raise EmbedError("texts must be a sequence of str, not a single str (wrap it in a list)")
-    if not isinstance(texts, Sequence):
-        raise EmbedError(f"texts must be a sequence of str, got {type(texts).__name__}")
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise EmbedError(f"texts[{i}] must be str, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EmbedError(f"texts[{i}] is not valid Unicode text: {exc.reason}") from exc
-    return out
-
-
-def _validate_dim(dim: int | None) -> int:
-    if dim is None:
-        return DIM
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or int(dim) not in VALID_DIMS:
-        raise EmbedError(f"dim must be one of {VALID_DIMS} or None, got {dim!r}")
-    return int(dim)
-
-
 def _cpu_has_native_bf16() -> bool:
     """True where oneDNN runs bfloat16 natively (AVX512-BF16/AMX); elsewhere it is slower."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def _validate_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise EmbedError(f"batch_size must be an int, got {batch_size!r}")
-    if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise EmbedError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
-    return batch_size
 
 
 class Embedder:
@@ -213,21 +182,31 @@ class Embedder:
         return self._load_float_head()[0]
 
     @property
+    def token_pad_id(self) -> int:
+        """The id padded batches are filled with."""
+        return int(self._pad_id)
+
+    @property
     def head_runner(self) -> Any:
         """What runs the head on the exact path: the int8 kernel, or the float32 head."""
         return self._run_head
 
+    def token_ids(self, texts: Sequence[str], kind: str = "document") -> list[list[int]]:
+        """Token ids per text as the encoder sees them (prefix and special tokens included,
+        after truncation)."""
+        return self._tokenize(validate_texts(texts), kind)
+
     def count_tokens(self, texts: Sequence[str], kind: str = "document") -> list[int]:
         """Tokens per text as the encoder sees it (prefix and special tokens included, after
         truncation)."""
-        return [len(ids) for ids in self._tokenize(_validate_texts(texts), kind)]
+        return [len(ids) for ids in self._tokenize(validate_texts(texts), kind)]
 
     def encode_base(
         self, texts: Sequence[str], batch_size: int = 64, kind: str = "document"
     ) -> np.ndarray:
         """(n, hidden_size) float32: the encoder's own L2-normalised pooled vectors."""
-        texts = _validate_texts(texts)
-        batch_size = _validate_batch_size(batch_size)
+        texts = validate_texts(texts)
+        batch_size = validate_batch_size(batch_size)
         out = np.empty((len(texts), self.hidden_size), dtype=np.float32)
         self._run(texts, batch_size, False, out, lambda p: p.cpu().numpy(), kind)
         return out
@@ -249,11 +228,10 @@ class Embedder:
         the encoder's max length are truncated. progress=None shows a bar on a terminal for
         long inputs.
         """
-        texts = _validate_texts(texts)
-        dim = _validate_dim(dim)
-        batch_size = _validate_batch_size(batch_size)
-        if progress is None:
-            progress = len(texts) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+        texts = validate_texts(texts)
+        dim = validate_dim(dim)
+        batch_size = validate_batch_size(batch_size)
+        progress = show_progress(progress, len(texts))
         out = np.empty((len(texts), dim), dtype=np.float32)
         self._run(texts, batch_size, bool(progress), out, lambda p: self._project(p, dim), kind)
         return out
@@ -276,8 +254,8 @@ class Embedder:
             kind = "query" if for_search else "document"
         if not for_search:
             return self.embed([text], dim=dim, batch_size=1, progress=False, kind=kind)[0]
-        dim = _validate_dim(dim)
-        ids = self._tokenize(_validate_texts([text]), kind)[0]
+        dim = validate_dim(dim)
+        ids = self._tokenize(validate_texts([text]), kind)[0]
         if not self._query_prepared:
             self.prepare_query_runtime()
         query = self._query if len(ids) >= _rt.MIN_INT8_TOKENS else None
@@ -370,7 +348,7 @@ class Embedder:
 
     def project(self, base: np.ndarray, dim: int | None = None) -> np.ndarray:
         """Apply the head to encoder vectors from `encode_base` (n, hidden) -> (n, dim)."""
-        dim = _validate_dim(dim)
+        dim = validate_dim(dim)
         base = np.asarray(base, dtype=np.float32)
         if base.ndim != 2 or base.shape[1] != self.hidden_size or not np.isfinite(base).all():
             raise EmbedError(f"base must be a finite (n, {self.hidden_size}) array")
@@ -414,9 +392,7 @@ class Embedder:
     def _tokenize(self, texts: list[str], kind: str = "document") -> list[list[int]]:
         if not texts:
             return []
-        prefix = self.options.prefix(kind)
-        cut = self.max_length * _CHARS_PER_TOKEN_BOUND
-        clipped = [prefix + (t if len(t) <= cut else t[:cut]) for t in texts]
+        clipped = clip_for_tokenizer(texts, self.options.prefix(kind), self.max_length)
         # A fast (Rust) tokenizer mutates its truncation state per call and raises "Already
         # borrowed" when two threads call it at once (the socket server embeds from threads).
         with self._tok_lock:
@@ -441,18 +417,10 @@ class Embedder:
     ) -> None:
         """out[i] = fn(pooled batch)[row] over length-sorted batches, in input order."""
         ids = self._tokenize(texts, kind)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        bar = _Progress(len(ids)) if progress else None
+        bar = Progress(len(ids)) if progress else None
         try:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                rows = [ids[i] for i in idx]
-                width = max(len(r) for r in rows)
-                input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-                mask = np.zeros((len(rows), width), dtype=np.int64)
-                for j, r in enumerate(rows):
-                    input_ids[j, : len(r)] = r
-                    mask[j, : len(r)] = 1
+            for idx in length_sorted_batches(ids, batch_size):
+                input_ids, mask = padded([ids[i] for i in idx], self._pad_id)
                 with self._lock, torch.inference_mode():
                     if self._governor is not None:
                         self._governor.update()
@@ -508,36 +476,6 @@ def _max_length(options: EncoderOptions, folder: Path, tokenizer: Any, config: A
             f"max_length {options.max_length} exceeds what the encoder supports ({bound})"
         )
     return options.max_length
-
-
-class _Progress:
-    """A rich progress bar on stderr (falls back to nothing if rich is missing)."""
-
-    def __init__(self, total: int) -> None:
-        try:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-        except ImportError:  # pragma: no cover - rich is a dependency
-            self._p = None
-            return
-        self._p = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._p.start()
-        self._task = self._p.add_task("embedding", total=total)
-
-    def advance(self, n: int) -> None:
-        if self._p:
-            self._p.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._p:
-            self._p.stop()
 
 
 _CACHE: dict[tuple, Embedder] = {}

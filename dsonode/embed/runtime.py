@@ -126,10 +126,10 @@ def _cached(cache_dir: Path, encoder_sha256: str) -> Path | None:
     return model
 
 
-def _export_and_quantize(torch_model: Any, pad_id: int, dest: Path) -> None:
-    """torch encoder -> float32 ONNX (temporary) -> int8 ONNX at `dest`."""
+def export_float32(torch_model: Any, pad_id: int, dest: Path) -> None:
+    """The torch encoder's token states as a float32 ONNX graph at `dest` (inputs input_ids and
+    attention_mask, output hidden; batch and length dynamic)."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     class _Hidden(torch.nn.Module):
         def __init__(self, model: Any) -> None:
@@ -144,24 +144,37 @@ def _export_and_quantize(torch_model: Any, pad_id: int, dest: Path) -> None:
     ids = torch.full((1, 8), pad_id, dtype=torch.int64)
     mask = torch.ones_like(ids)
     axes = {0: "batch", 1: "tokens"}
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            _Hidden(torch_model).eval(),
+            (ids, mask),
+            str(dest),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["hidden"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+            opset_version=_OPSET,
+            dynamo=False,
+        )
+
+
+def quantize_int8(fp32: Path, dest: Path) -> None:
+    """The int8 query model at `dest` from the float32 graph `fp32` (onnxruntime, no torch)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per output channel: per-tensor scales measured cosine ~0.95 to the exact vector.
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(
-                _Hidden(torch_model).eval(),
-                (ids, mask),
-                str(fp32),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["hidden"],
-                dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
-                opset_version=_OPSET,
-                dynamo=False,
-            )
-        # Per output channel: per-tensor scales measured cosine ~0.95 to the exact vector.
         quantize_dynamic(
             str(fp32), str(Path(tmp) / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8
         )
         os.replace(Path(tmp) / "int8.onnx", dest)
+
+
+def _export_and_quantize(torch_model: Any, pad_id: int, dest: Path) -> None:
+    """torch encoder -> float32 ONNX (temporary) -> int8 ONNX at `dest`."""
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_float32(torch_model, pad_id, fp32)
+        quantize_int8(fp32, dest)
 
 
 def build_or_load(

@@ -53,6 +53,7 @@ from dsonode.store.snapshot import load_index, save_index, snapshot_path, store_
 
 if TYPE_CHECKING:  # the full embedder imports torch: a light node never imports it
     from dsonode.embed.embedder import Embedder as FullEmbedder
+    from dsonode.embed.lean import LeanEmbedder
 
 log = logging.getLogger("dsonode.node")
 
@@ -76,6 +77,7 @@ class NodeConfig:
     quorum: int = default("consensus.quorum")
     cpu_threads: int = default("node.cpu_threads")
     query_runtime: str = default("node.query_runtime")
+    embed_runtime: str = default("node.embed_runtime")
     role: str = default("node.role")  # "light": no encoder (see light_embedder)
     space_id: str = default("node.space_id")  # light nodes: "" = the default space
     feedback_weight: float = default("api.feedback_weight")
@@ -186,6 +188,7 @@ def node_config(cfg: Config) -> NodeConfig:
         quorum=cfg.consensus.quorum,
         cpu_threads=cfg.node.cpu_threads,
         query_runtime=cfg.node.query_runtime,
+        embed_runtime=cfg.node.embed_runtime,
         role=cfg.node.role,
         space_id=cfg.node.space_id,
         feedback_weight=cfg.api.feedback_weight,
@@ -244,7 +247,7 @@ class Node:
         self._index_stamp: dict[str, object] | None = None  # store stamp the index matches
         self.embedder: Embedder | None = None
         #: The loaded model of a full node (the gateway serves it); None on a light node.
-        self.full_embedder: FullEmbedder | None = None
+        self.full_embedder: LeanEmbedder | FullEmbedder | None = None
         self.key: Ed25519PrivateKey | None = None
         self.library: Library | None = None
         self.service: RetrievalService | None = None
@@ -279,18 +282,7 @@ class Node:
                 say("light node: no embedding model")
                 self.embedder = light_embedder(config)
             else:
-                # Imported here, not at the top: it imports torch, which a light node never
-                # loads (ARCHITECTURE.md, the light role).
-                from dsonode.embed.embedder import get_embedder
-
-                say("loading the embedding model")
-                self.full_embedder = get_embedder(
-                    config.encoder, config.head, config.device, config.threads
-                )
-                # The search encoder: built once per machine (~15 s) into the user cache,
-                # which every node there shares (checksummed; see dsonode/embed/runtime.py).
-                say("preparing the query encoder")
-                self.full_embedder.prepare_query_runtime(config.query_runtime)
+                self.full_embedder = full_embedder(config, say)
                 self.embedder = self.full_embedder
             self.store = Store(self.data_dir / STORE_DIR_NAME, space_id=self.embedder.space_id)
             prev = self.store.previous_space_id
@@ -425,6 +417,41 @@ def consensus_rules(config: NodeConfig) -> ConsensusRules:
         committee=config.committee,
         weights=config.consensus_weights,
     )
+
+
+def full_embedder(
+    config: NodeConfig, say: Callable[[str], None] = lambda s: None
+) -> LeanEmbedder | FullEmbedder:
+    """A full node's model: the lean embedder (no torch in this process; compiled once per
+    machine into the user cache, checksummed) unless `embed_runtime` is "torch" or it cannot be
+    had here, then the torch embedder (ARCHITECTURE.md "Lean embedder")."""
+    from dsonode.embed import lean
+
+    if config.embed_runtime == "onnx":
+        say("loading the embedding model (ONNX Runtime)")
+        try:
+            _, _, _, options = lean.compile_key(config.encoder, config.head)
+            reason = lean.unsupported_reason(options, config.device)
+            if reason is not None:
+                raise lean.LeanUnavailable(reason)
+            emb = lean.load_or_compile(config.encoder, config.head, None, config.threads, say)
+        except lean.LeanUnavailable as exc:
+            log.warning("embed_runtime onnx unavailable (%s): loading the torch embedder", exc)
+        else:
+            say("preparing the query encoder")
+            emb.prepare_query_runtime(config.query_runtime)
+            return emb
+    # Imported here, not at the top: it imports torch, which a light node and a lean full node
+    # never load (ARCHITECTURE.md, the light role).
+    from dsonode.embed.embedder import get_embedder
+
+    say("loading the embedding model (torch)")
+    torch_emb = get_embedder(config.encoder, config.head, config.device, config.threads)
+    # The search encoder: built once per machine (~15 s) into the user cache, which every
+    # node there shares (checksummed; see dsonode/embed/runtime.py).
+    say("preparing the query encoder")
+    torch_emb.prepare_query_runtime(config.query_runtime)
+    return torch_emb
 
 
 def light_embedder(config: NodeConfig) -> LightEmbedder:
