@@ -483,9 +483,7 @@ def compile_in_subprocess(
     if cache_dir is not None:
         cmd += ["--cache-dir", str(cache_dir)]
     try:
-        done = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout_s
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise LeanUnavailable(f"compiling took over {timeout_s:.0f} s") from exc
     except OSError as exc:
