@@ -16,6 +16,7 @@ is stopped when `_pair` exits.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,10 @@ LESSONS = [
 ]
 WHILE_DOWN = ("coding", "When a test is flaky, record the seed before retrying it.")
 AFTER = ("ops", "Alert on the symptom users feel, not on every internal cause.")
+#: GossipSub keeps a message for gossip_history (5) heartbeats of 1 s and announces it to new
+#: mesh peers meanwhile (IHAVE): a node that (re)starts later than this can only get it by sync.
+#: A node starts in under a second (the lean embedder), so the tests wait this out.
+GOSSIP_FORGETS_S = 6.5
 
 
 def _config(path: Path, listen: str, peer: str) -> Path:
@@ -99,6 +104,7 @@ def test_late_node_catches_up_through_sync(tmp_path):
         a.start()
         with a.client() as c:
             ids = [c.add_experience(text, domain)["id"] for domain, text in LESSONS]
+        time.sleep(GOSSIP_FORGETS_S)
         b.start()  # after everything was published: gossip cannot bring it any more
         for (_, text), exp_id in zip(LESSONS, ids, strict=True):
             top = wait_until(
@@ -132,6 +138,7 @@ def test_sigkilled_node_keeps_its_data_and_rejoins(tmp_path):
         assert b.proc is not None and b.proc.returncode == -9
         with a.client() as c:
             down_id = c.add_experience(WHILE_DOWN[1], WHILE_DOWN[0])["id"]
+        time.sleep(GOSSIP_FORGETS_S)  # only sync can bring it now
 
         b.start()  # same data directory, same key, same port
         with b.client() as c:

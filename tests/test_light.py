@@ -224,7 +224,9 @@ def test_light_node_next_to_a_full_node(tmp_path, embedder):
         # its raw code as the first consensus, a recomputing node re-encodes the normalised
         # median (same bits, another scale), so they are not compared here.
         assert full_hits[0]["id"] == exp_id and full_hits[0]["similarity"] > 0.5
-        assert (full_stats["role"], full_stats["torch_loaded"]) == ("full", True)
+        # The full node runs the lean embedder: no torch in its process either.
+        assert (full_stats["role"], full_stats["embed_runtime"]) == ("full", "onnx")
+        assert full_stats["torch_loaded"] is False
 
         def voted():
             with full.client() as c:

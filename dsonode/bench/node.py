@@ -10,11 +10,14 @@ paired ingest figure, which must run old and new kernels side by side in one pro
   ``rss_after_load_mb`` once the load stops (a bounded cache levels off, a leak keeps growing:
   ``rss_load_samples_mb`` shows the curve).
 - ``ingest_texts_per_s``: texts/s through the exact path a node embeds an experience with
-  (`Embedder.embed_query` then the BitDelta code), one text per call as the socket and gossip
-  hand them in; ``ingest_texts_per_s_baseline``: the same texts through the previous kernel
-  (the int8 GEMM form of the head's fc2, at the same torch threads), interleaved in rounds
-  in the same process; ``ingest_ratio`` = new / baseline (target >= 2). Their codes are compared
-  byte for byte (``ingest_codes_identical``). ``ingest_socket_texts_per_s`` is the end-to-end
+  (the lean embedder's `embed_query`, else the torch one's, then the BitDelta code), one text
+  per call as the socket and gossip hand them in; ``ingest_texts_per_s_torch``: the torch
+  embedder's exact path; ``ingest_texts_per_s_baseline``: the kernel before issue 16 (torch
+  encoder, the int8 GEMM form of the head's fc2, at the same torch threads), interleaved in
+  rounds in the same process; ``ingest_ratio`` = node path / baseline (target >= 2). The torch
+  path's and the baseline's codes are compared byte for byte (``ingest_codes_identical``); the
+  lean path's sign bits that differ from the torch path's are counted
+  (``ingest_code_bits_differ_mean``/``_max``). ``ingest_socket_texts_per_s`` is the end-to-end
   figure: ``add_experience`` over the socket from ``--clients`` clients (signing, LMDB commit).
 - ``start_to_first_search_s``: from spawning a node on a store of ``--start-n`` items (default
   1,000,000) to its first answered text search over the socket (the int8 query model already
@@ -197,23 +200,47 @@ def measure_memory(
     }
 
 
+def _bits_differ(a: Any, b: Any) -> int:
+    import numpy as np
+
+    xor = np.frombuffer(a[:-4], np.uint8) ^ np.frombuffer(b[:-4], np.uint8)
+    return int(np.unpackbits(xor).sum())
+
+
 def measure_ingest(texts_per_round: int, rounds: int) -> dict[str, Any]:
-    """New exact path vs the previous kernel, interleaved, one text per call."""
+    """The node's exact path (the lean embedder when it can be had) vs the torch path and the
+    kernel before issue 16 (torch encoder, int8 GEMM fc2), interleaved, one text per call."""
     import numpy as np
     import torch
 
     from dsonode.core import bitdelta
+    from dsonode.embed import lean
     from dsonode.embed.embedder import get_embedder
     from dsonode.embed.fastpath import fast_head
 
     emb = get_embedder()
+    try:
+        lean_emb: Any = lean.load_or_compile()
+    except lean.LeanUnavailable as exc:
+        _log(f"lean embedder unavailable ({exc}): the node would run torch")
+        lean_emb = None
     old_head = fast_head(emb.head)  # the int8 GEMM fc2 (today's kernel before this change)
-    new_t, old_t, identical, total = [], [], 0, 0
+    lean_t: list[float] = []
+    new_t, old_t, identical, total, bits = [], [], 0, 0, []
     texts_all = lesson_texts(texts_per_round * rounds + 4, "ingest")
-    for t in texts_all[:4]:  # warm-up both
+    for t in texts_all[:4]:  # warm-up all
         emb.embed_query(t)
+        if lean_emb is not None:
+            lean_emb.embed_query(t)
     for r in range(rounds):
         texts = texts_all[4 + r * texts_per_round : 4 + (r + 1) * texts_per_round]
+        lean_codes = []
+        if lean_emb is not None:
+            t0 = time.perf_counter()
+            lean_codes = [
+                bitdelta.encode(lean_emb.embed_query(t), ref=emb.reference) for t in texts
+            ]
+            lean_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         new_codes = [bitdelta.encode(emb.embed_query(t), ref=emb.reference) for t in texts]
         new_t.append(time.perf_counter() - t0)
@@ -228,15 +255,22 @@ def measure_ingest(texts_per_round: int, rounds: int) -> dict[str, Any]:
             old_codes.append(bitdelta.encode(vec, ref=emb.reference))
         old_t.append(time.perf_counter() - t0)
         identical += sum(a == b for a, b in zip(new_codes, old_codes, strict=True))
+        bits += [_bits_differ(a, b) for a, b in zip(lean_codes, new_codes, strict=False)]
         total += len(texts)
-    rate = texts_per_round / statistics.median(new_t)
+    torch_rate = texts_per_round / statistics.median(new_t)
     base_rate = texts_per_round / statistics.median(old_t)
+    rate = texts_per_round / statistics.median(lean_t) if lean_t else torch_rate
     return {
         "ingest_texts_per_s": round(rate, 1),
+        "ingest_runtime": "onnx" if lean_t else "torch",
+        "ingest_texts_per_s_torch": round(torch_rate, 1),
         "ingest_texts_per_s_baseline": round(base_rate, 1),
         "ingest_ratio": round(rate / base_rate, 2),
         "ingest_codes_identical": f"{identical}/{total}",
-        "ingest_round_s": [round(x, 2) for x in new_t],
+        "ingest_code_bits_differ_mean": round(float(np.mean(bits)), 2) if bits else None,
+        "ingest_code_bits_differ_max": max(bits) if bits else None,
+        "ingest_round_s": [round(x, 2) for x in (lean_t or new_t)],
+        "ingest_round_s_torch": [round(x, 2) for x in new_t],
         "ingest_round_s_baseline": [round(x, 2) for x in old_t],
     }
 
