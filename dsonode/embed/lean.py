@@ -505,8 +505,12 @@ def load_or_compile(
     try:
         return load(encoder, head, cache_dir, threads)
     except LeanUnavailable as exc:
+        import importlib.util
+
         if not available():
             raise
+        if importlib.util.find_spec("torch") is None:
+            raise LeanUnavailable(f"{exc}; compiling needs torch, which is not installed") from exc
         if say is not None:
             say(f"compiling the embedding model for ONNX Runtime, once per machine ({exc})")
     compile_in_subprocess(encoder, head, cache_dir)

@@ -300,6 +300,9 @@ class Node:
                 snapshot_path(self.store.path, self.embedder.space_id),
                 say,
             )
+            # The rebuild read every record: keep those pages in the page cache, not in the
+            # node's resident memory (Store.release_mapped_pages).
+            self.store.release_mapped_pages()
             self.library = Library(
                 store=self.store,
                 index=self.index,
@@ -441,6 +444,13 @@ def full_embedder(
             say("preparing the query encoder")
             emb.prepare_query_runtime(config.query_runtime)
             return emb
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:  # e.g. the container image (no torch in it)
+        raise NodeError(
+            "the lean embedder could not be loaded (see the warning above) and torch is not "
+            "installed: install torch, or repair the compiled model ($DSONODE_CACHE_DIR)"
+        )
     # Imported here, not at the top: it imports torch, which a light node and a lean full node
     # never load (ARCHITECTURE.md, the light role).
     from dsonode.embed.embedder import get_embedder
