@@ -200,13 +200,13 @@ def _proc_cpu_s(pid: int) -> float:
 def run(args: argparse.Namespace) -> int:
     import httpx
 
-    from dsonode.embed import get_embedder
+    from dsonode.embed.lean import load_model
 
     for name in ("texts", "clients", "per_request", "singles", "repeats"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     texts, source = load_texts(args.texts)
-    embedder = get_embedder()
+    embedder = load_model()  # what the gateway process runs too (the lean embedder by default)
     gw = GatewayProcess(args.max_wait_ms)
     n = len(texts)
     try:

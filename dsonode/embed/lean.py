@@ -515,3 +515,42 @@ def load_or_compile(
             say(f"compiling the embedding model for ONNX Runtime, once per machine ({exc})")
     compile_in_subprocess(encoder, head, cache_dir)
     return load(encoder, head, cache_dir, threads)
+
+
+def load_model(
+    encoder: str | Path | None = None,
+    head: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    runtime: str = "onnx",
+    say: Any = None,
+) -> Any:
+    """What a node or a gateway embeds with: the lean embedder when `runtime` is "onnx" and it
+    can be had here (compiling it first if needed), else the torch `Embedder` (imported only
+    then). A lean failure is logged with its reason before torch loads; with no torch
+    installed either, ModelLoadError says both."""
+    if runtime not in ("onnx", "torch"):
+        raise ModelLoadError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
+    reason = None
+    if runtime == "onnx":
+        try:
+            _, _, _, options = compile_key(encoder, head)
+            unsupported = unsupported_reason(options, device)
+            if unsupported is not None:
+                raise LeanUnavailable(unsupported)
+            return load_or_compile(encoder, head, None, threads, say)
+        except LeanUnavailable as exc:
+            reason = str(exc)
+            log.warning("the lean embedder is unavailable (%s): loading the torch embedder", exc)
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:  # e.g. the container image (no torch in it)
+        raise ModelLoadError(
+            f"the lean embedder cannot be loaded ({reason}) and torch is not installed: "
+            "install torch, or repair the compiled model ($DSONODE_CACHE_DIR)"
+        )
+    from dsonode.embed.embedder import get_embedder
+
+    if say is not None:
+        say("loading the embedding model (torch)")
+    return get_embedder(encoder, head, device, threads)

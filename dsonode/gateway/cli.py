@@ -44,7 +44,14 @@ def register(subparsers: SubParsers) -> None:
         default=DEFAULT_DEVICE,
         help=f"auto, cpu or cuda[:N] (default: {DEFAULT_DEVICE})",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None, help="encoder intra-op threads")
+    p.add_argument(
+        "--embed-runtime",
+        default="onnx",
+        choices=["onnx", "torch"],
+        help="onnx: the lean embedder (no torch; compiled once per machine; falls back to "
+        "torch), torch: the torch embedder",
+    )
     p.add_argument(
         "--max-batch",
         type=int,
@@ -116,10 +123,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     )
     import trio
 
-    from dsonode.embed import get_embedder
+    from dsonode.embed.lean import load_model
     from dsonode.gateway.app import serve_gateway
 
-    embedder = get_embedder(args.encoder, args.head, device=args.device, threads=args.threads)
+    embedder = load_model(
+        args.encoder, args.head, args.device, args.threads, args.embed_runtime, say=None
+    )
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -430,38 +430,16 @@ def full_embedder(
     had here, then the torch embedder (ARCHITECTURE.md "Lean embedder")."""
     from dsonode.embed import lean
 
-    if config.embed_runtime == "onnx":
-        say("loading the embedding model (ONNX Runtime)")
-        try:
-            _, _, _, options = lean.compile_key(config.encoder, config.head)
-            reason = lean.unsupported_reason(options, config.device)
-            if reason is not None:
-                raise lean.LeanUnavailable(reason)
-            emb = lean.load_or_compile(config.encoder, config.head, None, config.threads, say)
-        except lean.LeanUnavailable as exc:
-            log.warning("embed_runtime onnx unavailable (%s): loading the torch embedder", exc)
-        else:
-            say("preparing the query encoder")
-            emb.prepare_query_runtime(config.query_runtime)
-            return emb
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:  # e.g. the container image (no torch in it)
-        raise NodeError(
-            "the lean embedder could not be loaded (see the warning above) and torch is not "
-            "installed: install torch, or repair the compiled model ($DSONODE_CACHE_DIR)"
-        )
-    # Imported here, not at the top: it imports torch, which a light node and a lean full node
-    # never load (ARCHITECTURE.md, the light role).
-    from dsonode.embed.embedder import get_embedder
-
-    say("loading the embedding model (torch)")
-    torch_emb = get_embedder(config.encoder, config.head, config.device, config.threads)
-    # The search encoder: built once per machine (~15 s) into the user cache, which every
-    # node there shares (checksummed; see dsonode/embed/runtime.py).
+    say(f"loading the embedding model ({config.embed_runtime})")
+    emb = lean.load_model(
+        config.encoder, config.head, config.device, config.threads, config.embed_runtime, say
+    )
+    # The search encoder: part of the lean folder, or built once per machine (~15 s) into the
+    # user cache for the torch embedder (checksummed; see dsonode/embed/runtime.py).
     say("preparing the query encoder")
-    torch_emb.prepare_query_runtime(config.query_runtime)
-    return torch_emb
+    emb.prepare_query_runtime(config.query_runtime)
+    model: LeanEmbedder | FullEmbedder = emb
+    return model
 
 
 def light_embedder(config: NodeConfig) -> LightEmbedder:
