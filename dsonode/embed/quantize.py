@@ -45,12 +45,16 @@ from typing import Any
 import numpy as np
 
 #: Version of this recipe: part of the query model's cache key (a change rebuilds it).
-RECIPE = "dso/query-onnx-int8/v2-smooth0.8-fp32down2"
+RECIPE = "dso/query-onnx-int8/v2-smooth0.8-floor0.5-fp32down1"
 #: Migration strength of the smoothing (0 = none into the weights' side... 1 = all); swept on
 #: rollout sentences: 0.5 -> 0.0021, 0.8 -> 0.0019, 0.9 -> 0.0021, 1.0 -> 0.0028 mean error.
 SMOOTH_ALPHA = 0.8
 #: Feed-forward down-projections kept in float32, counted from the input side.
-FLOAT_DOWN_PROJECTIONS = 2
+FLOAT_DOWN_PROJECTIONS = 1
+#: A channel's calibrated amax(|X|) is raised to at least this fraction of the median
+#: channel's: a channel that happened to stay small on the calibration sentences must not be
+#: amplified by 1/s into a new outlier on other text (mean error 0.0025 -> 0.0018 measured).
+AMAX_FLOOR = 0.5
 #: Bounds of the smoothing factor (a dead channel must not blow up its weight row).
 _MIN_FACTOR, _MAX_FACTOR = 1e-3, 1e3
 #: Floor of amax(|X|) and amax(|W|) (avoids 0 ** alpha).
@@ -255,7 +259,8 @@ def smooth(model: Any, amax: dict[str, np.ndarray], alpha: float) -> None:
         if any(w.shape[0] != amax[x].shape[0] for w in weights):
             raise QuantizeError(f"the weights fed by {x} do not match its channels")
         w_amax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-        factor = np.maximum(amax[x], _EPS) ** alpha / np.maximum(w_amax, _EPS) ** (1.0 - alpha)
+        x_amax = np.maximum(amax[x], AMAX_FLOOR * float(np.median(amax[x])))
+        factor = np.maximum(x_amax, _EPS) ** alpha / np.maximum(w_amax, _EPS) ** (1.0 - alpha)
         factor = np.clip(factor, _MIN_FACTOR, _MAX_FACTOR).astype(np.float32)
         inverse = f"{x}/smooth_inverse"
         model.graph.initializer.append(numpy_helper.from_array(1.0 / factor, inverse))
