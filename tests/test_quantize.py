@@ -177,3 +177,23 @@ def test_quantizing_imports_no_torch(tiny, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert dest.stat().st_size > 0
+
+
+def test_bench_reads_rollout_sentences_and_refuses_other_files(tmp_path):
+    from dsonode.bench.embed import BenchDataError
+    from dsonode.bench.quantize import rollout_sentences
+
+    rows = [
+        {"prompt": "Sort the list.", "response": "Use sorted().\n\nCheck  the keys."},
+        {"prompt": "Sort the list.", "response": [{"role": "user", "content": "Weather?"}]},
+    ]
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert rollout_sentences(tmp_path) == [
+        "Sort the list.",
+        "Use sorted().",
+        "Check the keys.",
+        "Weather?",
+    ]
+    (tmp_path / "b.jsonl").write_text('{"prompt": "no response"}\n')
+    with pytest.raises(BenchDataError, match=r"b\.jsonl:1"):
+        rollout_sentences(tmp_path)

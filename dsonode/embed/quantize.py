@@ -1,34 +1,37 @@
-"""The int8 query encoder's quantisation recipe: smoothed dynamic int8, two layers kept float.
+"""The int8 query encoder's quantisation recipe: smoothed dynamic int8, one layer kept float.
 
 ONNX Runtime's dynamic quantisation gives every MatMul int8 weights (one scale per output
 channel) and quantises its input at run time with ONE scale for the whole tensor. A BERT-style
 encoder's activations have a few channels ~10x larger than the rest (after the LayerNorms and
-the GELU of the feed-forward block), so that one scale leaves the other channels only a few
-levels: that, not the weights, was the int8 encoder's error (BENCHMARKS.md, "query path":
-block-wise int8 weights computed in float lost 20x less than the per-channel int8 MatMuls).
+the GELU of the feed-forward block), so that one scale leaves the other channels few levels:
+that, not the weights, was the int8 encoder's error (BENCHMARKS.md, "query path": int8
+weights in blocks of 32 computed in float lost 50x less than the per-channel int8 MatMuls).
 
-The recipe (measured on this machine, BENCHMARKS.md "query path", recipe v2):
+The recipe (RECIPE; every figure from BENCHMARKS.md "query path", "Quantisation recipe"):
 
-1. **Smoothing** (as in SmoothQuant): for every MatMul with a constant weight W (K x N) and
-   input X, a per-input-channel factor s = amax(X)^alpha / amax(W row)^(1 - alpha) moves range
-   from the activation into the weight: X W = (X / s) (s W). A Mul by 1/s is inserted before
-   the MatMul (one element-wise pass over X, ~1% of a query's time) and W's rows are scaled by
-   s, so the float32 graph computes the same function (to float rounding) while X / s has no
-   outlier channels for the per-tensor int8 scale. amax(X) is the per-channel maximum of |X|
-   over the calibration token sequences; alpha = SMOOTH_ALPHA. Mean error (1 - cosine to the
-   exact pooled vector) on 400 sentences: 0.0071 unsmoothed, 0.0019 smoothed.
-2. **Two MatMuls stay float32**: the feed-forward down-projections (K > N) of the first
-   FLOAT_DOWN_PROJECTIONS layers, the most sensitive nodes left after smoothing (per-node
-   sensitivity: each removes ~14% of the remaining error; every other MatMul < 4%).
+1. **Smoothing** (the SmoothQuant idea): for every MatMul with a constant weight W (K x N)
+   and input X, a per-input-channel factor s = amax(X)^alpha / amax(W row)^(1 - alpha) moves
+   range from the activation into the weight: X W = (X / s)(s W). A Mul by 1/s is inserted
+   before the MatMul (one element-wise pass) and W's rows are scaled by s: the float32 graph
+   computes the same function to float rounding, while X / s has no outlier channel left for
+   the per-tensor scale. amax(X) is the per-channel max |X| over CALIBRATION_TEXTS, raised to
+   at least AMAX_FLOOR x the median channel's; alpha = SMOOTH_ALPHA.
+2. **One MatMul stays float32**: the first feed-forward down-projection (K > N), the most
+   sensitive node left after smoothing (per-node sensitivity: ~14% of the remaining error
+   each for the first two down-projections, every other MatMul < 4%).
 3. The rest as before: `quantize_dynamic`, weights QInt8 per channel, activations QUInt8
-   (the only dynamic activation type), no reduced range (7-bit weights lost more), embedding
-   tables int8 too (keeping them float gained 4% for 36 MB more).
+   (dynamic quantisation's only activation type), full 8-bit range, embedding tables int8.
 
-Rejected, measured side by side: reduce_range (worse), QUInt8 weights (same error, 1.5x
-slower), MatMulNBits 8-bit with int8 compute (error 0.00035 but 1.8x slower than int8),
-4-bit MatMulNBits (error 0.033), smoothing calibrated on random token ids (no better than no
-smoothing: outlier channels come from real text structure), fewer than ~32 calibration
-sequences (channels unseen in calibration get amplified: error 0.02).
+Mean error (1 - cosine to the exact pooled vector) on example-rollout sentences: 0.0072 for
+the previous recipe (v1), 0.0015 for this one; on Vaswani's 93 queries (measured once, never
+tuned on) min cosine 0.9973 vs 0.9898 and nDCG@10 +0.0010 vs -0.0050 against the exact path,
+for ~1.1x v1's CPU time per query.
+
+Rejected, measured side by side: reduce_range (worse), QUInt8 weights (same error, slower),
+MatMulNBits 8-bit with int8 compute (error 0.00035 but ~1.4-1.8x slower), 4-bit MatMulNBits
+(error 0.033), ONNX Runtime's transformer fusions (no faster), smoothing calibrated on random
+token ids (no better than none: outlier channels follow real text), fewer than ~32
+calibration sentences without the floor (unseen channels get amplified: error 0.02).
 
 No torch here (the optional `[onnx]` extra only): the caller exports the float32 graph and
 tokenises CALIBRATION_TEXTS (as queries) with the encoder's tokenizer.
@@ -46,8 +49,9 @@ import numpy as np
 
 #: Version of this recipe: part of the query model's cache key (a change rebuilds it).
 RECIPE = "dso/query-onnx-int8/v2-smooth0.8-floor0.5-fp32down1"
-#: Migration strength of the smoothing (0 = none into the weights' side... 1 = all); swept on
-#: rollout sentences: 0.5 -> 0.0021, 0.8 -> 0.0019, 0.9 -> 0.0021, 1.0 -> 0.0028 mean error.
+#: Migration strength of the smoothing (0: all range stays on the activations, 1: all moves
+#: to the weights); swept on rollout sentences (before the floor): 0.5 -> 0.0021, 0.8 -> 0.0019, 0.9 -> 0.0021,
+#: 1.0 -> 0.0028 mean error.
 SMOOTH_ALPHA = 0.8
 #: Feed-forward down-projections kept in float32, counted from the input side.
 FLOAT_DOWN_PROJECTIONS = 1
