@@ -75,7 +75,7 @@ def rollout_sentences(folder: Path) -> list[str]:
     return list(seen)
 
 
-def _export(emb: Embedder, dest: Path) -> None:
+def export_fp32(emb: Embedder, dest: Path) -> None:
     """The encoder's last hidden state as a float32 ONNX graph (inputs input_ids,
     attention_mask), as the query path exports it."""
     import torch
@@ -107,7 +107,7 @@ def _export(emb: Embedder, dest: Path) -> None:
         )
 
 
-def _query_ids(emb: Embedder, texts: list[str]) -> list[list[int]]:
+def query_ids(emb: Embedder, texts: list[str]) -> list[list[int]]:
     prefix = emb.options.prefix("query")
     enc = emb.tokenizer(
         [prefix + t for t in texts], truncation=True, max_length=emb.max_length, padding=False
@@ -115,7 +115,7 @@ def _query_ids(emb: Embedder, texts: list[str]) -> list[list[int]]:
     return [list(map(int, ids)) for ids in enc["input_ids"]]
 
 
-class _Session:
+class QuerySession:
     """One candidate model as the query path runs it: 1 intra-op thread, no spinning, full
     graph optimisation, mean pooling in numpy."""
 
@@ -176,7 +176,7 @@ def _cosines(got: np.ndarray, exact: np.ndarray) -> dict[str, float]:
 
 
 def _vaswani(
-    emb: Embedder, sessions: dict[str, _Session], data: Path, min_tokens: int
+    emb: Embedder, sessions: dict[str, QuerySession], data: Path, min_tokens: int
 ) -> dict[str, Any]:
     """nDCG@10 of each candidate's search path (int8 pooled vector -> the head) against the
     exact path (emb.embed), over the full collection."""
@@ -184,7 +184,7 @@ def _vaswani(
     native = emb.embed(docs)
     q_native = emb.embed(queries)
     exact_pooled = emb.encode_base(queries, kind="query")
-    ids = _query_ids(emb, queries)
+    ids = query_ids(emb, queries)
     names = np.asarray(doc_ids)
     exact_top = top_k_dense(q_native, native, 10)
     nd_exact, _ = ndcg_recall_at_k([list(names[r]) for r in exact_top], q_ids, qrels)
@@ -227,7 +227,7 @@ def run(
         texts = [t for t in rollout_sentences(folder) if t not in calibration_texts]
         texts = [
             t
-            for t, i in zip(texts, _query_ids(emb, texts), strict=True)
+            for t, i in zip(texts, query_ids(emb, texts), strict=True)
             if len(i) >= rt.MIN_INT8_TOKENS
         ]
         if not texts:
@@ -238,14 +238,14 @@ def run(
             pick = np.random.default_rng(0).choice(len(texts), MAX_TEXTS, replace=False)
             texts = [texts[i] for i in sorted(pick)]
         sets[name] = texts
-    calibration = _query_ids(emb, list(q.CALIBRATION_TEXTS))
+    calibration = query_ids(emb, list(q.CALIBRATION_TEXTS))
     with tempfile.TemporaryDirectory(prefix="dso-bench-quantize-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         t = time.perf_counter()
-        _export(emb, fp32)
+        export_fp32(emb, fp32)
         export_s = time.perf_counter() - t
         built = build_candidates(fp32, Path(tmp), calibration)
-        sessions = {name: _Session(path) for name, (path, _) in built.items()}
+        sessions = {name: QuerySession(path) for name, (path, _) in built.items()}
         result: dict[str, Any] = {
             "benchmark": "quantize",
             "recipe": q.RECIPE,
@@ -258,13 +258,13 @@ def run(
         }
         for set_name, texts in sets.items():
             exact = emb.encode_base(texts, kind="query")
-            ids = _query_ids(emb, texts)
+            ids = query_ids(emb, texts)
             for name, session in sessions.items():
                 got = np.stack([session.pooled(i) for i in ids])
                 result["candidates"][name][f"cosine_{set_name}"] = _cosines(got, exact)
             result[f"texts_{set_name}"] = len(texts)
         # Latency: the same texts through every candidate, interleaved text by text.
-        ids = _query_ids(emb, sets["rollouts"])
+        ids = query_ids(emb, sets["rollouts"])
         pick = np.random.default_rng(1).choice(
             len(ids), min(latency_texts, len(ids)), replace=False
         )

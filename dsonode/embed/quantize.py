@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,14 @@ class QuantizeError(RuntimeError):
     """The query model could not be quantised (bad input graph or calibration)."""
 
 
+#: The encoder graph's inputs for one unpadded sequence of token ids.
+_FEEDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "input_ids": lambda ids: ids,
+    "attention_mask": np.ones_like,
+    "token_type_ids": np.zeros_like,
+}
+
+
 def _validate_calibration(calibration_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
     n = len(calibration_ids)
     if not MIN_CALIBRATION <= n <= MAX_CALIBRATION:
@@ -237,10 +246,12 @@ def activation_amax(model: Any, calibration: list[np.ndarray]) -> dict[str, np.n
     )
     names = [o.name for o in session.get_outputs()]
     feeds = [i.name for i in session.get_inputs()]
+    unknown = set(feeds) - set(_FEEDS)
+    if "input_ids" not in feeds or unknown:
+        raise QuantizeError(f"the graph's inputs {feeds} are not an encoder's ({sorted(_FEEDS)})")
     amax: dict[str, np.ndarray] = {}
     for ids in calibration:
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        outs = dict(zip(names, session.run(None, {k: feed[k] for k in feeds}), strict=True))
+        outs = dict(zip(names, session.run(None, {k: _FEEDS[k](ids) for k in feeds}), strict=True))
         for name in inputs:
             x = np.abs(np.asarray(outs[name], dtype=np.float32))
             m = x.reshape(-1, x.shape[-1]).max(axis=0)
@@ -254,11 +265,14 @@ def smooth(model: Any, amax: dict[str, np.ndarray], alpha: float) -> None:
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    uses = Counter(name for node in model.graph.node for name in node.input)
     groups: dict[str, list[Any]] = {}
     for node in _weight_matmuls(model):
         groups.setdefault(node.input[0], []).append(node)
     inserted: dict[str, Any] = {}
     for x, nodes in groups.items():
+        if any(uses[n.input[1]] != 1 for n in nodes):
+            continue  # a weight shared with another node cannot be rescaled for this input
         weights = [numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes]
         if any(w.shape[0] != amax[x].shape[0] for w in weights):
             raise QuantizeError(f"the weights fed by {x} do not match its channels")
@@ -313,18 +327,23 @@ def quantize_query_model(
     for i, node in enumerate(matmuls):  # nodes_to_exclude matches by name
         node.name = node.name or f"dso_weight_matmul_{i}"
     keep_float = down_projections(model)[: max(0, float_down_projections)]
-    if alpha > 0.0:
-        smooth(model, activation_amax(model, calibration), alpha)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        smoothed, out = Path(tmp) / "smoothed.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(model, str(smoothed))
-        quantize_dynamic(
-            str(smoothed),
-            str(out),
-            per_channel=True,
-            reduce_range=False,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=keep_float,
-        )
-        os.replace(out, dest)
+    try:
+        if alpha > 0.0:
+            smooth(model, activation_amax(model, calibration), alpha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            smoothed, out = Path(tmp) / "smoothed.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(model, str(smoothed))
+            quantize_dynamic(
+                str(smoothed),
+                str(out),
+                per_channel=True,
+                reduce_range=False,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep_float,
+            )
+            os.replace(out, dest)
+    except QuantizeError:
+        raise
+    except Exception as exc:  # onnxruntime and onnx raise their own exception types
+        raise QuantizeError(f"cannot quantise {fp32_onnx}: {exc}") from exc
