@@ -8,10 +8,13 @@ output channel on every MatMul: the recipe before dsonode/embed/quantize.py), `v
 vector to the exact torch vector on sentences of the repository's example rollouts
 (examples/rollouts, main and heldout sets, texts of at least the query path's int8 threshold
 in tokens) and, as the `short` set, the shorter ones with SHORT_QUERIES (today these take the
-exact encoder); none of them a calibration sentence or a Vaswani text. Latency: ms per text at batch 1, one intra-op thread, the candidates
-interleaved text by text, medians of wall time and of the thread's CPU time (steadier than
-wall time on a shared machine: a descheduled run does not count). With `--data DIR` the Vaswani collection is embedded on the
-exact path and each candidate's search-path nDCG@10 is compared with the exact path's.
+exact encoder); none of them a calibration sentence or a Vaswani text.
+
+Latency: ms per text at batch 1, one intra-op thread, the candidates interleaved text by
+text, medians of wall time and of the thread's CPU time (steadier than wall time on a shared
+machine: a descheduled run does not count). With `--data DIR` the Vaswani collection is
+embedded on the exact path and each candidate's search-path nDCG@10 is compared with the
+exact path's.
 """
 
 from __future__ import annotations
