@@ -48,14 +48,18 @@ def test_cache_is_reused_and_a_corrupted_model_is_rebuilt(emb_with_query):
     model, sidecar = rt.cache_paths(cache, emb.encoder_sha256)
     meta = json.loads(sidecar.read_text())
     assert meta["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
-    path, built = rt.build_or_load(emb.model, 0, emb.encoder_sha256, cache)
+    path, built = rt.build_or_load(
+        emb.model, 0, emb.encoder_sha256, cache, rt.calibration_ids(emb.token_ids)
+    )
     assert (path, built) == (model, False)
     with model.open("r+b") as f:  # flip one byte: the checksum no longer matches
         f.seek(1000)
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    path, built = rt.build_or_load(emb.model, 0, emb.encoder_sha256, cache)
+    path, built = rt.build_or_load(
+        emb.model, 0, emb.encoder_sha256, cache, rt.calibration_ids(emb.token_ids)
+    )
     assert built
     assert (
         json.loads(sidecar.read_text())["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()

@@ -41,6 +41,7 @@ from dsonode.embed.embedder import Embedder
 from dsonode.embed.errors import ModelLoadError
 from dsonode.embed.fastpath import FastHead, HadamardSignLinear
 from dsonode.embed.numpy_head import load_post, save_post
+from dsonode.embed.quantize import QuantizeError
 
 #: Texts the compiled folder is checked on (not from any benchmark's data).
 FIDELITY_TEXTS = (
@@ -181,7 +182,9 @@ def _build(emb: Embedder, key: dict[str, Any], work: Path, say: Callable[[str], 
     say("exporting the encoder (float32)")
     _rt.export_float32(emb.model, emb.token_pad_id, work / "encoder.onnx")
     say("quantising the query encoder (int8)")
-    _rt.quantize_int8(work / "encoder.onnx", work / "query-int8.onnx")
+    _rt.quantize_int8(
+        work / "encoder.onnx", work / "query-int8.onnx", _rt.calibration_ids(emb.token_ids)
+    )
     say("exporting the head")
     _export_head_pre(emb, work / "head-pre.onnx")
     save_post(work / "head-post.npz", _post_arrays(emb))
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         folder, manifest = compile_model(args.encoder, args.head, args.cache_dir, say)
-    except (lean.LeanUnavailable, ModelLoadError, OSError) as exc:
+    except (lean.LeanUnavailable, ModelLoadError, QuantizeError, OSError) as exc:
         print(f"dsonode: cannot compile the lean embedder: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -308,9 +308,10 @@ class Embedder:
             return self.query_runtime
         folder = cache_dir if cache_dir is not None else _rt.default_cache_dir()
         try:
+            calibration = _rt.calibration_ids(self.token_ids)
             with self._lock:  # the export runs the torch model
                 path, built = _rt.build_or_load(
-                    self.model, self._pad_id, self.encoder_sha256, folder
+                    self.model, self._pad_id, self.encoder_sha256, folder, calibration
                 )
             query = _rt.OnnxQueryEncoder(path, _rt.QUERY_THREADS)
             probes = list(_rt.PROBES)

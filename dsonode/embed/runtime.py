@@ -32,14 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from dsonode.embed.quantize import CALIBRATION_TEXTS
+from dsonode.embed.quantize import RECIPE as QUANT_RECIPE
+
 log = logging.getLogger("dsonode.embed.runtime")
 
 #: Query encoder runtimes: "onnx-int8" (falls back to "torch" when it cannot be built), or
 #: "torch" (the exact encoder for queries too).
 QUERY_RUNTIMES = ("onnx-int8", "torch")
-#: Version of the build recipe below (export settings, quantisation options): part of the
-#: cache key, so a change rebuilds every cached model.
-RECIPE = "dso/query-onnx-int8/v1"
+#: Version of the build recipe (the export here, the quantisation in dsonode.embed.quantize):
+#: part of the cache key, so a change rebuilds every cached model.
+RECIPE = f"{QUANT_RECIPE}+export-opset17"
 #: The gate on fixed probe sentences: every probe's cosine between the int8 and the exact pooled
 #: vector at least MIN_PROBE_COSINE, their mean at least MIN_MEAN_COSINE.
 MIN_PROBE_COSINE = 0.985
@@ -157,28 +160,36 @@ def export_float32(torch_model: Any, pad_id: int, dest: Path) -> None:
         )
 
 
-def quantize_int8(fp32: Path, dest: Path) -> None:
-    """The int8 query model at `dest` from the float32 graph `fp32` (onnxruntime, no torch)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(fp32: Path, dest: Path, calibration_ids: list[list[int]]) -> None:
+    """The int8 query model at `dest` from the float32 graph `fp32` (dsonode.embed.quantize's
+    recipe; `calibration_ids`: its CALIBRATION_TEXTS tokenised as queries). No torch."""
+    from dsonode.embed.quantize import quantize_query_model
 
-    # Per output channel: per-tensor scales measured cosine ~0.95 to the exact vector.
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        quantize_dynamic(
-            str(fp32), str(Path(tmp) / "int8.onnx"), per_channel=True, weight_type=QuantType.QInt8
-        )
-        os.replace(Path(tmp) / "int8.onnx", dest)
+    quantize_query_model(fp32, dest, calibration_ids)
 
 
-def _export_and_quantize(torch_model: Any, pad_id: int, dest: Path) -> None:
+def calibration_ids(tokenize: Any) -> list[list[int]]:
+    """The recipe's calibration sentences as token ids (`tokenize(texts, kind)`)."""
+    ids: list[list[int]] = tokenize(list(CALIBRATION_TEXTS), "query")
+    return ids
+
+
+def _export_and_quantize(
+    torch_model: Any, pad_id: int, dest: Path, calibration: list[list[int]]
+) -> None:
     """torch encoder -> float32 ONNX (temporary) -> int8 ONNX at `dest`."""
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         export_float32(torch_model, pad_id, fp32)
-        quantize_int8(fp32, dest)
+        quantize_int8(fp32, dest, calibration)
 
 
 def build_or_load(
-    torch_model: Any, pad_id: int, encoder_sha256: str, cache_dir: Path
+    torch_model: Any,
+    pad_id: int,
+    encoder_sha256: str,
+    cache_dir: Path,
+    calibration: list[list[int]],
 ) -> tuple[Path, bool]:
     """(path of the int8 model, True if built now). Raises QueryRuntimeError."""
     if not available():
@@ -195,7 +206,7 @@ def build_or_load(
             found = _cached(cache_dir, encoder_sha256)
             if found is not None:
                 return found, False
-            _build(torch_model, pad_id, encoder_sha256, model, sidecar)
+            _build(torch_model, pad_id, encoder_sha256, model, sidecar, calibration)
     except QueryRuntimeError:
         raise
     except Exception as exc:  # export/quantisation failures come in many types
@@ -203,10 +214,17 @@ def build_or_load(
     return model, True
 
 
-def _build(torch_model: Any, pad_id: int, encoder_sha256: str, model: Path, sidecar: Path) -> None:
+def _build(
+    torch_model: Any,
+    pad_id: int,
+    encoder_sha256: str,
+    model: Path,
+    sidecar: Path,
+    calibration: list[list[int]],
+) -> None:
     """Export, quantise, then write the sidecar (its checksum is what makes the model valid)."""
     cache_dir = model.parent
-    _export_and_quantize(torch_model, pad_id, model)
+    _export_and_quantize(torch_model, pad_id, model, calibration)
     meta = {"sha256": _sha256(model), "provenance": _provenance(encoder_sha256)}
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".query-int8.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
