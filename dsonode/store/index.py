@@ -339,12 +339,7 @@ class CodeIndex:
             n_sample = min(self._n, self.nlist * _IVF_SAMPLE_PER_LIST)
             pick = np.sort(np.random.default_rng(0).choice(self._n, n_sample, replace=False))
             centroids = PrefixLists.train(self._prefix[pick], self.nlist)
-        lists = PrefixLists(centroids, self.capacity)
-        step = 262_144
-        for s in range(0, self._n, step):
-            rows = np.arange(s, min(self._n, s + step), dtype=np.int64)
-            lists.place(rows, self._prefix[s : s + len(rows)])
-        self._lists = lists
+        self._lists = PrefixLists.build(centroids, self._prefix[: self._n], self.capacity)
 
     def update(
         self,
@@ -454,12 +449,14 @@ class CodeIndex:
             # Probe the lists nearest the query; more of them under a filter, so that about as
             # many allowed rows are scanned as without one.
             nprobe = min(self.nlist, math.ceil(self.nprobe * n / n_allowed))
-            rows = self._lists.probe(qprefix, nprobe)
+            rows, dist = self._lists.probe(qprefix, nprobe)
             if mask is not None:
-                rows = rows[mask[rows]]
-            sub = self._prefix[rows]
-            found, dist = _knn_hamming(qprefix, sub, len(sub), candidates)
-            return rows[found], dist
+                keep = mask[rows]
+                rows, dist = rows[keep], dist[keep]
+            if len(rows) > candidates:
+                nearest = np.argpartition(dist, candidates - 1)[:candidates]
+                rows, dist = rows[nearest], dist[nearest]
+            return rows, dist
         if mask is None:
             rows, dist = _knn_hamming(qprefix, self._prefix, n, candidates)
             return rows, dist
@@ -557,7 +554,9 @@ class CodeIndex:
         index._n = n
         list_of = arrays.get("list_of")
         if centroids is not None and list_of is not None:
-            index._lists = PrefixLists.from_assignment(centroids, list_of, index.capacity)
+            index._lists = PrefixLists.from_assignment(
+                centroids, list_of, index._prefix[:n], index.capacity
+            )
         else:
             index._maybe_start_lists()
         return index
