@@ -26,7 +26,7 @@ a list by x1.25, and nlist x 128 bytes of centroids.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -91,22 +91,14 @@ class PrefixLists:
         return lists
 
     @classmethod
-    def build(
-        cls,
-        centroids: np.ndarray,
-        prefixes: np.ndarray,
-        capacity: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> PrefixLists:
+    def build(cls, centroids: np.ndarray, prefixes: np.ndarray, capacity: int) -> PrefixLists:
         """Lists of all rows of ``prefixes`` (row r = prefixes[r]), assigned in steps and sized
-        exactly; ``progress`` is called with the rows assigned so far."""
+        exactly."""
         lister = cls(centroids, 1)
         list_of = np.empty(len(prefixes), dtype=np.int32)
         step = 262_144
         for s in range(0, len(prefixes), step):
             list_of[s : s + step] = lister.assign(prefixes[s : s + step])
-            if progress is not None:
-                progress(min(len(prefixes), s + step))
         return cls.from_assignment(centroids, list_of, prefixes, capacity)
 
     @property
