@@ -4,8 +4,9 @@ recall against, and the synthetic neighbours (unit vectors near their source abs
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from dsonode.bench._scale import Neighbours, exact_top
+from dsonode.bench._scale import Neighbours, check_memory, exact_top
 from dsonode.core import bitdelta
 from dsonode.core.constants import DIM
 from dsonode.store import CodeIndex
@@ -37,3 +38,18 @@ def test_neighbours_are_unit_vectors_near_their_source():
     cos_other = np.sum(vecs * docs[(src + 1) % 50], axis=1)
     assert cos_src.min() > 0.6 and cos_src.max() < 0.97
     assert np.median(cos_src) > np.median(cos_other) + 0.5
+
+
+def test_neighbours_into_a_reused_buffer_are_the_same_draw():
+    docs = _unit(40, 5)
+    fresh, src_a = Neighbours(docs, seed=3).draw(64)
+    buf = np.full((64, DIM), np.nan, dtype=np.float32)
+    reused, src_b = Neighbours(docs, seed=3).draw(64, buf)
+    assert reused is buf
+    np.testing.assert_array_equal(src_a, src_b)
+    np.testing.assert_allclose(reused, fresh, rtol=1e-6, atol=1e-7)
+
+
+def test_the_scale_run_refuses_an_index_that_cannot_fit_in_memory():
+    with pytest.raises(SystemExit, match="GiB available"):
+        check_memory(10**12)  # ~1.2 PB of index

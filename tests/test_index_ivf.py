@@ -112,3 +112,57 @@ def test_rebuild_from_store_with_the_same_centroids_holds_the_same_lists(tmp_pat
     assert rebuilt.inverted_lists() == incremental.inverted_lists()
     for q in queries:
         assert rebuilt.search(q, 10) == incremental.search(q, 10)
+
+
+def _probe_matches_prefixes(lists: PrefixLists, prefixes: np.ndarray, n: int, seed: int) -> None:
+    """Probing every list returns each of the n rows once, with the Hamming distance of its
+    current prefix: the lists' contiguous copies are in step with the rows."""
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        q = rng.integers(0, 256, 128, dtype=np.uint8)
+        rows, dist = lists.probe(q, lists.nlist)
+        assert sorted(rows.tolist()) == list(range(n))
+        want = np.bitwise_count(prefixes[rows] ^ q).sum(axis=1)
+        np.testing.assert_array_equal(dist, want)
+
+
+def test_list_copies_follow_adds_moves_and_in_place_updates(data):
+    codes, _ = data
+    prefixes = np.ascontiguousarray(codes[:, 4 : 4 + 128])
+    centroids = PrefixLists.train(prefixes[:640], 16)
+    lists = PrefixLists(centroids, 8)
+    for s in range(0, 900, 100):  # incremental: lists grow by appends
+        lists.place(np.arange(s, s + 100), prefixes[s : s + 100])
+    _probe_matches_prefixes(lists, prefixes, 900, seed=0)
+    # New codes for some rows: some move to another list, some stay in theirs with a new
+    # prefix (their copy must be rewritten in place).
+    rows = np.arange(0, 900, 3)
+    new = prefixes[(rows * 31 + 5) % 900].copy()
+    new[:, 0] ^= 0x01  # every prefix changes, even where the donor row is its own
+    before = lists.list_of[rows].copy()
+    lists.place(rows, new)
+    after = lists.list_of[rows]
+    assert (before == after).sum() > 10 and (before != after).sum() > 10
+    current = prefixes.copy()
+    current[rows] = new
+    _probe_matches_prefixes(lists, current, 900, seed=1)
+    # A bulk build of the same rows holds the same lists, each sized exactly.
+    built = PrefixLists.build(centroids, current, 900)
+    for lst in range(16):
+        assert set(built.members(lst).tolist()) == set(lists.members(lst).tolist())
+    _probe_matches_prefixes(built, current, 900, seed=2)
+    exact = centroids.nbytes + built.list_of.nbytes + built.sizes.nbytes + 900 * (4 + 128)
+    assert built.nbytes() == exact < lists.nbytes()
+
+
+def test_from_assignment_checks_its_inputs(data):
+    codes, _ = data
+    prefixes = np.ascontiguousarray(codes[:100, 4 : 4 + 128])
+    centroids = PrefixLists.train(np.ascontiguousarray(codes[:, 4 : 4 + 128]), 16)
+    good = np.zeros(100, dtype=np.int32)
+    with pytest.raises(ValueError, match="out of range"):
+        PrefixLists.from_assignment(centroids, good + 16, prefixes, 100)
+    with pytest.raises(ValueError, match="prefixes"):
+        PrefixLists.from_assignment(centroids, good, prefixes[:50], 100)
+    lists = PrefixLists.from_assignment(centroids, good, prefixes, 100)
+    assert lists.sizes[0] == 100 and lists.sizes[1:].sum() == 0

@@ -85,30 +85,71 @@ class Neighbours:
     """Synthetic 7680-d vectors around the real ones (see the module docstring)."""
 
     def __init__(self, docs: np.ndarray, seed: int) -> None:
-        self.docs = docs.astype(np.float32)
+        self.docs = np.ascontiguousarray(docs, dtype=np.float32)
         self.mean = self.docs.mean(axis=0)
         self.rng = np.random.default_rng(seed)
+        self._gathered = np.zeros((0, self.docs.shape[1]), dtype=np.float32)
 
-    def draw(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """(m unit vectors, the document each surrounds)."""
+    def draw(self, m: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(m unit vectors, the document each surrounds); written into ``out`` (m, 7680)
+        float32 when given (a chunk loop reuses its buffers: fresh 126 MB arrays per chunk
+        cost more in page faults than the arithmetic).
+
+        ``v = normalise(d + s z)``: ``z`` a Gaussian mix of MIX_DOCS centred real abstracts
+        (drawn afresh for every call; its covariance is that of the abstracts, so it follows
+        the directions real sentences vary along), normalised, ``s`` uniform in [NOISE_LO,
+        NOISE_HI]. ``|z|`` comes from the mix's 64x64 Gram matrix and ``s / |z|`` is folded
+        into the mixing weights, so the 7680-d work is one matrix product, one gather, one
+        add and one normalisation."""
         rng = self.rng
-        src = rng.integers(0, len(self.docs), m)
-        # noise: Gaussian mixes of MIX_DOCS centred real abstracts (drawn afresh for every
-        # call); its covariance is that of the abstracts, so it follows the directions real
-        # sentences vary along
-        mix = min(MIX_DOCS, len(self.docs))
-        basis = self.docs[rng.choice(len(self.docs), mix, replace=False)] - self.mean
-        z = rng.standard_normal((m, mix), dtype=np.float32) @ basis
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-        s = rng.uniform(NOISE_LO, NOISE_HI, (m, 1)).astype(np.float32)
-        v = self.docs[src] + s * z
-        return v / np.linalg.norm(v, axis=1, keepdims=True), src
+        docs = self.docs
+        if out is None:
+            out = np.empty((m, docs.shape[1]), dtype=np.float32)
+        if out.shape != (m, docs.shape[1]) or out.dtype != np.float32:
+            raise ValueError("out must be float32 (m, dim)")
+        src = rng.integers(0, len(docs), m)
+        mix = min(MIX_DOCS, len(docs))
+        basis = docs[rng.choice(len(docs), mix, replace=False)] - self.mean
+        w = rng.standard_normal((m, mix), dtype=np.float32)
+        z_norm = np.sqrt(np.maximum(np.einsum("ij,ij->i", w @ (basis @ basis.T), w), 1e-30))
+        s = rng.uniform(NOISE_LO, NOISE_HI, m).astype(np.float32)
+        w *= (s / z_norm)[:, None]
+        np.matmul(w, basis, out=out)  # s * z, |z| = 1
+        if self._gathered.shape != out.shape:
+            self._gathered = np.empty_like(out)
+        np.take(docs, src, axis=0, out=self._gathered, mode="clip")  # src < len(docs)
+        out += self._gathered
+        out /= np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
+        return out, src
 
 
 def _encode(emb: Any, vecs: np.ndarray) -> np.ndarray:
     from dsonode.core import bitdelta
 
     return np.asarray(bitdelta.encode(vecs, ref=emb.reference), dtype=np.uint8)
+
+
+def index_bytes_estimate(n: int) -> int:
+    """Memory the index of n rows will hold (BENCHMARKS.md, "index at scale": codes 964, id
+    32, metadata 5, id map ~135, lists ~136 bytes per row), plus 5% for the run's buffers."""
+    return int(n * (964 + 32 + 5 + 140 + (136 if n >= 1_000_000 else 0)) * 1.05)
+
+
+def check_memory(n: int) -> None:
+    """Refuse clearly, before hours of work, when the index cannot fit in available memory."""
+    need = index_bytes_estimate(n) + 2 * 2**30  # + encoder, head, the collection's vectors
+    try:
+        with open("/proc/meminfo") as f:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f if ":" in ln}
+        avail = info["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return  # not Linux: no check
+    if need > avail:
+        raise SystemExit(
+            f"bench retrieval: {n:,} items need about {need / 2**30:.1f} GiB of memory, "
+            f"{avail / 2**30:.1f} GiB available; lower --n or free memory"
+        )
+    _log(f"memory: about {need / 2**30:.1f} GiB needed, {avail / 2**30:.1f} GiB available")
 
 
 def build(
@@ -121,6 +162,8 @@ def build(
     index = CodeIndex(capacity=n, ref=emb.reference, **index_kwargs)
     add_s = gen_s = 0.0
     done = 0
+    buf = np.empty((CHUNK, docs.shape[1]), dtype=np.float32)
+    t_start = time.perf_counter()
     with index.bulk_load():
         while done < n:
             m = min(CHUNK, n - done)
@@ -129,7 +172,7 @@ def build(
                 m = min(m, len(docs) - done)
                 vecs = docs[done : done + m]
             else:
-                vecs, _ = gen.draw(m)
+                vecs, _ = gen.draw(m, buf[:m])
             codes = _encode(emb, vecs)
             t1 = time.perf_counter()
             index.add([i.to_bytes(32, "big") for i in range(done, done + m)], codes)
@@ -137,33 +180,48 @@ def build(
             gen_s += t1 - t0
             add_s += t2 - t1
             done += m
-            if done % (CHUNK * 32) < CHUNK:
-                _log(f"{done} codes ({gen_s:.0f} s generating, {add_s:.0f} s adding)")
+            if done % (CHUNK * 64) < CHUNK or done == n:
+                rate = done / (time.perf_counter() - t_start)
+                _log(
+                    f"{done:,}/{n:,} codes ({gen_s:.0f} s generating, {add_s:.0f} s adding, "
+                    f"{rate:,.0f}/s, ~{(n - done) / rate:.0f} s left)"
+                )
+        _log("training the inverted lists and assigning every row (if n >= ivf_min_rows)")
         t0 = time.perf_counter()
     add_s += time.perf_counter() - t0  # bulk_load's exit trained and filled the lists
     return index, add_s, gen_s
 
 
-def exact_top(index: Any, queries: np.ndarray, k: int = 10, chunk: int = 8192) -> np.ndarray:
+def exact_top(index: Any, queries: np.ndarray, k: int = 10, chunk: int = 1024) -> np.ndarray:
     """Exhaustive asymmetric scoring (dot(q, a * signs); the reference term is the same for
-    every row) of every query against every row of the index; top-k rows per query."""
+    every row) of every query against every row of the index, all queries as one matrix
+    product per chunk of decoded rows; top-k rows per query."""
     arrays = index.state()["arrays"]
     prefix, rest, scales = arrays["prefix"], arrays["rest"], arrays["scales"]
-    nq = len(queries)
+    n, nq = len(scales), len(queries)
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.zeros((nq, k), dtype=np.int64)
-    qt = np.ascontiguousarray(queries.T)
-    for start in range(0, len(scales), chunk):
-        stop = min(start + chunk, len(scales))
-        bits = np.hstack([prefix[start:stop], rest[start:stop]])
-        signs = np.unpackbits(bits, axis=1, bitorder="little").astype(np.float32)
-        s = 2.0 * (signs @ qt) - qt.sum(axis=0)  # (m, nq) = signs(+-1) . q
+    qt = np.ascontiguousarray(queries.T, dtype=np.float32)
+    qsum = qt.sum(axis=0)
+    signs = np.empty((chunk, qt.shape[0]), dtype=np.float32)  # reused: no page faults per chunk
+    bits = np.empty((chunk, prefix.shape[1] + rest.shape[1]), dtype=np.uint8)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        m = stop - start
+        bits[:m, : prefix.shape[1]] = prefix[start:stop]
+        bits[:m, prefix.shape[1] :] = rest[start:stop]
+        np.copyto(signs[:m], np.unpackbits(bits[:m], axis=1, bitorder="little"))
+        s = 2.0 * (signs[:m] @ qt) - qsum  # (m, nq) = signs(+-1) . q
         s = (s * scales[start:stop, None]).T
         all_s = np.concatenate([best_s, s], axis=1)
         all_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, stop), s.shape)], axis=1)
         top = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
         best_s = np.take_along_axis(all_s, top, axis=1)
         best_i = np.take_along_axis(all_i, top, axis=1)
+        if (start // chunk) % 1024 == 1023:
+            rate = stop / (time.perf_counter() - t0)
+            _log(f"exhaustive scoring: {stop:,}/{n:,} rows, ~{(n - stop) / rate:.0f} s left")
     return best_i
 
 
@@ -224,7 +282,8 @@ def run_scale(args: argparse.Namespace, index_kwargs: dict[str, Any]) -> dict[st
     queries_real = project(emb, real_q)
     gen = Neighbours(docs, args.seed + 10_000)  # queries: fresh neighbours, not indexed
     queries_syn, _ = gen.draw(max(args.queries - len(real_q), args.recall_queries, 10))
-    _log(f"generating and indexing {n} codes around {len(docs)} Vaswani abstracts")
+    check_memory(n)
+    _log(f"generating and indexing {n:,} codes around {len(docs)} Vaswani abstracts")
     rss0 = _rss_mb()
     index, build_s, gen_s = build(emb, docs, n, args.seed, index_kwargs)
     mem = index.memory_bytes()
