@@ -73,6 +73,12 @@ FILES = ("tokenizer.json", "encoder.onnx", "query-int8.onnx", "head-pre.onnx", "
 #: Default intra-op threads of the float32 encoder: the cores this process may use, at most
 #: this many (one short text gains nothing from more).
 MAX_DEFAULT_THREADS = 4
+#: After an `embed`/`encode_base` call whose largest batch held at least this many tokens, the
+#: freed heap goes back to the system (malloc_trim): the encoder's buffers for 64 texts of 256
+#: tokens are hundreds of MB, which glibc would otherwise keep for the process's lifetime
+#: (measured: 330 MB kept after one 16 x 256 batch). A fixed mmap threshold did the same for
+#: every call but cost each index search ~2.5 ms in page faults (BENCHMARKS.md "lean node").
+TRIM_AFTER_TOKENS = 4096
 #: Bound on manifest.json (a hostile or corrupt file must not be read without limit).
 _MANIFEST_MAX_BYTES = 1 << 20
 
@@ -431,16 +437,39 @@ class LeanEmbedder:
         ids = self.token_ids(texts, kind)
         out = np.empty((len(texts), dim if dim is not None else self.hidden_size), np.float32)
         bar = Progress(len(ids)) if progress else None
+        largest = 0
         try:
             for idx in length_sorted_batches(ids, batch_size):
-                pooled = self._pooled([ids[i] for i in idx])
+                rows = [ids[i] for i in idx]
+                largest = max(largest, len(rows) * max(len(r) for r in rows))
+                pooled = self._pooled(rows)
                 out[np.asarray(idx)] = pooled if dim is None else self._project(pooled, dim)
                 if bar:
                     bar.advance(len(idx))
         finally:
             if bar:
                 bar.close()
+            if largest >= TRIM_AFTER_TOKENS:
+                release_free_heap()
         return out
+
+
+_LIBC: Any = None
+
+
+def release_free_heap() -> bool:
+    """Return glibc's free heap memory to the system (malloc_trim); False where there is no
+    glibc."""
+    global _LIBC
+    import ctypes
+    import ctypes.util
+
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_LIBC.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
 
 
 def load(

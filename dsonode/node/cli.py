@@ -155,46 +155,35 @@ def run_config(args: argparse.Namespace) -> Any:
 
 
 #: glibc malloc arenas a node may use. glibc's default (8 per core) gives each worker thread
-#: (socket handlers, to_thread workers, the encoder's) its own arena that keeps freed memory, so
-#: resident memory climbs with thread churn; 2 arenas bound that at a few per cent of throughput.
+#: (socket handlers, to_thread workers, torch) its own arena that keeps freed memory, so resident
+#: memory climbs with thread churn; 2 arenas bound that at a few per cent of throughput.
 MALLOC_ARENAS = 2
-#: Allocations from this size up get their own mapping, returned to the system when freed.
-#: glibc's default threshold rises (up to 32 MiB) after the first large free, after which an
-#: encoder's batch buffers stay in the heap: one long batch held ~330 MB for the node's
-#: lifetime (measured, BENCHMARKS.md "lean node"). A fixed threshold costs a page fault per
-#: fresh page of a large buffer, noise beside the encoder.
-MMAP_THRESHOLD = 256 * 1024
-_M_ARENA_MAX = -8  # mallopt parameter numbers in glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8  # mallopt parameter number in glibc's malloc.h
 
 
-def tune_malloc(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
-    """Cap glibc's malloc arenas and fix its mmap threshold (before threads start); False where
-    there is no glibc. A setting the operator made in the environment (MALLOC_ARENA_MAX,
-    MALLOC_MMAP_THRESHOLD_) wins over ours."""
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (before threads start); False where there is no glibc or the
+    operator set MALLOC_ARENA_MAX themselves (theirs wins)."""
     import ctypes
     import ctypes.util
     import os
 
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
     name = ctypes.util.find_library("c")
     if name is None:
         return False
     try:
         libc = ctypes.CDLL(name)
-        done = True
-        if "MALLOC_ARENA_MAX" not in os.environ:
-            done = bool(libc.mallopt(_M_ARENA_MAX, arenas)) and done
-        if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-            done = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and done
-        return done
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to cap
         return False
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dsonode.node.node import run_node
 
-    tune_malloc()
+    limit_malloc_arenas()
     config = run_config(args)
     logging.basicConfig(
         level=getattr(logging, config.log_level),
