@@ -35,6 +35,7 @@ from dsonode.config.paths import (
 from dsonode.config.settings import default
 from dsonode.core.errors import DsoError
 from dsonode.dirlock import release_lock, take_lock
+from dsonode.embed.lean import release_free_heap
 from dsonode.embed.space import DEFAULT_MODEL_NAME, default_space_id
 from dsonode.extract.config import ExtractConfig
 from dsonode.gateway.app import serve_gateway
@@ -301,8 +302,10 @@ class Node:
                 say,
             )
             # The rebuild read every record: keep those pages in the page cache, not in the
-            # node's resident memory (Store.release_mapped_pages).
+            # node's resident memory (Store.release_mapped_pages), and hand its temporary
+            # buffers back to the system.
             self.store.release_mapped_pages()
+            release_free_heap()
             self.library = Library(
                 store=self.store,
                 index=self.index,
