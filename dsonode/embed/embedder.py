@@ -43,7 +43,10 @@ from dsonode.embed.inputs import (
     validate_texts,
 )
 from dsonode.embed.options import EncoderOptions, read_options
-from dsonode.embed.space import space_id_of  # torch-free: light nodes compute it too
+from dsonode.embed.space import (  # torch-free: light nodes compute it too
+    embedder_info,
+    space_id_of,
+)
 
 _log = logging.getLogger("dsonode.embed")
 
@@ -358,26 +361,12 @@ class Embedder:
 
     def info(self) -> dict[str, object]:
         """What defines this embedder's space (for status output and logs)."""
-        return {
-            "model_name": self.model_name,
-            "space_id": self.space_id,
-            "encoder": self.encoder_name,
-            "encoder_path": str(self.encoder_path),
-            "encoder_sha256": self.encoder_sha256,
-            "hidden_size": self.hidden_size,
-            "max_length": self.max_length,
-            "pooling": self.options.pooling,
-            "query_prefix": self.options.query_prefix,
-            "document_prefix": self.options.document_prefix,
-            "dtype": self.options.dtype,
-            "head": str(self.head_path) if self.head_path else f"seeded:{DEFAULT_HEAD_SEED}",
-            "head_sha256": self.head_sha256,
-            "dim": self.dim,
-            "device": str(self.device),
-            "head_kernel": self._head_kernel(),
-            "query_runtime": self.query_runtime,
-            "threads": torch.get_num_threads(),
-        }
+        return embedder_info(
+            self,
+            device=str(self.device),
+            head_kernel=self._head_kernel(),
+            threads=torch.get_num_threads(),
+        )
 
     # ----------------------------------------------------------------- internals
 

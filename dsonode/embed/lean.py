@@ -61,7 +61,7 @@ from dsonode.embed.inputs import (
 )
 from dsonode.embed.numpy_head import HeadPost, l2_normalise, load_post
 from dsonode.embed.options import EncoderOptions, read_options
-from dsonode.embed.space import space_id_of
+from dsonode.embed.space import embedder_info, space_id_of
 
 log = logging.getLogger("dsonode.embed.lean")
 
@@ -374,28 +374,10 @@ class LeanEmbedder:
 
     def info(self) -> dict[str, object]:
         """What defines this embedder's space (the torch Embedder's keys, same meanings)."""
-        return {
-            "model_name": self.model_name,
-            "space_id": self.space_id,
-            "encoder": self.encoder_name,
-            "encoder_path": str(self.encoder_path),
-            "encoder_sha256": self.encoder_sha256,
-            "hidden_size": self.hidden_size,
-            "max_length": self.max_length,
-            "pooling": self.options.pooling,
-            "query_prefix": self.options.query_prefix,
-            "document_prefix": self.options.document_prefix,
-            "dtype": self.options.dtype,
-            "head": str(self.head_path) if self.head_path else f"seeded:{DEFAULT_HEAD_SEED}",
-            "head_sha256": self.head_sha256,
-            "dim": self.dim,
-            "device": self.device,
-            "head_kernel": self._post.kernel,
-            "query_runtime": self.query_runtime,
-            "threads": self.threads,
-            "runtime": "onnx",
-            "compiled": str(self.folder),
-        }
+        info = embedder_info(
+            self, device=self.device, head_kernel=self._post.kernel, threads=self.threads
+        )
+        return {**info, "runtime": "onnx", "compiled": str(self.folder)}
 
     # ----------------------------------------------------------------- internals
 

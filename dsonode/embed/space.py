@@ -103,3 +103,28 @@ def default_space_id() -> str:
     return space_id_of(
         name, _enc.encoder_sha256(folder), max_length, DEFAULT_HEAD_SHA256, DIM, None
     )
+
+
+def embedder_info(emb: Any, *, device: str, head_kernel: str, threads: int) -> dict[str, object]:
+    """What defines an embedder's space, for status output and logs (the torch `Embedder` and
+    the lean one report the same keys)."""
+    return {
+        "model_name": emb.model_name,
+        "space_id": emb.space_id,
+        "encoder": emb.encoder_name,
+        "encoder_path": str(emb.encoder_path),
+        "encoder_sha256": emb.encoder_sha256,
+        "hidden_size": emb.hidden_size,
+        "max_length": emb.max_length,
+        "pooling": emb.options.pooling,
+        "query_prefix": emb.options.query_prefix,
+        "document_prefix": emb.options.document_prefix,
+        "dtype": emb.options.dtype,
+        "head": str(emb.head_path) if emb.head_path else f"seeded:{DEFAULT_HEAD_SEED}",
+        "head_sha256": emb.head_sha256,
+        "dim": emb.dim,
+        "device": device,
+        "head_kernel": head_kernel,
+        "query_runtime": emb.query_runtime,
+        "threads": threads,
+    }
