@@ -25,6 +25,9 @@ test: $(STAMP)
 	$(BIN)/ruff check dsonode tests qa
 	$(BIN)/ruff format --check dsonode tests qa
 	$(BIN)/mypy dsonode
+	# The lean embedder's folder, once per machine (~12 s; nodes would compile it at their
+	# first start, inside some test's start timeout): a no-op when it is already compiled.
+	$(BIN)/python -m dsonode.embed.compile
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
