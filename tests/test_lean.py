@@ -216,3 +216,15 @@ def test_a_large_batch_does_not_leave_its_buffers_resident(compiled):
     assert out.returncode == 0, out.stderr[-2000:]
     before, after = (int(x) for x in out.stdout.split())
     assert after - before < 200, (before, after)
+
+
+def test_bench_ingest_worker_runs_the_lean_path_without_torch(compiled):
+    from dsonode.bench.node import _LeanWorker
+
+    worker = _LeanWorker()  # refuses to start if torch got imported in the child
+    try:
+        took, codes = worker.round(TEXTS[:2])
+    finally:
+        worker.close()
+    assert took > 0 and worker.proc.returncode == 0
+    assert codes == _codes(lean.load(threads=1), TEXTS[:2])  # same bytes as in this process

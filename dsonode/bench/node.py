@@ -10,11 +10,12 @@ paired ingest figure, which must run old and new kernels side by side in one pro
   ``rss_after_load_mb`` once the load stops (a bounded cache levels off, a leak keeps growing:
   ``rss_load_samples_mb`` shows the curve).
 - ``ingest_texts_per_s``: texts/s through the exact path a node embeds an experience with
-  (the lean embedder's `embed_query`, else the torch one's, then the BitDelta code), one text
-  per call as the socket and gossip hand them in; ``ingest_texts_per_s_torch``: the torch
+  (the lean embedder's `embed_query` in a child process without torch, as a node runs it, else
+  the torch one's; then the BitDelta code), one text per call as the socket and gossip hand
+  them in; ``ingest_texts_per_s_torch``: the torch
   embedder's exact path; ``ingest_texts_per_s_baseline``: the kernel before issue 16 (torch
   encoder, the int8 GEMM form of the head's fc2, at the same torch threads), interleaved in
-  rounds in the same process; ``ingest_ratio`` = node path / baseline (target >= 2). The torch
+  rounds (torch ones in the same process); ``ingest_ratio`` = node path / baseline (target >= 2). The torch
   path's and the baseline's codes are compared byte for byte (``ingest_codes_identical``); the
   lean path's sign bits that differ from the torch path's are counted
   (``ingest_code_bits_differ_mean``/``_max``). ``ingest_socket_texts_per_s`` is the end-to-end
@@ -207,9 +208,57 @@ def _bits_differ(a: Any, b: Any) -> int:
     return int(np.unpackbits(xor).sum())
 
 
+class _LeanWorker:
+    """The lean embedder in a child process without torch (dsonode.bench._lean_ingest)."""
+
+    def __init__(self) -> None:
+        import json
+        import subprocess
+
+        self._json = json
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dsonode.bench._lean_ingest"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self._read()
+        if ready.get("ready") is not True:
+            self.close()
+            raise RuntimeError(f"the lean ingest worker did not start cleanly: {ready}")
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the lean ingest worker exited")
+        out: dict[str, Any] = self._json.loads(line)
+        return out
+
+    def round(self, texts: list[str]) -> tuple[float, list[bytes]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(self._json.dumps(texts) + "\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        return float(out["s"]), [bytes.fromhex(c) for c in out["codes"]]
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.write("\n")
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except Exception:  # a stuck child is killed below
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 def measure_ingest(texts_per_round: int, rounds: int) -> dict[str, Any]:
-    """The node's exact path (the lean embedder when it can be had) vs the torch path and the
-    kernel before issue 16 (torch encoder, int8 GEMM fc2), interleaved, one text per call."""
+    """The node's exact path (the lean embedder, in a child process without torch, as a node
+    runs it) vs the torch path and the kernel before issue 16 (torch encoder, int8 GEMM fc2)
+    in this process, round by round, one text per call."""
     import numpy as np
     import torch
 
@@ -219,44 +268,46 @@ def measure_ingest(texts_per_round: int, rounds: int) -> dict[str, Any]:
     from dsonode.embed.fastpath import fast_head
 
     emb = get_embedder()
+    worker: _LeanWorker | None = None
     try:
-        lean_emb: Any = lean.load_or_compile()
-    except lean.LeanUnavailable as exc:
+        lean.load_or_compile()  # compiled here first: the worker only loads
+        worker = _LeanWorker()
+    except (lean.LeanUnavailable, RuntimeError) as exc:
         _log(f"lean embedder unavailable ({exc}): the node would run torch")
-        lean_emb = None
     old_head = fast_head(emb.head)  # the int8 GEMM fc2 (today's kernel before this change)
     lean_t: list[float] = []
     new_t, old_t, identical, total, bits = [], [], 0, 0, []
     texts_all = lesson_texts(texts_per_round * rounds + 4, "ingest")
-    for t in texts_all[:4]:  # warm-up all
-        emb.embed_query(t)
-        if lean_emb is not None:
-            lean_emb.embed_query(t)
-    for r in range(rounds):
-        texts = texts_all[4 + r * texts_per_round : 4 + (r + 1) * texts_per_round]
-        lean_codes = []
-        if lean_emb is not None:
+    try:
+        for t in texts_all[:4]:  # warm-up all
+            emb.embed_query(t)
+        if worker is not None:
+            worker.round(texts_all[:4])
+        for r in range(rounds):
+            texts = texts_all[4 + r * texts_per_round : 4 + (r + 1) * texts_per_round]
+            lean_codes: list[bytes] = []
+            if worker is not None:
+                took, lean_codes = worker.round(texts)
+                lean_t.append(took)
             t0 = time.perf_counter()
-            lean_codes = [
-                bitdelta.encode(lean_emb.embed_query(t), ref=emb.reference) for t in texts
-            ]
-            lean_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        new_codes = [bitdelta.encode(emb.embed_query(t), ref=emb.reference) for t in texts]
-        new_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        old_codes = []
-        for t in texts:
-            # The threads the governor chose for the new path: the ratio is the kernel's alone
-            # (fixed threads cost far more on a loaded box; README "Embed text", threads).
-            base = torch.from_numpy(emb.encode_base([t]))
-            with torch.inference_mode():
-                vec = old_head(base)[0].numpy().astype(np.float32)
-            old_codes.append(bitdelta.encode(vec, ref=emb.reference))
-        old_t.append(time.perf_counter() - t0)
-        identical += sum(a == b for a, b in zip(new_codes, old_codes, strict=True))
-        bits += [_bits_differ(a, b) for a, b in zip(lean_codes, new_codes, strict=False)]
-        total += len(texts)
+            new_codes = [bitdelta.encode(emb.embed_query(t), ref=emb.reference) for t in texts]
+            new_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            old_codes = []
+            for t in texts:
+                # The threads the governor chose for the new path: the ratio is the kernel's
+                # alone (fixed threads cost far more on a loaded box; README "Embed text").
+                base = torch.from_numpy(emb.encode_base([t]))
+                with torch.inference_mode():
+                    vec = old_head(base)[0].numpy().astype(np.float32)
+                old_codes.append(bitdelta.encode(vec, ref=emb.reference))
+            old_t.append(time.perf_counter() - t0)
+            identical += sum(a == b for a, b in zip(new_codes, old_codes, strict=True))
+            bits += [_bits_differ(a, b) for a, b in zip(lean_codes, new_codes, strict=False)]
+            total += len(texts)
+    finally:
+        if worker is not None:
+            worker.close()
     torch_rate = texts_per_round / statistics.median(new_t)
     base_rate = texts_per_round / statistics.median(old_t)
     rate = texts_per_round / statistics.median(lean_t) if lean_t else torch_rate
