@@ -228,3 +228,18 @@ def test_bench_ingest_worker_runs_the_lean_path_without_torch(compiled):
         worker.close()
     assert took > 0 and worker.proc.returncode == 0
     assert codes == _codes(lean.load(threads=1), TEXTS[:2])  # same bytes as in this process
+
+
+def test_a_manifest_that_disagrees_with_the_encoder_folder_is_refused(compiled):
+    from dsonode.embed.options import read_options
+    from dsonode.embed.space import space_id_of
+
+    folder, manifest = compiled
+    emb = lean.load(threads=1)
+    # Edited consistently (its own space id recomputed), so only the folder can tell.
+    forged = {**manifest, "max_length": 128}
+    forged["space_id"] = space_id_of(
+        emb.encoder_name, emb.encoder_sha256, 128, emb.head_sha256, emb.dim, None, emb.options
+    )
+    with pytest.raises(lean.LeanUnavailable, match="max_length"):
+        lean.LeanEmbedder(folder, forged, emb.encoder_path, read_options(emb.encoder_path))

@@ -61,7 +61,7 @@ from dsonode.embed.inputs import (
 )
 from dsonode.embed.numpy_head import HeadPost, l2_normalise, load_post
 from dsonode.embed.options import EncoderOptions, read_options
-from dsonode.embed.space import embedder_info, space_id_of
+from dsonode.embed.space import TokenizerConfig, embedder_info, space_id_of
 
 log = logging.getLogger("dsonode.embed.lean")
 
@@ -269,6 +269,7 @@ class LeanEmbedder:
         )
         if reference is None and self.space_id != manifest["space_id"]:
             raise LeanUnavailable(f"{folder}: the manifest's space_id is not this space's")
+        self._check_against_folder()
         self.model_name: str = manifest["model_name"]
         self._tok_lock = threading.Lock()
         self._query: _rt.OnnxQueryEncoder | None = None
@@ -380,6 +381,23 @@ class LeanEmbedder:
         return {**info, "runtime": "onnx", "compiled": str(self.folder)}
 
     # ----------------------------------------------------------------- internals
+
+    def _check_against_folder(self) -> None:
+        """The manifest's shape facts agree with the encoder folder itself (a manifest edited
+        by hand, or written for other files, is refused even if its own fields agree)."""
+        try:
+            config = json.loads((self.encoder_path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LeanUnavailable(f"cannot read the encoder's config.json: {exc}") from exc
+        if isinstance(config, dict) and config.get("hidden_size") not in (None, self.hidden_size):
+            raise LeanUnavailable(f"{self.folder}: hidden_size differs from the encoder's")
+        declared = self.options.max_length
+        if declared is None:
+            declared = _enc.max_seq_length(self.encoder_path, TokenizerConfig(self.encoder_path))
+        if declared != self.max_length:
+            raise LeanUnavailable(f"{self.folder}: max_length differs from the encoder's")
+        if self._post.out_features != self.dim:
+            raise LeanUnavailable(f"{self.folder}: head-post.npz is not {self.dim}-d")
 
     def _hidden(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._encoder.run(None, {"input_ids": input_ids, "attention_mask": mask})[

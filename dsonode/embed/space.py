@@ -75,7 +75,7 @@ def space_id_of(
     return hashlib.sha256(canonical).hexdigest()
 
 
-class _TokenizerConfig:
+class TokenizerConfig:
     """The one tokenizer attribute `encoder.max_seq_length` falls back to, read from
     tokenizer_config.json instead of loading the tokenizer (transformers)."""
 
@@ -99,7 +99,7 @@ def default_space_id() -> str:
             f"the packaged encoder is {shape[0]}-d; DEFAULT_HEAD_SHA256 is for "
             f"{_DEFAULT_HEAD_SHAPE[0]}-d: set node.space_id (a full node's `stats` space_id)"
         )
-    max_length = _enc.max_seq_length(folder, _TokenizerConfig(folder))
+    max_length = _enc.max_seq_length(folder, TokenizerConfig(folder))
     return space_id_of(
         name, _enc.encoder_sha256(folder), max_length, DEFAULT_HEAD_SHA256, DIM, None
     )
