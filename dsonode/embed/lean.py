@@ -224,7 +224,9 @@ class LeanEmbedder:
     ) -> None:
         from tokenizers import Tokenizer
 
-        if threads is not None and (isinstance(threads, bool) or not 1 <= threads <= 256):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256
+        ):
             raise EmbedError(f"threads must be in 1..256 or None, got {threads!r}")
         self.folder = folder
         self.compiled = manifest
@@ -234,7 +236,10 @@ class LeanEmbedder:
         self.options = options
         self.head_path: Path | None = None if head is None else Path(head)
         self.head_sha256: str = manifest["head_sha256"]
-        self.head_metadata: dict[str, str] = dict(manifest.get("head_metadata") or {})
+        meta = manifest.get("head_metadata")
+        self.head_metadata = (
+            {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+        )
         self.hidden_size: int = manifest["hidden_size"]
         self.max_length: int = manifest["max_length"]
         self.dim: int = manifest["dim"]
@@ -400,9 +405,8 @@ class LeanEmbedder:
             raise LeanUnavailable(f"{self.folder}: head-post.npz is not {self.dim}-d")
 
     def _hidden(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._encoder.run(None, {"input_ids": input_ids, "attention_mask": mask})[
-            0
-        ]
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        out: np.ndarray = self._encoder.run(None, feeds)[0]
         return out
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
