@@ -239,6 +239,10 @@ def compile_model(
         emb = Embedder(encoder, head, device="cpu")
         if emb.encoder_sha256 != key["encoder_sha256"]:  # the folder changed under us
             raise lean.LeanUnavailable("the encoder's files changed while compiling")
+        # Under the lock no other compilation runs: a work folder left here was a crash's.
+        for stale in cache_dir.glob(".lean-*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".lean-"))
         try:
             _build(emb, key, work, say)
