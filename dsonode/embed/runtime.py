@@ -1,20 +1,21 @@
 """The query encoder: ONNX Runtime with int8 weights, for searches that never leave the node.
 
-A search query's vector is compared with codes on this node and then thrown away, so it may come
-from a faster, slightly inexact encoder; anything that becomes a code (a signed submission) keeps
-the exact torch path (ARCHITECTURE.md, "Query path"). Measured side by side on this machine
-(BENCHMARKS.md, "query path"): ONNX Runtime with dynamic int8 quantisation per output channel
-was the fastest candidate that kept cosine >= 0.99 to the exact vector; per-tensor int8 (ONNX
-Runtime or torch's dynamic quantisation) fell to ~0.95, and the float32 ONNX graph was exact but
-about 2.4x slower than int8.
+A search query's vector is compared with codes on this node and then thrown away, so it may
+come from a faster, slightly inexact encoder; anything that becomes a code (a signed
+submission) keeps the exact path (the lean embedder's float32 graph, or torch; ARCHITECTURE.md
+"Lean embedder"). Measured side by side on this machine (BENCHMARKS.md, "query path"): ONNX
+Runtime with dynamic int8 quantisation per output channel was the fastest candidate that kept
+cosine >= 0.99 to the exact vector; per-tensor int8 (ONNX Runtime or torch's dynamic
+quantisation) fell to ~0.95, and the float32 ONNX graph was exact but about 2.4x slower than
+int8. The recipe itself (smoothing, one layer kept float) is dsonode.embed.quantize's.
 
-The int8 model is built here, offline, from the encoder the embedder already loaded (torch's
-ONNX export, then onnxruntime's `quantize_dynamic`), and cached in a directory with a JSON
-sidecar holding its sha256 and what it was built from (encoder digest, recipe, library
-versions). A file whose checksum or provenance does not match is rebuilt; a build that fails,
-or whose vectors miss the cosine gate on fixed probe sentences, leaves the exact path in place.
-onnxruntime and onnx are an optional extra (`pip install dsonode[onnx]`): without them the
-query path is the exact one.
+For the torch embedder the int8 model is built here, offline, from the encoder it already
+loaded (torch's ONNX export, then the recipe), and cached in a directory with a JSON sidecar
+holding its sha256 and what it was built from (encoder digest, recipe, library versions); the
+lean embedder's is part of its compiled folder. A file whose checksum or provenance does not
+match is rebuilt; a build that fails, or whose vectors miss the cosine gate on fixed probe
+sentences, leaves the exact path in place. onnxruntime and onnx are an optional extra
+(`pip install dsonode[onnx]`): without them the query path is the exact one.
 """
 
 from __future__ import annotations
