@@ -44,8 +44,9 @@ from dsonode.embed.inputs import (
 )
 from dsonode.embed.options import EncoderOptions, read_options
 from dsonode.embed.space import (  # torch-free: light nodes compute it too
+    checked_reference,
     embedder_info,
-    space_id_of,
+    embedder_space_id,
 )
 
 _log = logging.getLogger("dsonode.embed")
@@ -135,20 +136,8 @@ class Embedder:
         )
         del float_head
 
-        if reference is not None:
-            reference = np.asarray(reference, dtype=np.float32)
-            if reference.shape != (DIM,) or not np.isfinite(reference).all():
-                raise EmbedError(f"reference must be a finite ({DIM},) vector")
-        self.reference = reference
-        self.space_id = space_id_of(
-            self.encoder_name,
-            self.encoder_sha256,
-            self.max_length,
-            self.head_sha256,
-            self.dim,
-            reference,
-            self.options,
-        )
+        self.reference = checked_reference(reference)
+        self.space_id = embedder_space_id(self)
         short = "minilm-l6" if self.encoder_name == _enc.DEFAULT_ENCODER_NAME else self.encoder_name
         self.model_name = f"dso-{short.lower()}-{self.dim}"
         if head is not None:

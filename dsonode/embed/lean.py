@@ -61,7 +61,12 @@ from dsonode.embed.inputs import (
 )
 from dsonode.embed.numpy_head import HeadPost, l2_normalise, load_post
 from dsonode.embed.options import EncoderOptions, read_options
-from dsonode.embed.space import TokenizerConfig, embedder_info, space_id_of
+from dsonode.embed.space import (
+    TokenizerConfig,
+    checked_reference,
+    embedder_info,
+    embedder_space_id,
+)
 
 log = logging.getLogger("dsonode.embed.lean")
 
@@ -258,21 +263,9 @@ class LeanEmbedder:
             self._post: HeadPost = load_post(folder / "head-post.npz")
         except (OSError, ValueError) as exc:
             raise LeanUnavailable(f"cannot load {folder / 'head-post.npz'}: {exc}") from exc
-        if reference is not None:
-            reference = np.asarray(reference, dtype=np.float32)
-            if reference.shape != (DIM,) or not np.isfinite(reference).all():
-                raise EmbedError(f"reference must be a finite ({DIM},) vector")
-        self.reference = reference
-        self.space_id = space_id_of(
-            self.encoder_name,
-            self.encoder_sha256,
-            self.max_length,
-            self.head_sha256,
-            self.dim,
-            reference,
-            self.options,
-        )
-        if reference is None and self.space_id != manifest["space_id"]:
+        self.reference = checked_reference(reference)
+        self.space_id = embedder_space_id(self)
+        if self.reference is None and self.space_id != manifest["space_id"]:
             raise LeanUnavailable(f"{folder}: the manifest's space_id is not this space's")
         self._check_against_folder()
         self.model_name: str = manifest["model_name"]

@@ -21,7 +21,7 @@ import numpy as np
 from dsonode.core.constants import DIM
 from dsonode.embed import encoder as _enc
 from dsonode.embed.defaults import DEFAULT_HEAD_SEED, HEAD_HIDDEN
-from dsonode.embed.errors import ModelLoadError
+from dsonode.embed.errors import EmbedError, ModelLoadError
 from dsonode.embed.options import EncoderOptions
 
 #: Version of the space-id construction.
@@ -102,6 +102,29 @@ def default_space_id() -> str:
     max_length = _enc.max_seq_length(folder, TokenizerConfig(folder))
     return space_id_of(
         name, _enc.encoder_sha256(folder), max_length, DEFAULT_HEAD_SHA256, DIM, None
+    )
+
+
+def checked_reference(reference: np.ndarray | None) -> np.ndarray | None:
+    """An embedder's reference vector as float32: None, or a finite (DIM,) vector."""
+    if reference is None:
+        return None
+    reference = np.asarray(reference, dtype=np.float32)
+    if reference.shape != (DIM,) or not np.isfinite(reference).all():
+        raise EmbedError(f"reference must be a finite ({DIM},) vector")
+    return reference
+
+
+def embedder_space_id(emb: Any) -> str:
+    """`space_id_of` an embedder's own attributes (the torch `Embedder` and the lean one)."""
+    return space_id_of(
+        emb.encoder_name,
+        emb.encoder_sha256,
+        emb.max_length,
+        emb.head_sha256,
+        emb.dim,
+        emb.reference,
+        emb.options,
     )
 
 
