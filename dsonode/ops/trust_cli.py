@@ -31,6 +31,21 @@ LIST_COMMANDS = {
 }
 
 
+def _experience_command(
+    subparsers: SubParsers,
+    name: str,
+    help_text: str,
+    description: str,
+    func: Callable[[argparse.Namespace], int],
+) -> None:
+    """A command on one experience id at the running node (forget, retract)."""
+    p = subparsers.add_parser(name, help=help_text, description=description)
+    p.add_argument("experience_id", help="64 hex digits")
+    add_node_args(p, timeout=30.0)
+    p.add_argument("--json", action="store_true", help="print the reply as JSON")
+    p.set_defaults(func=func)
+
+
 def register(subparsers: SubParsers) -> None:
     for name, (_list, _on, help_text) in LIST_COMMANDS.items():
         p = subparsers.add_parser(name, help=help_text, description=help_text + ".")
@@ -38,28 +53,23 @@ def register(subparsers: SubParsers) -> None:
         add_node_args(p, timeout=30.0)
         p.add_argument("--json", action="store_true", help="print the reply as JSON")
         p.set_defaults(func=cmd_list, trust_command=name)
-    p = subparsers.add_parser(
+    _experience_command(
+        subparsers,
         "forget",
-        help="delete an experience at the node and never store it again",
-        description="Delete an experience with its codes and votes from the running node "
-        "and write a tombstone: neither gossip nor sync stores it there again, also after a "
-        "restart.",
+        "delete an experience at the node and never store it again",
+        "Delete an experience with its codes and votes from the running node and write a "
+        "tombstone: neither gossip nor sync stores it there again, also after a restart.",
+        cmd_forget,
     )
-    p.add_argument("experience_id", help="64 hex digits")
-    add_node_args(p, timeout=30.0)
-    p.add_argument("--json", action="store_true", help="print the reply as JSON")
-    p.set_defaults(func=cmd_forget)
-    p = subparsers.add_parser(
+    _experience_command(
+        subparsers,
         "retract",
-        help="withdraw one of this node's experiences network-wide",
-        description="Sign a retraction of one of the running node's own experiences and "
-        "publish it: every node that holds this node's copy deletes it and never stores it "
-        "again (PROTOCOL.md 7.6).",
+        "withdraw one of this node's experiences network-wide",
+        "Sign a retraction of one of the running node's own experiences and publish it: every "
+        "node that holds this node's copy deletes it and never stores it again "
+        "(PROTOCOL.md 7.6).",
+        cmd_retract,
     )
-    p.add_argument("experience_id", help="64 hex digits")
-    add_node_args(p, timeout=30.0)
-    p.add_argument("--json", action="store_true", help="print the reply as JSON")
-    p.set_defaults(func=cmd_retract)
     p = subparsers.add_parser(
         "export",
         help="write the node's library as signed items (JSON lines)",
